@@ -1,0 +1,43 @@
+# The single entry point: everyone (README, CI, developers) calls these targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install lint test test-fast bench up down lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	touch $(STAMP)
+
+# Regenerate the lock file after changing dependencies in pyproject.toml.
+lock:
+	$(PYTHON) -m pip install --quiet uv
+	$(PYTHON) -m uv pip compile pyproject.toml --all-extras --python-version 3.11 -o requirements.lock
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the crash tests, for a quick loop while editing.
+test-fast: install
+	$(BIN)/python -m pytest -m "not crash" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+up:
+	docker compose -f compose/compose.yaml up --build
+
+down:
+	docker compose -f compose/compose.yaml down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

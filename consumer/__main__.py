@@ -1,0 +1,46 @@
+"""Composition root of the consumer: `python -m consumer`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from consumer.service import run
+from consumer.settings import ConsumerSettings
+from contract.config import configure_logging
+
+log = logging.getLogger("consumer")
+
+
+async def main(settings: ConsumerSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run(settings, stop)
+
+
+def cli() -> int:
+    try:
+        settings = ConsumerSettings()
+    except ValidationError as exc:
+        print(f"consumer: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    log.info(
+        "consumer starting db_path=%s queue=%s exchange=%s url=%s",
+        settings.db_path,
+        settings.amqp_queue,
+        settings.amqp_exchange,
+        settings.safe_amqp_url(),
+    )
+    asyncio.run(main(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

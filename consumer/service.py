@@ -1,0 +1,221 @@
+"""The consumer service: consume, batch, commit once per batch, then settle; wait out store errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from consumer.batcher import Inbox
+from consumer.handler import Decoded, decode_batch, settle
+from consumer.settings import ConsumerSettings
+from consumer.store import BatchResult, Store, utc_now
+from contract.event import Limits
+from contract.topology import declare
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Summary:
+    totals: BatchResult = field(default_factory=BatchResult)
+    messages: int = 0
+    batches: int = 0
+    unsettled: int = 0
+    commit_failures: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        t = self.totals
+        return (
+            f"messages={self.messages} batches={self.batches} received={t.received} "
+            f"unique_processed={t.unique_processed} duplicate_dropped={t.duplicate_dropped} "
+            f"invalid={t.invalid} conflicts={t.conflicts} unsettled={self.unsettled} "
+            f"commit_failures={self.commit_failures} elapsed={time.monotonic() - self.started:.1f}s"
+        )
+
+
+class StoreWorker:
+    """Runs every store call on one dedicated thread: sqlite3 connections belong to a thread, and the commit's
+    fsync must not block the event loop that keeps receiving deliveries."""
+
+    def __init__(self, settings: ConsumerSettings) -> None:
+        self._settings = settings
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._store: Store | None = None
+
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, fn)
+
+    def _run(self, fn: Callable[[Store], T]) -> T:
+        if self._store is None:
+            self._store = Store.open(self._settings.db_path)
+        return fn(self._store)
+
+    async def close(self) -> None:
+        def _close(store: Store) -> None:
+            store.close()
+
+        if self._store is not None:
+            await self.call(_close)
+        self._executor.shutdown(wait=True)
+
+
+async def run(settings: ConsumerSettings, stop: asyncio.Event) -> Summary:
+    """Consume until `stop` is set; returns the run's summary. Store and broker outages are waited out."""
+    summary = Summary()
+    worker = StoreWorker(settings)
+    try:
+        await _with_retry(lambda: worker.call(lambda s: s.record_start(utc_now())), settings, stop, summary)
+        async with _connect(settings, stop) as connection:
+            if connection is not None:
+                await _consume(connection, worker, settings, stop, summary)
+    finally:
+        await worker.close()
+    log.info("consumer stopped %s", summary.line())
+    return summary
+
+
+@asynccontextmanager
+async def _connect(
+    settings: ConsumerSettings, stop: asyncio.Event
+) -> AsyncIterator[AbstractRobustConnection | None]:
+    """A robust connection; the first attempt is retried too, so the consumer may start before the broker."""
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            connection = await aio_pika.connect_robust(
+                settings.amqp_url,
+                reconnect_interval=settings.reconnect_interval,
+                client_properties={"connection_name": "eventagg-consumer"},
+            )
+        except (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+            log.warning(
+                "broker unreachable url=%s attempt=%d error=%s; retrying in %.1fs",
+                settings.safe_amqp_url(),
+                attempt,
+                exc,
+                settings.reconnect_interval,
+            )
+            await _sleep_unless(stop, settings.reconnect_interval)
+            continue
+        log.info("connected url=%s", settings.safe_amqp_url())
+        async with connection:
+            yield connection
+        return
+    yield None
+
+
+async def _consume(
+    connection: AbstractRobustConnection,
+    worker: StoreWorker,
+    settings: ConsumerSettings,
+    stop: asyncio.Event,
+    summary: Summary,
+) -> None:
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=settings.effective_prefetch())
+    declared = await declare(channel, settings.topology())
+    inbox = Inbox()
+    tag = await declared.queue.consume(inbox.put, no_ack=False)
+    log.info(
+        "consuming queue=%s prefetch=%d batch_size=%d batch_wait=%.3fs",
+        settings.amqp_queue,
+        settings.effective_prefetch(),
+        settings.batch_size,
+        settings.batch_wait,
+    )
+    limits = settings.limits()
+    while not stop.is_set():
+        messages = await inbox.next_batch(settings.batch_size, settings.batch_wait, stop)
+        if messages:
+            await _process(messages, worker, settings, stop, summary, limits)
+    # Stop taking deliveries first, then finish what already arrived, so nothing is left half-done.
+    try:
+        await declared.queue.cancel(tag)
+    except Exception as exc:  # the channel may already be gone; what is unacked returns to the queue anyway
+        log.warning("could not cancel the consumer error=%s", exc)
+    remaining = inbox.drain()
+    for start in range(0, len(remaining), settings.batch_size):
+        await _process(
+            remaining[start : start + settings.batch_size], worker, settings, stop, summary, limits
+        )
+    await channel.close()
+
+
+async def _process(
+    messages: list[AbstractIncomingMessage],
+    worker: StoreWorker,
+    settings: ConsumerSettings,
+    stop: asyncio.Event,
+    summary: Summary,
+    limits: Limits,
+) -> None:
+    batch: list[Decoded] = decode_batch(messages, limits)
+    payload = [item.events for item in batch]
+    result = await _with_retry(lambda: worker.call(lambda s: s.apply(payload)), settings, stop, summary)
+    if result is None:
+        return  # stopping while the store is failing: nothing acked, the broker redelivers the batch
+    summary.totals.add(result)
+    summary.messages += len(messages)
+    summary.batches += 1
+    summary.unsettled += await settle(batch)
+    log.debug(
+        "batch committed messages=%d received=%d unique=%d",
+        len(messages),
+        result.received,
+        result.unique_processed,
+    )
+
+
+async def _with_retry(
+    call: Callable[[], Awaitable[T]],
+    settings: ConsumerSettings,
+    stop: asyncio.Event,
+    summary: Summary,
+) -> T | None:
+    """Retry a store call with capped exponential backoff until it succeeds or we are told to stop.
+
+    The batch stays in hand, unacked, meanwhile: requeueing it would count against the quorum queue's
+    delivery limit, and dead-lettering a valid event because the disk is full is never acceptable.
+    """
+    delay = settings.retry_initial
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except sqlite3.Error as exc:
+            summary.commit_failures += 1
+            log.warning(
+                "store unavailable, consumption paused attempt=%d error=%s; retrying in %.1fs",
+                attempt,
+                exc,
+                delay,
+            )
+        if await _sleep_unless(stop, delay):
+            log.error("stopping while the store is failing; the batch in hand is left for redelivery")
+            return None
+        delay = min(delay * 2, settings.retry_max)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` or until stop is set; True when stopped."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

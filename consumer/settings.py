@@ -1,0 +1,28 @@
+"""The consumer's settings: the shared ones plus batching, prefetch and retry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from contract.config import CommonSettings
+
+
+class ConsumerSettings(CommonSettings):
+    batch_size: Annotated[int, Field(gt=0, le=10_000, description="messages per transaction")] = 256
+    batch_wait: Annotated[float, Field(ge=0, le=10, description="seconds to wait filling a batch")] = 0.02
+    # 0 means "twice the batch": one batch is being committed while the next one arrives.
+    prefetch: Annotated[int, Field(ge=0, le=65_535)] = 0
+    retry_initial: Annotated[float, Field(gt=0)] = 0.5
+    retry_max: Annotated[float, Field(gt=0)] = 30.0
+    reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _check_retry(self) -> ConsumerSettings:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("RETRY_MAX must be at least RETRY_INITIAL")
+        return self
+
+    def effective_prefetch(self) -> int:
+        return self.prefetch or min(2 * self.batch_size, 65_535)

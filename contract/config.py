@@ -1,0 +1,73 @@
+"""Configuration every deployable shares: the environment variable names, their defaults, and logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.event import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Limits
+from contract.topology import Topology
+
+
+class CommonSettings(BaseSettings):
+    """Read from the environment (`AMQP_URL`, `DB_PATH`, ...); tests construct it directly."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    db_path: Path = Path("./data/events.db")
+    amqp_exchange: Annotated[str, Field(min_length=1, max_length=255)] = "events"
+    amqp_queue: Annotated[str, Field(min_length=1, max_length=255)] = "events.aggregator"
+    log_level: str = "INFO"
+    max_payload_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PAYLOAD_BYTES
+    max_message_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_MESSAGE_BYTES
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("amqp", "amqps"):
+            raise ValueError(f"AMQP_URL must start with amqp:// or amqps://, got {redact(value)!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR; got {value!r}")
+        return level
+
+    def topology(self) -> Topology:
+        return Topology.named(self.amqp_exchange, self.amqp_queue)
+
+    def limits(self) -> Limits:
+        return Limits(max_payload_bytes=self.max_payload_bytes, max_message_bytes=self.max_message_bytes)
+
+    def safe_amqp_url(self) -> str:
+        return redact(self.amqp_url)
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # aiormq/aio-pika log every reconnect attempt with a traceback at WARNING; ours say it once, better.
+    logging.getLogger("aiormq").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    logging.getLogger("aio_pika").setLevel(max(logging.getLevelName(level), logging.ERROR))

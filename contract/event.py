@@ -1,0 +1,134 @@
+"""The event model and the wire format of a message body: one event or an envelope (a JSON array)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,255}$"
+_TOPIC_RE = re.compile(TOPIC_PATTERN)
+
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class InvalidEvent(ValueError):
+    """A message body that can never be processed: not JSON, not the schema, or over a limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+class Event(BaseModel):
+    """One log event. `timestamp` is normalised to UTC ISO 8601 with a `Z` suffix on validation."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "topic": "orders.created",
+                    "event_id": "order_12345",
+                    "timestamp": "2026-11-22T10:15:00Z",
+                    "source": "checkout-service",
+                    "payload": {"amount": 42.5, "currency": "EUR"},
+                }
+            ]
+        },
+    )
+
+    topic: Annotated[str, Field(pattern=TOPIC_PATTERN, description="Letters, digits, `.`, `_`, `-`, `:`")]
+    event_id: Annotated[str, Field(min_length=1, max_length=255)]
+    timestamp: Annotated[str, Field(description="ISO 8601; no offset means UTC; stored in UTC")]
+    source: Annotated[str, Field(min_length=1, max_length=255)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _normalise_timestamp(cls, value: str) -> str:
+        return normalise_timestamp(value)
+
+    def key(self) -> tuple[str, str]:
+        return (self.topic, self.event_id)
+
+    def payload_json(self) -> str:
+        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False)
+
+    def content_hash(self) -> bytes:
+        """Hash of what a publisher means by the event; a reused id with other content is a conflict."""
+        canonical = json.dumps(
+            [self.timestamp, self.source, self.payload],
+            separators=(",", ":"),
+            ensure_ascii=False,
+            sort_keys=True,
+        )
+        return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+def normalise_timestamp(value: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_ONE = TypeAdapter(Event)
+_MANY = TypeAdapter(list[Event])
+
+
+def check_payload_size(event: Event, limits: Limits) -> None:
+    size = len(event.payload_json().encode())
+    if size > limits.max_payload_bytes:
+        raise InvalidEvent(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
+
+
+def decode(body: bytes, limits: Limits) -> list[Event]:
+    """Decode a message body into its events, or raise InvalidEvent for the whole message."""
+    if len(body) > limits.max_message_bytes:
+        raise InvalidEvent(
+            f"message of {len(body)} bytes is over the limit of {limits.max_message_bytes} bytes"
+        )
+    # Peek at the first non-blank byte rather than parsing twice: '[' is an envelope, anything else one event.
+    stripped = body.lstrip()
+    try:
+        if stripped[:1] == b"[":
+            events = _MANY.validate_json(body)
+        else:
+            events = [_ONE.validate_json(body)]
+    except ValidationError as exc:
+        raise InvalidEvent(describe(exc)) from exc
+    for event in events:
+        check_payload_size(event, limits)
+    return events
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(loc) for loc in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def encode(events: list[Event]) -> bytes:
+    """An envelope for several events, a plain object for one (readable by any consumer of single events)."""
+    if len(events) == 1:
+        return _ONE.dump_json(events[0])
+    return _MANY.dump_json(events)
+
+
+def is_valid_topic(topic: str) -> bool:
+    return _TOPIC_RE.fullmatch(topic) is not None

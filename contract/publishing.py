@@ -1,0 +1,222 @@
+"""The confirming publisher: envelopes by topic, confirms in flight, re-send until confirmed or give up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from contract import event as wire
+from contract.event import Event
+from contract.topology import Topology, declare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    envelope_size: int = 100
+    linger: float = 0.05
+    max_in_flight: int = 256
+    confirm_timeout: float = 5.0
+    max_attempts: int = 5
+    retry_backoff: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.envelope_size < 1:
+            raise ValueError(f"envelope size must be at least 1, got {self.envelope_size}")
+        if self.max_in_flight < 1 or self.max_attempts < 1:
+            raise ValueError("max_in_flight and max_attempts must be at least 1")
+        if self.linger < 0 or self.confirm_timeout <= 0:
+            raise ValueError("linger must be >= 0 and confirm_timeout > 0")
+
+
+class PublishFailed(Exception):
+    """Some events were not confirmed by the broker after every attempt; they may or may not have arrived."""
+
+    def __init__(self, unconfirmed: Sequence[Event], reason: str) -> None:
+        self.unconfirmed = list(unconfirmed)
+        self.reason = reason
+        super().__init__(f"{len(self.unconfirmed)} event(s) not confirmed by the broker: {reason}")
+
+
+class Unroutable(PublishFailed):
+    """The broker returned the message: nothing is bound to the exchange for it (topology missing)."""
+
+
+# Errors after which a re-send can succeed: a nack, a lost confirm, a lost connection or channel.
+_RETRYABLE = (
+    aiormq.exceptions.DeliveryError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPChannelError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class ConfirmingPublisher:
+    """Publishes envelopes and returns only when the broker confirmed them (persistent, mandatory)."""
+
+    def __init__(self, channel: AbstractChannel, exchange: AbstractExchange, options: PublishOptions) -> None:
+        self._channel = channel
+        self._exchange = exchange
+        self.options = options
+        self.slots = asyncio.Semaphore(options.max_in_flight)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        topology: Topology,
+        options: PublishOptions | None = None,
+        *,
+        connection_name: str = "eventagg-publisher",
+    ) -> AsyncIterator[ConfirmingPublisher]:
+        connection = await aio_pika.connect_robust(
+            url, client_properties={"connection_name": connection_name}
+        )
+        async with connection, cls.open(connection, topology, options) as publisher:
+            yield publisher
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, connection: AbstractRobustConnection, topology: Topology, options: PublishOptions | None = None
+    ) -> AsyncIterator[ConfirmingPublisher]:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        async with channel:
+            # Declaring the whole topology here means events published before any consumer ran are queued,
+            # not dropped as unroutable.
+            declared = await declare(channel, topology)
+            yield cls(channel, declared.exchange, options or PublishOptions())
+
+    def batch(self, on_confirmed: Callable[[int], None] | None = None) -> EnvelopeBatch:
+        return EnvelopeBatch(self, on_confirmed)
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Publish all events grouped into envelopes; raises PublishFailed naming what was not confirmed."""
+        batch = self.batch()
+        for item in events:
+            await batch.add(item)
+        await batch.flush()
+
+    async def send_envelope(self, events: Sequence[Event]) -> None:
+        """One message, re-sent until confirmed or attempts run out. All events must share one topic."""
+        body = wire.encode(list(events))
+        message_id = events[0].event_id if len(events) == 1 else uuid.uuid4().hex
+        routing_key = events[0].topic
+        attempts = self.options.max_attempts
+        for attempt in range(1, attempts + 1):
+            message = aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+            )
+            try:
+                # The timeout also bounds waiting for a reconnecting robust channel, not only the confirm.
+                await asyncio.wait_for(
+                    self._exchange.publish(message, routing_key, mandatory=True),
+                    timeout=self.options.confirm_timeout,
+                )
+                return
+            except aiormq.exceptions.PublishError as exc:
+                raise Unroutable(events, f"unroutable via exchange {self._exchange.name!r}") from exc
+            except _RETRYABLE as exc:
+                remaining = attempts - attempt
+                if remaining == 0:
+                    raise PublishFailed(events, f"{type(exc).__name__}: {exc}") from exc
+                log.warning(
+                    "publish not confirmed, re-sending events=%d error=%s attempts_left=%d",
+                    len(events),
+                    type(exc).__name__,
+                    remaining,
+                )
+                await self._wait_until_ready(self.options.retry_backoff * 2 ** (attempt - 1))
+
+    async def _wait_until_ready(self, backoff: float) -> None:
+        await asyncio.sleep(backoff)
+        ready = getattr(self._channel, "ready", None)
+        if ready is not None:
+            # A robust channel is restored in the background after a reconnect; waiting here turns the next
+            # attempt into a real one instead of an instant failure on a closed channel.
+            try:
+                await asyncio.wait_for(ready(), timeout=self.options.confirm_timeout)
+            except TimeoutError:
+                pass
+
+
+@dataclass
+class EnvelopeBatch:
+    """Groups events by topic into envelopes (size, linger) and keeps many of them in flight."""
+
+    publisher: ConfirmingPublisher
+    on_confirmed: Callable[[int], None] | None = None
+    confirmed: int = 0
+    failed: list[Event] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    _buffers: dict[str, list[Event]] = field(default_factory=dict)
+    _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def add(self, item: Event) -> None:
+        options = self.publisher.options
+        buffer = self._buffers.setdefault(item.topic, [])
+        buffer.append(item)
+        if len(buffer) >= options.envelope_size:
+            await self._send(item.topic)
+        elif len(buffer) == 1 and options.linger > 0:
+            loop = asyncio.get_running_loop()
+            self._timers[item.topic] = loop.call_later(options.linger, self._linger_expired, item.topic)
+
+    async def flush(self) -> None:
+        """Send every partial envelope, wait for every confirm; raise PublishFailed if any envelope failed."""
+        for topic in list(self._buffers):
+            await self._send(topic)
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self.failed:
+            raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
+
+    def _linger_expired(self, topic: str) -> None:
+        self._timers.pop(topic, None)
+        if self._buffers.get(topic):
+            task = asyncio.get_running_loop().create_task(self._send(topic))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, topic: str) -> None:
+        timer = self._timers.pop(topic, None)
+        if timer is not None:
+            timer.cancel()
+        events = self._buffers.pop(topic, [])
+        if not events:
+            return
+        # Acquire before creating the task: this is the back-pressure that bounds unconfirmed messages.
+        await self.publisher.slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._deliver(events))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, events: list[Event]) -> None:
+        try:
+            await self.publisher.send_envelope(events)
+        except PublishFailed as exc:
+            log.error("giving up on envelope events=%d reason=%s", len(events), exc.reason)
+            self.failed.extend(events)
+            self.reasons.append(exc.reason)
+        else:
+            self.confirmed += len(events)
+            if self.on_confirmed is not None:
+                self.on_confirmed(len(events))
+        finally:
+            self.publisher.slots.release()
