@@ -71,3 +71,5 @@ def configure_logging(level: str) -> None:
     # aiormq/aio-pika log every reconnect attempt with a traceback at WARNING; ours say it once, better.
     logging.getLogger("aiormq").setLevel(max(logging.getLevelName(level), logging.ERROR))
     logging.getLogger("aio_pika").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    # httpx logs every request at INFO; a load run would drown the summary.
+    logging.getLogger("httpx").setLevel(max(logging.getLevelName(level), logging.WARNING))

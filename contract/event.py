@@ -28,22 +28,21 @@ class Limits:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
+EXAMPLE: dict[str, Any] = {
+    "topic": "orders.created",
+    "event_id": "order_12345",
+    "timestamp": "2026-11-22T10:15:00Z",
+    "source": "checkout-service",
+    "payload": {"amount": 42.5, "currency": "EUR"},
+}
+
+
 class Event(BaseModel):
     """One log event. `timestamp` is normalised to UTC ISO 8601 with a `Z` suffix on validation."""
 
     model_config = ConfigDict(
         frozen=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "topic": "orders.created",
-                    "event_id": "order_12345",
-                    "timestamp": "2026-11-22T10:15:00Z",
-                    "source": "checkout-service",
-                    "payload": {"amount": 42.5, "currency": "EUR"},
-                }
-            ]
-        },
+        json_schema_extra={"examples": [EXAMPLE]},
     )
 
     topic: Annotated[str, Field(pattern=TOPIC_PATTERN, description="Letters, digits, `.`, `_`, `-`, `:`")]

@@ -94,10 +94,17 @@ class ConfirmingPublisher:
     ) -> AsyncIterator[ConfirmingPublisher]:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         async with channel:
-            # Declaring the whole topology here means events published before any consumer ran are queued,
-            # not dropped as unroutable.
-            declared = await declare(channel, topology)
-            yield cls(channel, declared.exchange, options or PublishOptions())
+            yield await cls.on_channel(channel, topology, options)
+
+    @classmethod
+    async def on_channel(
+        cls, channel: AbstractChannel, topology: Topology, options: PublishOptions | None = None
+    ) -> ConfirmingPublisher:
+        """A publisher on a channel opened with publisher_confirms=True and on_return_raises=True."""
+        # Declaring the whole topology here means events published before any consumer ran are queued,
+        # not dropped as unroutable.
+        declared = await declare(channel, topology)
+        return cls(channel, declared.exchange, options or PublishOptions())
 
     def batch(self, on_confirmed: Callable[[int], None] | None = None) -> EnvelopeBatch:
         return EnvelopeBatch(self, on_confirmed)
@@ -180,10 +187,17 @@ class EnvelopeBatch:
 
     async def flush(self) -> None:
         """Send every partial envelope, wait for every confirm; raise PublishFailed if any envelope failed."""
-        for topic in list(self._buffers):
-            await self._send(topic)
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        try:
+            for topic in list(self._buffers):
+                await self._send(topic)
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        except BaseException:
+            # Cancelled (a caller's deadline): stop re-sending in the background; what was not confirmed
+            # is the caller's to re-send.
+            for task in self._tasks:
+                task.cancel()
+            raise
         if self.failed:
             raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
 

@@ -1,0 +1,45 @@
+"""Composition root of the api: `python -m api` serves on API_PORT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from api.app import create_app
+from api.settings import ApiSettings
+from contract.config import configure_logging
+
+log = logging.getLogger("api")
+
+
+def cli() -> int:
+    try:
+        settings = ApiSettings()
+    except ValidationError as exc:
+        print(f"api: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    log.info(
+        "api starting port=%d db_path=%s exchange=%s url=%s publish_key=%s",
+        settings.api_port,
+        settings.db_path,
+        settings.amqp_exchange,
+        settings.safe_amqp_url(),
+        "set" if settings.api_key else "off",
+    )
+    # uvicorn installs its own SIGTERM/SIGINT handlers and runs the lifespan's shutdown on them.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level == "DEBUG",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

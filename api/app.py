@@ -1,0 +1,58 @@
+"""The FastAPI application: its lifespan owns the read-only store connection and the broker link."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import TypeAdapter
+
+from api.broker import BrokerLink
+from api.queries import StoreReader
+from api.routes import OPENAPI_MODELS, State, router
+from api.settings import ApiSettings
+
+DESCRIPTION = """
+Crash-safe event aggregator. Every event takes effect exactly once: `(topic, event_id)` is the dedup key,
+counters are exact and survive restarts.
+
+* `POST /publish` answers only after the broker confirmed every event (HTTP 200), so a 200 means durable.
+  On 503 the client may simply re-send: the consumer drops duplicates.
+* `GET /events`, `GET /events/{topic}/{event_id}`, `GET /stats` read the store and keep working while the
+  broker is down.
+"""
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reader = StoreReader(settings.db_path)
+        broker = BrokerLink(settings)
+        try:
+            async with broker.running():
+                app.state.api = State(settings, reader, broker)
+                yield
+        finally:
+            reader.close()
+
+    app = FastAPI(title="Event aggregator", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in OPENAPI_MODELS:
+                extra = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
+                components.update(extra.pop("$defs", {}))
+                components[model.__name__] = extra
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

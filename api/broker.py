@@ -1,0 +1,127 @@
+"""The api's link to the broker: one robust connection, made in the background, for publishing and probes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustConnection
+
+from api.settings import ApiSettings
+from contract.publishing import ConfirmingPublisher, PublishOptions
+from contract.topology import queue_depth
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(Exception):
+    """No connection to the broker right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Depths:
+    queue: int | None
+    dead_letter_queue: int | None
+    error: str | None
+
+
+class BrokerLink:
+    """Reads never wait for it: while the broker is down the api keeps serving, and publish answers 503."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self._settings = settings
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: ConfirmingPublisher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._probe: tuple[float, Depths] | None = None
+        self._probe_lock = asyncio.Lock()
+        self.last_error: str | None = "not connected yet"
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[BrokerLink]:
+        self._task = asyncio.create_task(self._connect_forever(), name="broker-connect")
+        try:
+            yield self
+        finally:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            if self._connection is not None:
+                with suppress(Exception):
+                    await self._connection.close()
+
+    async def _connect_forever(self) -> None:
+        s = self._settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                connection = await aio_pika.connect_robust(
+                    s.amqp_url,
+                    reconnect_interval=s.reconnect_interval,
+                    client_properties={"connection_name": "eventagg-api"},
+                    timeout=s.publish_timeout,
+                )
+                break
+            except (ConnectionError, OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if attempt == 1 or attempt % 30 == 0:
+                    log.warning(
+                        "broker unreachable url=%s attempt=%d error=%s; publish answers 503 until it is back",
+                        s.safe_amqp_url(),
+                        attempt,
+                        self.last_error,
+                    )
+                await asyncio.sleep(s.reconnect_interval)
+        self._connection = connection
+        options = PublishOptions(
+            envelope_size=s.envelope_size,
+            linger=0,
+            confirm_timeout=s.publish_timeout,
+            max_attempts=2,
+        )
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._publisher = await ConfirmingPublisher.on_channel(channel, s.topology(), options)
+        self._ready.set()
+        self.last_error = None
+        log.info("connected to the broker url=%s", s.safe_amqp_url())
+
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed and self._ready.is_set()
+
+    def publisher(self) -> ConfirmingPublisher:
+        if self._publisher is None or not self.connected():
+            raise BrokerUnavailable(f"the broker is unreachable ({self.last_error or 'reconnecting'})")
+        return self._publisher
+
+    async def depths(self) -> Depths:
+        """Exact queue depths by passive declare, cached briefly; never raises."""
+        async with self._probe_lock:
+            now = time.monotonic()
+            if self._probe is not None and now - self._probe[0] < self._settings.broker_probe_ttl:
+                return self._probe[1]
+            depths = await self._read_depths()
+            self._probe = (now, depths)
+            return depths
+
+    async def _read_depths(self) -> Depths:
+        if not self.connected() or self._connection is None:
+            return Depths(None, None, self.last_error or "reconnecting")
+        topology = self._settings.topology()
+        try:
+            # A passive declare of a missing queue closes its channel, so each probe gets a throwaway one.
+            async with asyncio.timeout(2.0):
+                channel = await self._connection.channel(publisher_confirms=False)
+                async with channel:
+                    queue = await queue_depth(channel, topology.queue)
+                    dead = await queue_depth(channel, topology.dead_letter_queue)
+            return Depths(queue, dead, None)
+        except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+            return Depths(None, None, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,97 @@
+"""The HTTP publish shim's request handling: the four body shapes, whole-request validation, and limits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from contract.event import Event, Limits
+
+
+class PayloadTooLarge(Exception):
+    """Past a configured limit: HTTP 413."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInvalid(Exception):
+    """Malformed or invalid request: HTTP 422 with FastAPI-style items."""
+
+    errors: list[dict[str, Any]]
+
+
+def _error(loc: list[str | int], msg: str, kind: str, value: Any = None) -> dict[str, Any]:
+    return {"type": kind, "loc": loc, "msg": msg, "input": value}
+
+
+def parse_body(raw: bytes, limits: Limits, max_events: int) -> list[Event]:
+    """Every event of the request, or an exception describing everything wrong with it."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestInvalid([_error(["body"], f"malformed JSON: {exc}", "json_invalid")]) from exc
+    items, prefix = _items(data)
+    if len(items) > max_events:
+        raise PayloadTooLarge(f"{len(items)} events in one request; the limit is {max_events}")
+    events: list[Event] = []
+    errors: list[dict[str, Any]] = []
+    oversized: list[str] = []
+    for index, item in enumerate(items):
+        loc: list[str | int] = [*prefix, index] if prefix is not None else ["body"]
+        if not isinstance(item, dict):
+            errors.append(_error(loc, "an event must be a JSON object", "model_type", item))
+            continue
+        try:
+            event = Event.model_validate(item)
+        except ValidationError as exc:
+            for e in exc.errors(include_url=False):
+                errors.append(_error([*loc, *e["loc"]], e["msg"], e["type"], e.get("input")))
+            continue
+        size = len(event.payload_json().encode())
+        if size > limits.max_payload_bytes:
+            where = ".".join(str(part) for part in [*loc, "payload"])
+            oversized.append(f"{where} is {size} bytes")
+        events.append(event)
+    if errors:
+        raise RequestInvalid(errors)
+    if oversized:
+        raise PayloadTooLarge(
+            f"payload over the limit of {limits.max_payload_bytes} bytes: " + ", ".join(oversized[:5])
+        )
+    return events
+
+
+def _items(data: Any) -> tuple[list[Any], list[str | int] | None]:
+    """The list of raw events and the location prefix of each (None: the body is one event)."""
+    if isinstance(data, list):
+        return data, ["body"]
+    if isinstance(data, dict):
+        if "events" in data and "topic" not in data:
+            inner = data["events"]
+            if isinstance(inner, list):
+                return inner, ["body", "events"]
+            if isinstance(inner, dict):
+                return [inner], ["body", "events"]
+            raise RequestInvalid(
+                [
+                    _error(
+                        ["body", "events"],
+                        "`events` must be an event or an array of events",
+                        "type_error",
+                        inner,
+                    )
+                ]
+            )
+        return [data], None
+    raise RequestInvalid(
+        [
+            _error(
+                ["body"],
+                'the body must be an event, an array of events, or {"events": [...]}',
+                "model_type",
+                data,
+            )
+        ]
+    )

@@ -1,0 +1,243 @@
+"""The publisher CLI: `python -m publisher` sends a generated load or NDJSON events, with confirms."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from contract.config import configure_logging
+from contract.event import Event
+from contract.publishing import PublishFailed
+from publisher import load
+from publisher.files import BadLine, read_ndjson
+from publisher.settings import PublisherSettings
+from publisher.transport import Batch, Transport, open_transport
+
+log = logging.getLogger("publisher")
+
+EXIT_OK, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_BAD_LINES, EXIT_VERIFY = 0, 1, 2, 3, 4
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    unique: int = 0
+    duplicates: int = 0
+    confirmed: int = 0
+    unconfirmed: int = 0
+    bad_lines: int = 0
+    elapsed: float = 0.0
+    events_per_second: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [
+            f"sent        {self.sent}",
+            f"unique      {self.unique}",
+            f"duplicates  {self.duplicates}",
+            f"confirmed   {self.confirmed}",
+        ]
+        if self.unconfirmed:
+            lines.append(f"UNCONFIRMED {self.unconfirmed}  (safe to re-send: the consumer deduplicates)")
+        if self.bad_lines:
+            lines.append(f"bad lines   {self.bad_lines}  (skipped, listed above)")
+        lines += [f"elapsed     {self.elapsed:.2f}s", f"events/s    {self.events_per_second:,.0f}"]
+        return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent when stderr is not one."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total, self.enabled, self.done, self._last = total, enabled, 0, 0.0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or self.done == self.total):
+            self._last = now
+            of = f"/{self.total}" if self.total else ""
+            sys.stderr.write(f"\rconfirmed {self.done}{of}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m publisher",
+        description="Publish events to the aggregator with publisher confirms. Without --file, sends a "
+        "generated load. Settings not given here come from the environment (AMQP_URL, ...).",
+    )
+    src = p.add_argument_group("what to send")
+    src.add_argument("--file", metavar="PATH", help="NDJSON events, one JSON object per line; '-' for stdin")
+    src.add_argument("--count", type=int, default=5000, help="events to generate (default 5000)")
+    src.add_argument("--duplicates", type=float, default=0.2, help="share of re-sent events (default 0.2)")
+    src.add_argument("--topics", type=int, default=8, help="number of topics (default 8)")
+    src.add_argument("--seed", type=int, default=None, help="seed for a reproducible load (default: random)")
+    src.add_argument("--topic-prefix", default="demo", help="prefix of generated topic names (default demo)")
+    how = p.add_argument_group("how to send")
+    how.add_argument("--via", choices=("amqp", "http"), default="amqp", help="transport (default amqp)")
+    how.add_argument("--url", help="api base URL for --via http and --verify (env API_URL)")
+    how.add_argument("--envelope-size", type=int, help="events per message; 1 sends single-event messages")
+    how.add_argument("--linger", type=float, help="seconds to wait filling an envelope")
+    how.add_argument("--max-in-flight", type=int, help="unconfirmed messages (or requests) at once")
+    how.add_argument("--confirm-timeout", type=float, help="seconds to wait for a confirm before re-sending")
+    out = p.add_argument_group("output")
+    out.add_argument("--verify", action="store_true", help="wait until the api shows the events took effect")
+    out.add_argument("--verify-all", action="store_true", help="with --verify, look up every unique event")
+    out.add_argument("--verify-timeout", type=float, default=60.0, help="seconds to wait for --verify")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    out.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def build_settings(args: argparse.Namespace) -> PublisherSettings:
+    overrides = {
+        "envelope_size": args.envelope_size,
+        "linger": args.linger,
+        "max_in_flight": args.max_in_flight,
+        "confirm_timeout": args.confirm_timeout,
+        "api_url": args.url,
+    }
+    return PublisherSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+async def send_load(
+    transport: Transport, args: argparse.Namespace, report: Report, progress: Progress
+) -> list[Event]:
+    seed = args.seed if args.seed is not None else time.time_ns()
+    generated = load.generate(args.count, args.duplicates, args.topics, seed, args.topic_prefix)
+    report.sent, report.unique, report.duplicates = (
+        len(generated.events),
+        generated.unique,
+        generated.duplicates,
+    )
+    batch = transport.batch(progress.add)
+    for item in generated.events:
+        await batch.add(item)
+    await _finish(batch, report)
+    return generated.events
+
+
+async def send_file(
+    transport: Transport,
+    args: argparse.Namespace,
+    settings: PublisherSettings,
+    report: Report,
+    progress: Progress,
+) -> list[Event]:
+    interactive = args.file == "-"
+    stream = sys.stdin.buffer if interactive else await asyncio.to_thread(Path(args.file).open, "rb")
+    sent: list[Event] = []
+    seen: set[tuple[str, str]] = set()
+    batch = transport.batch(progress.add)
+    try:
+        async for item in read_ndjson(stream, settings.limits(), interactive):
+            if isinstance(item, BadLine):
+                report.bad_lines += 1
+                print(f"{args.file}: {item}", file=sys.stderr)
+                continue
+            sent.append(item)
+            report.sent += 1
+            if item.key() in seen:
+                report.duplicates += 1
+            else:
+                seen.add(item.key())
+                report.unique += 1
+            await batch.add(item)
+        await _finish(batch, report)
+    finally:
+        if not interactive:
+            stream.close()
+    return sent
+
+
+async def _finish(batch: Batch, report: Report) -> None:
+    try:
+        await batch.flush()
+    except PublishFailed as exc:
+        report.unconfirmed = len(exc.unconfirmed)
+        report.errors.append(str(exc))
+    report.confirmed = batch.confirmed
+
+
+async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
+    report = Report()
+    progress = Progress(None if args.file else args.count, enabled=sys.stderr.isatty() and not args.quiet)
+    verifier = None
+    if args.verify or args.verify_all:
+        from publisher.verify import Verifier
+
+        verifier = Verifier(
+            settings.api_url, args.verify_timeout, settings.api_key, None if args.verify_all else 1000
+        )
+        await verifier.baseline()
+    started = time.monotonic()
+    try:
+        async with open_transport(args.via, settings) as transport:
+            if args.file:
+                sent = await send_file(transport, args, settings, report, progress)
+            else:
+                sent = await send_load(transport, args, report, progress)
+    except PublishFailed as exc:
+        report.errors.append(str(exc))
+        sent = []
+    finally:
+        progress.close()
+    report.elapsed = time.monotonic() - started
+    report.events_per_second = report.confirmed / report.elapsed if report.elapsed > 0 else 0.0
+    code = EXIT_OK
+    if report.bad_lines:
+        code = EXIT_BAD_LINES
+    if report.unconfirmed or report.errors:
+        code = EXIT_UNCONFIRMED
+    verified: dict[str, object] | None = None
+    if verifier is not None and code != EXIT_UNCONFIRMED:
+        outcome = await verifier.check(sent, report.sent)
+        verified = outcome.as_dict()
+        if not outcome.ok:
+            code = EXIT_VERIFY
+    if args.json:
+        print(json.dumps({**asdict(report), "verify": verified, "exit_code": code}))
+    else:
+        print(report.text())
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+        if verified is not None:
+            print(f"verify      {verified['summary']}")
+    return code
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.file is None and (args.count < 0 or args.topics < 1 or not 0 <= args.duplicates < 1):
+        print("publisher: need --count >= 0, --topics >= 1 and 0 <= --duplicates < 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        print(f"publisher: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level)
+    if args.file and args.file != "-" and not Path(args.file).is_file():
+        print(f"publisher: no such file: {args.file}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(main(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

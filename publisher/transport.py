@@ -1,0 +1,128 @@
+"""How the CLI's events reach the broker: AMQP with confirms, or the api's HTTP publish shim."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import httpx
+
+from contract.event import Event
+from contract.publishing import ConfirmingPublisher, PublishFailed
+from publisher.settings import PublisherSettings
+
+log = logging.getLogger(__name__)
+
+HTTP_EVENTS_PER_REQUEST = 1000
+HTTP_CONCURRENCY = 4
+
+
+class Batch(Protocol):
+    confirmed: int
+
+    async def add(self, item: Event) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class Transport(Protocol):
+    def batch(self, on_confirmed: Callable[[int], None] | None = None) -> Batch: ...
+
+
+@asynccontextmanager
+async def open_transport(via: str, settings: PublisherSettings) -> AsyncIterator[Transport]:
+    if via == "amqp":
+        async with ConfirmingPublisher.connect(
+            settings.amqp_url, settings.topology(), settings.publish_options()
+        ) as publisher:
+            yield publisher
+    elif via == "http":
+        async with httpx.AsyncClient(
+            base_url=settings.api_url, timeout=settings.confirm_timeout + 30
+        ) as client:
+            yield HttpTransport(client, settings)
+    else:
+        raise ValueError(f"unknown transport {via!r}; use amqp or http")
+
+
+class HttpTransport:
+    def __init__(self, client: httpx.AsyncClient, settings: PublisherSettings) -> None:
+        self._client = client
+        self._settings = settings
+        self._slots = asyncio.Semaphore(HTTP_CONCURRENCY)
+
+    def batch(self, on_confirmed: Callable[[int], None] | None = None) -> HttpBatch:
+        return HttpBatch(self, on_confirmed)
+
+    async def post(self, events: list[Event]) -> None:
+        """POST one request, re-sent on 503 or a lost connection; the consumer deduplicates re-sends."""
+        body = "[" + ",".join(item.model_dump_json() for item in events) + "]"
+        headers = {"content-type": "application/json"}
+        if self._settings.api_key:
+            headers["x-api-key"] = self._settings.api_key
+        attempts = self._settings.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._client.post("/publish", content=body, headers=headers)
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return
+                reason = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code != 503:
+                    raise PublishFailed(events, reason)
+            if attempt == attempts:
+                raise PublishFailed(events, reason)
+            log.warning(
+                "publish request failed, re-sending reason=%s attempts_left=%d", reason, attempts - attempt
+            )
+            await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+
+
+class HttpBatch:
+    def __init__(self, transport: HttpTransport, on_confirmed: Callable[[int], None] | None) -> None:
+        self._transport = transport
+        self._on_confirmed = on_confirmed
+        self._buffer: list[Event] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.confirmed = 0
+        self.failed: list[Event] = []
+        self.reasons: list[str] = []
+
+    async def add(self, item: Event) -> None:
+        self._buffer.append(item)
+        if len(self._buffer) >= HTTP_EVENTS_PER_REQUEST:
+            await self._send()
+
+    async def flush(self) -> None:
+        await self._send()
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self.failed:
+            raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
+
+    async def _send(self) -> None:
+        events, self._buffer = self._buffer, []
+        if not events:
+            return
+        await self._transport._slots.acquire()
+        task = asyncio.create_task(self._deliver(events))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, events: list[Event]) -> None:
+        try:
+            await self._transport.post(events)
+        except PublishFailed as exc:
+            self.failed.extend(events)
+            self.reasons.append(exc.reason)
+        else:
+            self.confirmed += len(events)
+            if self._on_confirmed is not None:
+                self._on_confirmed(len(events))
+        finally:
+            self._transport._slots.release()
