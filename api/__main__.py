@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
@@ -30,15 +32,27 @@ def cli() -> int:
         settings.safe_amqp_url(),
         "set" if settings.api_key else "off",
     )
-    # uvicorn installs its own SIGTERM/SIGINT handlers and runs the lifespan's shutdown on them.
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=settings.log_level == "DEBUG",
     )
-    return 0
+    server = _Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of it; SIGTERM is how
+    a service is normally stopped, so after the shutdown completes we exit 0 instead."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM:
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

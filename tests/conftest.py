@@ -1,0 +1,91 @@
+"""Shared fixtures: the real broker, a per-test deployment (unique names, own store), processes, AMQP."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from tests.broker import Broker, BrokerError, find_broker
+from tests.processes import Deployment, Processes
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    try:
+        found = find_broker(tmp_path_factory.mktemp("broker"))
+    except BrokerError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no RabbitMQ for the test suite: {exc}")
+        pytest.skip(f"no RabbitMQ for the test suite: {exc}")
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+@pytest.fixture
+def deployment(broker: Broker, tmp_path: Path) -> Iterator[Deployment]:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    deployed = Deployment(
+        amqp_url=broker.url,
+        exchange=f"{name}.events",
+        queue=f"{name}.aggregator",
+        db_path=tmp_path / "store" / "events.db",
+        logs=logs,
+    )
+    yield deployed
+    _delete_topology(broker.url, deployed)
+
+
+def _delete_topology(url: str, deployed: Deployment) -> None:
+    import asyncio
+
+    async def delete() -> None:
+        try:
+            connection = await aio_pika.connect(url, timeout=5)
+        except Exception:  # the broker may be down after a crash test; its data dir goes with it
+            return
+        async with connection:
+            for queue in (deployed.queue, deployed.dead_letter_queue):
+                channel = await connection.channel()
+                try:
+                    await channel.queue_delete(queue)
+                except Exception:
+                    pass
+                finally:
+                    if not channel.is_closed:
+                        await channel.close()
+            channel = await connection.channel()
+            for exchange in (deployed.exchange, f"{deployed.exchange}.dlx"):
+                try:
+                    await channel.exchange_delete(exchange)
+                except Exception:
+                    channel = await connection.channel()
+            if not channel.is_closed:
+                await channel.close()
+
+    asyncio.run(delete())
+
+
+@pytest.fixture
+def procs(deployment: Deployment) -> Iterator[Processes]:
+    running = Processes(deployment)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+async def amqp(broker: Broker) -> AsyncIterator[AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(broker.url)
+    async with connection:
+        yield connection

@@ -1,0 +1,156 @@
+"""Runs the deployables as real processes (`python -m consumer|api|publisher`) for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    """The configuration one test's processes share: its own exchange, queue, store and api port."""
+
+    amqp_url: str
+    exchange: str
+    queue: str
+    db_path: Path
+    logs: Path
+    api_port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.exchange}.dead"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "AMQP_URL": self.amqp_url,
+            "AMQP_EXCHANGE": self.exchange,
+            "AMQP_QUEUE": self.queue,
+            "DB_PATH": str(self.db_path),
+            "API_PORT": str(self.api_port),
+            "API_HOST": "127.0.0.1",
+            "API_URL": self.api_url,
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+            **overrides,
+        }
+        return env
+
+
+class Process:
+    """One deployable as a child process with its output in a log file."""
+
+    def __init__(self, module: str, deployment: Deployment, args: list[str], env: dict[str, str]) -> None:
+        self.module = module
+        index = len(list(deployment.logs.glob(f"{module}-*.log")))
+        self.log_path = deployment.logs / f"{module}-{index}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(timeout=timeout)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.alive:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+        self._log.close()
+
+
+class Processes:
+    """Starts processes for one test and kills whatever is left at teardown."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self._all: list[Process] = []
+
+    def start(self, module: str, *args: str, **env: str) -> Process:
+        process = Process(module, self.deployment, list(args), self.deployment.env(**env))
+        self._all.append(process)
+        return process
+
+    def consumer(self, **env: str) -> Process:
+        return self.start("consumer", **env)
+
+    def api(self, **env: str) -> Process:
+        return self.start("api", **env)
+
+    def publish(self, *args: str, timeout: float = 120.0, **env: str) -> dict[str, Any]:
+        """Run the CLI to completion with --json; returns its summary (exit code included)."""
+        process = self.start("publisher", *args, "--json", "--quiet", **env)
+        code = process.wait(timeout)
+        lines = [line for line in process.output().splitlines() if line.startswith("{")]
+        if not lines:
+            raise AssertionError(f"publisher exited {code} without a summary:\n{process.output()}")
+        summary: dict[str, Any] = json.loads(lines[-1])
+        assert summary["exit_code"] == code
+        return summary
+
+    def close(self) -> None:
+        for process in self._all:
+            process.close()
+
+
+def api_get(deployment: Deployment, path: str, **params: Any) -> httpx.Response:
+    with httpx.Client(base_url=deployment.api_url, timeout=10) as client:
+        return client.get(path, params=params)
+
+
+def all_events(deployment: Deployment, topic: str | None = None) -> list[dict[str, Any]]:
+    """Every stored event through the api's pages, following the Link header."""
+    events: list[dict[str, Any]] = []
+    with httpx.Client(timeout=10) as client:
+        url: str | None = f"{deployment.api_url}/events?limit=1000" + (f"&topic={topic}" if topic else "")
+        while url is not None:
+            response = client.get(url)
+            response.raise_for_status()
+            events.extend(response.json())
+            url = response.links.get("next", {}).get("url")
+    return events

@@ -1,0 +1,291 @@
+"""End to end: CLI → RabbitMQ → consumer → SQLite → api, with real processes and exact outcomes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from publisher.load import generate
+from tests.probes import consumer_count, queue_depth
+from tests.processes import Deployment, Process, Processes, all_events, api_get
+from tests.waiting import eventually
+
+SEED = 20261122
+
+
+def stats(deployment: Deployment) -> dict[str, Any]:
+    response = api_get(deployment, "/stats")
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def counters(deployment: Deployment) -> dict[str, int]:
+    data = stats(deployment)
+    return {k: data[k] for k in ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")}
+
+
+async def start_pipeline(
+    procs: Processes, amqp: AbstractRobustConnection, **consumer_env: str
+) -> tuple[Process, Process]:
+    consumer = procs.consumer(**consumer_env)
+    api = procs.api()
+    deployment = procs.deployment
+    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    return consumer, api
+
+
+async def settled(deployment: Deployment, amqp: AbstractRobustConnection, received: int) -> dict[str, int]:
+    """Wait until the consumer has taken `received` events and the queue is empty; return the counters."""
+    await eventually(lambda: counters(deployment)["received"] >= received, 60, message=f"received {received}")
+
+    async def drained() -> bool:
+        return await queue_depth(amqp, deployment.queue) == 0
+
+    await eventually(drained, 30, message="queue drained")
+    return counters(deployment)
+
+
+@pytest.mark.parametrize("envelope_size", [1, 100])
+async def test_load_with_duplicates_takes_effect_exactly_once(
+    procs: Processes, amqp: AbstractRobustConnection, envelope_size: int
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    args = (
+        "--count",
+        "5000",
+        "--duplicates",
+        "0.2",
+        "--topics",
+        "8",
+        "--seed",
+        str(SEED),
+        "--envelope-size",
+        str(envelope_size),
+    )
+
+    summary = procs.publish(*args)
+
+    assert summary["exit_code"] == 0
+    assert (summary["sent"], summary["unique"], summary["duplicates"], summary["confirmed"]) == (
+        5000,
+        4000,
+        1000,
+        5000,
+    )
+    assert await settled(deployment, amqp, 5000) == {
+        "received": 5000,
+        "unique_processed": 4000,
+        "duplicate_dropped": 1000,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    expected = {e.key(): e for e in generate(5000, 0.2, 8, SEED).events}
+    stored = all_events(deployment)
+    assert len(stored) == 4000
+    assert {(e["topic"], e["event_id"]) for e in stored} == set(expected)
+    for event in stored:
+        original = expected[(event["topic"], event["event_id"])]
+        assert (event["payload"], event["source"], event["timestamp"]) == (
+            original.payload,
+            original.source,
+            original.timestamp,
+        )
+    assert stats(deployment)["topic_counts"] == {
+        topic: sum(1 for key in expected if key[0] == topic) for topic in {key[0] for key in expected}
+    }
+
+    # The same load again: every event is now a duplicate.
+    again = procs.publish(*args)
+
+    assert again["exit_code"] == 0
+    assert await settled(deployment, amqp, 10_000) == {
+        "received": 10_000,
+        "unique_processed": 4000,
+        "duplicate_dropped": 6000,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert len(all_events(deployment)) == 4000
+
+
+def foreign_event(event_id: str, topic: str = "foreign.client") -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": "2026-03-01T12:00:00+02:00",
+        "source": "other-client",
+        "payload": {"n": event_id},
+    }
+
+
+async def test_messages_from_another_client_without_properties_are_consumed_the_same_way(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    # No content type, not persistent, no message id: what a quick script or the management UI sends.
+    await exchange.publish(aio_pika.Message(json.dumps(foreign_event("single-1")).encode()), "foreign.client")
+    envelope = [foreign_event("env-1"), foreign_event("env-2"), foreign_event("single-1")]
+    await exchange.publish(aio_pika.Message(json.dumps(envelope).encode()), "foreign.client")
+    await exchange.publish(aio_pika.Message(b"[]"), "foreign.client")
+    await channel.close()
+
+    assert await settled(deployment, amqp, 4) == {
+        "received": 4,
+        "unique_processed": 3,
+        "duplicate_dropped": 1,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    stored = {e["event_id"]: e for e in all_events(deployment)}
+    assert set(stored) == {"single-1", "env-1", "env-2"}
+    assert stored["single-1"]["timestamp"] == "2026-03-01T10:00:00Z"
+    assert stored["env-2"]["payload"] == {"n": "env-2"}
+
+
+def pika_publish(url: str, exchange: str, bodies: list[bytes]) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for body in bodies:
+            channel.basic_publish(exchange, "pika.topic", body)
+    finally:
+        connection.close()
+
+
+async def test_messages_from_pika_are_consumed_as_single_events_and_envelopes(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    import asyncio
+
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    single = json.dumps(foreign_event("p-1", "pika.topic")).encode()
+    envelope = json.dumps([foreign_event("p-2", "pika.topic"), foreign_event("p-3", "pika.topic")]).encode()
+
+    await asyncio.to_thread(pika_publish, deployment.amqp_url, deployment.exchange, [single, envelope])
+
+    assert await settled(deployment, amqp, 3) == {
+        "received": 3,
+        "unique_processed": 3,
+        "duplicate_dropped": 0,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert {e["event_id"] for e in all_events(deployment, "pika.topic")} == {"p-1", "p-2", "p-3"}
+
+
+async def test_same_key_with_other_payload_keeps_the_first_and_counts_a_conflict(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    first = foreign_event("same") | {"payload": {"version": 1}}
+    second = foreign_event("same") | {"payload": {"version": 2}}
+    for body in (first, second, first):
+        await exchange.publish(aio_pika.Message(json.dumps(body).encode()), "foreign.client")
+    await channel.close()
+
+    assert await settled(deployment, amqp, 3) == {
+        "received": 3,
+        "unique_processed": 1,
+        "duplicate_dropped": 2,
+        "invalid": 0,
+        "conflicts": 1,
+    }
+    stored = all_events(deployment)
+    assert [e["payload"] for e in stored] == [{"version": 1}]
+
+
+INVALID_BODIES = {
+    "not json": b"{this is not json",
+    "missing field": json.dumps(
+        {"topic": "t", "event_id": "x", "timestamp": "2026-01-01T00:00:00Z"}
+    ).encode(),
+    "bad timestamp": json.dumps(foreign_event("bad-ts") | {"timestamp": "yesterday"}).encode(),
+    "payload not an object": json.dumps(foreign_event("bad-payload") | {"payload": [1, 2]}).encode(),
+    "oversized payload": json.dumps(foreign_event("big") | {"payload": {"blob": "x" * 300_000}}).encode(),
+    "one bad event spoils its envelope": json.dumps([foreign_event("fine-in-bad"), {"topic": "t"}]).encode(),
+    "wildcard topic": json.dumps(foreign_event("wild", "a.*")).encode(),
+    "not utf-8": b"\xff\xfe{}",
+}
+
+
+async def test_invalid_messages_are_dead_lettered_counted_and_do_not_block_valid_ones(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    for index, body in enumerate(INVALID_BODIES.values()):
+        await exchange.publish(aio_pika.Message(body), "foreign.client")
+        await exchange.publish(
+            aio_pika.Message(json.dumps(foreign_event(f"ok-{index}")).encode()), "foreign.client"
+        )
+    await channel.close()
+    n = len(INVALID_BODIES)
+
+    assert await settled(deployment, amqp, 2 * n) == {
+        "received": 2 * n,
+        "unique_processed": n,
+        "duplicate_dropped": 0,
+        "invalid": n,
+        "conflicts": 0,
+    }
+    assert {e["event_id"] for e in all_events(deployment)} == {f"ok-{i}" for i in range(n)}
+
+    async def dead_lettered() -> bool:
+        return await queue_depth(amqp, deployment.dead_letter_queue) == n
+
+    await eventually(dead_lettered, 30, message="dead letters")
+    dead_channel = await amqp.channel()
+    dead_queue = await dead_channel.get_queue(deployment.dead_letter_queue)
+    bodies = set()
+    for _ in range(n):
+        message = await dead_queue.get(timeout=5)
+        assert message is not None
+        bodies.add(message.body)
+        await message.ack()
+    await dead_channel.close()
+    assert bodies == set(INVALID_BODIES.values())
+
+
+async def test_api_reports_the_same_stats_after_its_own_restart(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    _, api = await start_pipeline(procs, amqp)
+    procs.publish("--count", "1000", "--duplicates", "0.1", "--seed", "7")
+    before = await settled(deployment, amqp, 1000)
+
+    assert api.terminate() == 0
+    procs.api()
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api back")
+
+    assert (
+        counters(deployment)
+        == before
+        == {
+            "received": 1000,
+            "unique_processed": 900,
+            "duplicate_dropped": 100,
+            "invalid": 0,
+            "conflicts": 0,
+        }
+    )
+    assert len(all_events(deployment)) == 900
