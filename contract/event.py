@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,255}$"
 _TOPIC_RE = re.compile(TOPIC_PATTERN)
@@ -51,16 +60,30 @@ class Event(BaseModel):
     source: Annotated[str, Field(min_length=1, max_length=255)]
     payload: dict[str, Any] = Field(default_factory=dict)
 
+    _payload_json: str = PrivateAttr(default="")
+
     @field_validator("timestamp")
     @classmethod
     def _normalise_timestamp(cls, value: str) -> str:
         return normalise_timestamp(value)
 
+    @model_validator(mode="after")
+    def _serialise_payload(self) -> Event:
+        # Serialised once here: it is what gets stored and what the size limit applies to. allow_nan=False
+        # because the JSON parser accepts NaN and Infinity, which no JSON client could read back.
+        try:
+            self._payload_json = json.dumps(
+                self.payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        except ValueError as exc:
+            raise ValueError(f"payload is not valid JSON: {exc}") from None
+        return self
+
     def key(self) -> tuple[str, str]:
         return (self.topic, self.event_id)
 
     def payload_json(self) -> str:
-        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False)
+        return self._payload_json
 
     def content_hash(self) -> bytes:
         """Hash of what a publisher means by the event; a reused id with other content is a conflict."""
@@ -76,11 +99,12 @@ class Event(BaseModel):
 def normalise_timestamp(value: str) -> str:
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"not an ISO 8601 timestamp: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # astimezone overflows for instants outside the years 1-9999 once shifted to UTC.
+        return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError):
+        raise ValueError(f"not an ISO 8601 timestamp in the years 1-9999 UTC: {value!r}") from None
 
 
 _ONE = TypeAdapter(Event)

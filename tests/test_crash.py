@@ -1,0 +1,179 @@
+"""Crash tests: SIGKILL the consumer or the broker mid-stream, lock the store; exact sets and counters."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from publisher.load import generate
+from tests.broker import Broker
+from tests.probes import consumer_count, queue_depth
+from tests.processes import Deployment, Processes, all_events, api_get
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.crash
+
+COUNTERS = ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")
+
+
+def counters(deployment: Deployment) -> dict[str, int]:
+    data: dict[str, Any] = api_get(deployment, "/stats").json()
+    return {name: int(data[name]) for name in COUNTERS}
+
+
+def assert_exactly_the_confirmed_events(deployment: Deployment, expected_keys: set[tuple[str, str]]) -> None:
+    stored = all_events(deployment)
+    keys = [(e["topic"], e["event_id"]) for e in stored]
+    assert len(keys) == len(set(keys)), "an event was stored twice"
+    assert set(keys) == expected_keys
+    c = counters(deployment)
+    assert c["unique_processed"] == len(expected_keys)
+    assert c["received"] == c["unique_processed"] + c["duplicate_dropped"] + c["invalid"]
+    assert c["invalid"] == 0
+    assert c["conflicts"] == 0
+
+
+async def drained(amqp: AbstractRobustConnection, queue: str) -> bool:
+    return await queue_depth(amqp, queue) == 0
+
+
+async def test_kill_9_of_the_consumer_mid_stream_loses_nothing_and_counts_exactly(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    # Small batches and single-event messages stretch the stream out so the kills land in the middle of it.
+    consumer = procs.consumer(BATCH_SIZE="20")
+    procs.api()
+    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    seed = 99
+    publisher = procs.start(
+        "publisher",
+        "--count",
+        "20000",
+        "--duplicates",
+        "0.2",
+        "--seed",
+        str(seed),
+        "--envelope-size",
+        "1",
+        "--json",
+        "--quiet",
+    )
+
+    for threshold in (2000, 9000):
+        await eventually(
+            lambda t=threshold: counters(deployment)["received"] >= t,
+            120,
+            0.01,
+            message=f"consumer past {threshold} events",
+        )
+        consumer.kill9()
+        before_restart = counters(deployment)
+        assert before_restart["received"] < 20_000, (
+            "the stream ended before the kill; the test proves nothing"
+        )
+        consumer = procs.consumer(BATCH_SIZE="20")
+
+    assert publisher.wait(180) == 0, publisher.output()
+    expected = {e.key() for e in generate(20000, 0.2, 8, seed).events}
+    assert len(expected) == 16000
+    await eventually(
+        lambda: counters(deployment)["unique_processed"] == 16000, 120, message="all unique stored"
+    )
+    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
+    assert_exactly_the_confirmed_events(deployment, expected)
+    c = counters(deployment)
+    # Redeliveries after a kill count as received and duplicate, never as a second stored event.
+    assert c["received"] >= 20_000
+    assert c["duplicate_dropped"] == c["received"] - 16000
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+    assert consumer.terminate() == 0
+    assert "consumer stopped" in consumer.output()
+
+
+async def test_kill_9_of_the_broker_mid_stream_loses_nothing_confirmed(
+    broker: Broker, procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    if not broker.killable:
+        pytest.skip("the broker from AMQP_URL cannot be killed by the tests")
+    deployment = procs.deployment
+    procs.consumer(BATCH_SIZE="50", RECONNECT_INTERVAL="0.5")
+    procs.api(RECONNECT_INTERVAL="0.5")
+    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    seed = 1234
+    publisher = procs.start(
+        "publisher",
+        "--count",
+        "20000",
+        "--duplicates",
+        "0.2",
+        "--seed",
+        str(seed),
+        "--envelope-size",
+        "1",
+        "--json",
+        "--quiet",
+        MAX_ATTEMPTS="30",
+    )
+    await eventually(lambda: counters(deployment)["received"] >= 3000, 120, 0.01, message="stream under way")
+
+    broker.kill()
+    assert counters(deployment)["received"] < 20_000, (
+        "the stream ended before the kill; the test proves nothing"
+    )
+    broker.start()
+
+    code = publisher.wait(240)
+    summary = publisher.output()
+    assert code == 0, summary
+    expected = {e.key() for e in generate(20000, 0.2, 8, seed).events}
+    await eventually(
+        lambda: counters(deployment)["unique_processed"] == 16000, 180, message="all unique stored"
+    )
+    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
+    assert_exactly_the_confirmed_events(deployment, expected)
+
+
+async def test_a_locked_store_pauses_consumption_without_dead_lettering_or_losing_events(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    consumer = procs.consumer(RETRY_INITIAL="0.2", RETRY_MAX="1")
+    procs.api()
+    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    await eventually(lambda: deployment.db_path.exists(), 30, message="store created")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+
+    blocker = sqlite3.connect(deployment.db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        summary = procs.publish("--count", "500", "--duplicates", "0.2", "--seed", "5")
+        assert summary["confirmed"] == 500
+        await eventually(
+            lambda: "store unavailable" in consumer.output(), 30, message="consumer saw the lock"
+        )
+        await eventually(lambda: consumer.output().count("store unavailable") >= 2, 30, message="it retried")
+        assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+        assert counters(deployment)["received"] == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    await eventually(lambda: counters(deployment)["received"] == 500, 60, message="consumption resumed")
+    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
+    assert counters(deployment) == {
+        "received": 500,
+        "unique_processed": 400,
+        "duplicate_dropped": 100,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert {(e["topic"], e["event_id"]) for e in all_events(deployment)} == {
+        e.key() for e in generate(500, 0.2, 8, 5).events
+    }
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
