@@ -79,7 +79,9 @@ def test_payload_is_optional_and_defaults_to_an_empty_object() -> None:
     assert event.payload == {}
 
 
-@pytest.mark.parametrize("topic", ["a", "orders.created", "orders_created", "orders-created", "ns:orders", "A.b_c-d:9"])
+@pytest.mark.parametrize(
+    "topic", ["a", "orders.created", "orders_created", "orders-created", "ns:orders", "A.b_c-d:9"]
+)
 def test_topics_of_letters_digits_dot_underscore_dash_and_colon_are_valid(topic: str) -> None:
     (event,) = decode(body(fields(topic=topic)), LIMITS)
 
@@ -92,7 +94,9 @@ def test_a_topic_of_255_characters_is_valid() -> None:
     assert event.topic == "t" * 255
 
 
-@pytest.mark.parametrize("event_id", ["a/b", "tenant/42/order/7", "e" * 255, "550e8400-e29b-41d4-a716-446655440000"])
+@pytest.mark.parametrize(
+    "event_id", ["a/b", "tenant/42/order/7", "e" * 255, "550e8400-e29b-41d4-a716-446655440000"]
+)
 def test_event_ids_with_slashes_and_up_to_255_characters_are_valid(event_id: str) -> None:
     (event,) = decode(body(fields(event_id=event_id)), LIMITS)
 
@@ -192,7 +196,9 @@ def test_an_invalid_topic_is_rejected(topic: str) -> None:
         decode(body(fields(topic=topic)), LIMITS)
 
 
-@pytest.mark.parametrize("stamp", ["yesterday", "2026-13-01T00:00:00Z", "22/11/2026 10:15", "2026-11-22T25:00:00Z", ""])
+@pytest.mark.parametrize(
+    "stamp", ["yesterday", "2026-13-01T00:00:00Z", "22/11/2026 10:15", "2026-11-22T25:00:00Z", ""]
+)
 def test_a_timestamp_that_is_not_iso_8601_is_invalid(stamp: str) -> None:
     with pytest.raises(InvalidEvent, match="timestamp"):
         decode(body(fields(timestamp=stamp)), LIMITS)
@@ -211,11 +217,6 @@ def test_a_timestamp_given_as_a_number_is_invalid(stamp: float) -> None:
         pytest.param("0001-01-01T00:00:00+01:00", id="before-year-1-in-utc"),
         pytest.param("9999-12-31T23:30:00-01:00", id="after-year-9999-in-utc"),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="product bug: normalise_timestamp lets OverflowError from astimezone() escape instead of InvalidEvent",
 )
 def test_a_timestamp_that_cannot_be_expressed_in_utc_is_invalid(stamp: str) -> None:
     with pytest.raises(InvalidEvent, match="timestamp"):
@@ -358,10 +359,6 @@ def test_payload_json_preserves_the_payload() -> None:
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: pydantic's JSON parser accepts NaN/Infinity, then payload_json() stores non-JSON text",
-)
 def test_a_payload_with_a_non_json_number_is_invalid(literal: bytes) -> None:
     raw = body(fields(payload={"x": 0})).replace(b'{"x": 0}', b'{"x": ' + literal + b"}")
 

@@ -1,0 +1,310 @@
+"""The HTTP side against real processes: the publish shim (confirms, validation, limits, key) and reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from aio_pika.abc import AbstractRobustConnection
+
+from publisher.load import generate
+from tests.probes import consumer_count, queue_depth
+from tests.processes import Deployment, Process, Processes, all_events, api_get, free_port
+from tests.waiting import eventually
+
+COUNTERS = ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")
+
+
+def event(event_id: str, topic: str = "http.test", **extra: Any) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": "2026-05-01T08:00:00Z",
+        "source": "http-client",
+        "payload": {"id": event_id},
+        **extra,
+    }
+
+
+def counters(deployment: Deployment) -> dict[str, int]:
+    data = api_get(deployment, "/stats").json()
+    return {name: int(data[name]) for name in COUNTERS}
+
+
+def post(
+    deployment: Deployment, body: Any = None, *, raw: bytes | None = None, **headers: str
+) -> httpx.Response:
+    content = raw if raw is not None else json.dumps(body).encode()
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as client:
+        return client.post(
+            "/publish", content=content, headers={"content-type": "application/json", **headers}
+        )
+
+
+async def start(
+    procs: Processes, amqp: AbstractRobustConnection | None, consumer: bool = True, **api_env: str
+) -> Process:
+    deployment = procs.deployment
+    if consumer:
+        procs.consumer()
+    api = procs.api(**api_env)
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    if consumer and amqp is not None:
+        await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    return api
+
+
+async def settled(deployment: Deployment, received: int) -> dict[str, int]:
+    await eventually(lambda: counters(deployment)["received"] >= received, 60, message=f"received {received}")
+    return counters(deployment)
+
+
+async def test_every_accepted_body_shape_is_published_and_confirmed(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start(procs, amqp)
+    bodies = [
+        event("one"),
+        [event("arr-1"), event("arr-2", topic="http.other")],
+        {"events": [event("wrapped-1"), event("wrapped-2")]},
+        {"events": event("wrapped-single")},
+        [],
+        {"events": []},
+    ]
+    answers = [post(deployment, body) for body in bodies]
+
+    assert [a.status_code for a in answers] == [200] * 6
+    assert [a.json() for a in answers] == [
+        {"status": "accepted", "received": n, "accepted": n, "rejected": 0} for n in (1, 2, 2, 1, 0, 0)
+    ]
+    assert await settled(deployment, 6) == {
+        "received": 6,
+        "unique_processed": 6,
+        "duplicate_dropped": 0,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert {e["event_id"] for e in all_events(deployment)} == {
+        "one",
+        "arr-1",
+        "arr-2",
+        "wrapped-1",
+        "wrapped-2",
+        "wrapped-single",
+    }
+    # A client re-sending after a lost answer changes nothing but the duplicate count.
+    assert post(deployment, bodies[1]).status_code == 200
+    assert await settled(deployment, 8) == {
+        "received": 8,
+        "unique_processed": 6,
+        "duplicate_dropped": 2,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+
+
+async def test_an_invalid_request_is_rejected_whole_with_item_and_field_named(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start(procs, amqp)
+    bad_second = [event("good-1"), event("bad", timestamp="not a time"), {"topic": "x"}]
+
+    answer = post(deployment, bad_second)
+
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    locs = [tuple(item["loc"]) for item in detail]
+    assert ("body", 1, "timestamp") in locs
+    assert ("body", 2, "event_id") in locs
+    assert ("body", 2, "source") in locs
+    assert all(item["msg"] for item in detail)
+    wrapped = post(deployment, {"events": [event("w-good"), event("w-bad", topic="a b")]})
+    assert wrapped.status_code == 422
+    assert [tuple(item["loc"]) for item in wrapped.json()["detail"]] == [("body", "events", 1, "topic")]
+    single = post(deployment, event("s-bad", payload=[1]))
+    assert single.status_code == 422
+    assert [tuple(item["loc"]) for item in single.json()["detail"]] == [("body", "payload")]
+
+    malformed = post(deployment, raw=b'{"topic": ')
+    assert malformed.status_code == 422
+    assert malformed.json()["detail"][0]["loc"] == ["body"]
+    for other_shape in (b"42", b'"text"', b"null", b'{"events": 5}', b"[1, 2]"):
+        assert post(deployment, raw=other_shape).status_code == 422, other_shape
+    wrong_type = post(deployment, raw=b"topic=x", **{"content-type": "application/x-www-form-urlencoded"})
+    assert wrong_type.status_code == 415
+    assert "application/json" in wrong_type.json()["detail"]
+
+    # Nothing of the rejected requests was published: only this marker event ever arrives.
+    assert post(deployment, event("marker")).status_code == 200
+    assert await settled(deployment, 1) == {
+        "received": 1,
+        "unique_processed": 1,
+        "duplicate_dropped": 0,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert [e["event_id"] for e in all_events(deployment)] == ["marker"]
+    assert await queue_depth(amqp, deployment.queue) == 0
+
+
+async def test_requests_past_the_limits_get_413_and_publish_nothing(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start(procs, amqp, MAX_EVENTS_PER_REQUEST="5", MAX_BODY_BYTES="20000", MAX_PAYLOAD_BYTES="1000")
+
+    too_many = post(deployment, [event(f"many-{i}") for i in range(6)])
+    too_big = post(deployment, [event("big-body", payload={"x": "y" * 30_000})])
+    big_payload = post(deployment, [event("ok"), event("big-payload", payload={"x": "y" * 1500})])
+
+    assert [r.status_code for r in (too_many, too_big, big_payload)] == [413, 413, 413]
+    assert "limit is 5" in too_many.json()["detail"]
+    assert "20000 bytes" in too_big.json()["detail"]
+    assert "body.1.payload" in big_payload.json()["detail"]
+    assert post(deployment, [event(f"fits-{i}") for i in range(5)]).status_code == 200
+    assert await settled(deployment, 5) == {
+        "received": 5,
+        "unique_processed": 5,
+        "duplicate_dropped": 0,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+
+
+async def test_an_api_key_guards_publishing_but_not_reads(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start(procs, amqp, API_KEY="s3cret")
+
+    assert post(deployment, event("no-key")).status_code == 401
+    assert post(deployment, event("wrong-key"), **{"x-api-key": "nope"}).status_code == 401
+    assert post(deployment, event("keyed"), **{"x-api-key": "s3cret"}).status_code == 200
+    assert post(deployment, event("bearer"), authorization="Bearer s3cret").status_code == 200
+    assert api_get(deployment, "/events").status_code == 200
+    await settled(deployment, 2)
+    assert {e["event_id"] for e in all_events(deployment)} == {"keyed", "bearer"}
+
+
+async def test_broker_down_gives_503_on_publish_while_reads_keep_working(procs: Processes) -> None:
+    deployment = procs.deployment
+    nothing_there = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    procs.api(AMQP_URL=nothing_there, PUBLISH_TIMEOUT="1")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+
+    answer = post(deployment, event("while-down"))
+
+    assert answer.status_code == 503
+    assert "re-send" in answer.json()["detail"]
+    health = api_get(deployment, "/health").json()
+    assert health["status"] == "healthy"
+    assert health["broker"]["status"] == "unreachable"
+    assert health["store"]["status"] == "missing"
+    assert api_get(deployment, "/events").json() == []
+    stats = api_get(deployment, "/stats").json()
+    assert {name: stats[name] for name in COUNTERS} == dict.fromkeys(COUNTERS, 0)
+    assert stats["topics"] == [] and stats["topic_counts"] == {}
+    assert stats["queue"]["messages"] is None
+
+
+async def test_events_are_paged_oldest_first_with_a_link_header_exactly_when_more_follow(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start(procs, amqp)
+    published = [event(f"page-{i:02d}", topic="pages.a" if i % 3 else "pages.b") for i in range(25)]
+    published.append(event("tenant/7/order/1", topic="pages.a"))
+    for start_at in range(0, len(published), 4):  # several requests, so several batches
+        assert post(deployment, published[start_at : start_at + 4]).status_code == 200
+    await settled(deployment, 26)
+
+    with httpx.Client(base_url=deployment.api_url, timeout=10) as client:
+        ids: list[str] = []
+        url: str | None = "/events?limit=10"
+        pages = 0
+        while url:
+            response = client.get(url)
+            assert response.status_code == 200
+            ids += [e["event_id"] for e in response.json()]
+            url = response.links.get("next", {}).get("url")
+            pages += 1
+        assert pages == 3
+        # A request's events go out grouped by topic, so the stored order is per request and per topic.
+        assert sorted(ids) == sorted(e["event_id"] for e in published)
+        last_full = client.get("/events?limit=26")
+        assert "link" not in last_full.headers
+        assert [e["event_id"] for e in last_full.json()] == ids
+        only_b = client.get("/events", params={"topic": "pages.b"}).json()
+        assert [e["event_id"] for e in only_b] == [
+            i for i in ids if i in {e["event_id"] for e in published if e["topic"] == "pages.b"}
+        ]
+        assert client.get("/events", params={"topic": "no.such.topic"}).json() == []
+        for bad in ({"limit": 1001}, {"limit": 0}, {"limit": "x"}, {"after": "garbage!"}):
+            assert client.get("/events", params=bad).status_code == 422, bad
+        one = client.get("/events/pages.a/tenant/7/order/1")
+        assert one.status_code == 200
+        assert one.json()["payload"] == {"id": "tenant/7/order/1"}
+        assert one.json()["timestamp"] == "2026-05-01T08:00:00Z"
+        assert set(one.json()) == {"topic", "event_id", "timestamp", "source", "payload", "received_at"}
+        assert client.get("/events/pages.a/never-published").status_code == 404
+        stats = client.get("/stats").json()
+        assert stats["topics"] == ["pages.a", "pages.b"]
+        assert stats["topic_counts"] == {"pages.a": 17, "pages.b": 9}
+        assert stats["uptime_seconds"] > 0 and stats["uptime"] > 0
+        assert stats["queue"] == {"name": deployment.queue, "messages": 0}
+        assert stats["consumer"]["synchronous"] == "FULL"
+        assert stats["consumer"]["last_commit_at"]
+
+
+async def test_the_publisher_cli_over_http_with_verify_gets_exact_counters(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start(procs, amqp)
+
+    summary = procs.publish(
+        "--via", "http", "--count", "5000", "--duplicates", "0.2", "--seed", "3", "--verify"
+    )
+
+    assert summary["exit_code"] == 0, summary
+    assert summary["verify"]["ok"] is True
+    assert counters(deployment) == {
+        "received": 5000,
+        "unique_processed": 4000,
+        "duplicate_dropped": 1000,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert {(e["topic"], e["event_id"]) for e in all_events(deployment)} == {
+        e.key() for e in generate(5000, 0.2, 8, 3).events
+    }
+
+
+async def test_verify_fails_with_a_clear_report_when_nothing_consumes(procs: Processes) -> None:
+    deployment = procs.deployment
+    await start(procs, None, consumer=False)
+
+    summary = procs.publish("--count", "50", "--seed", "4", "--verify", "--verify-timeout", "2")
+
+    assert summary["exit_code"] == 4
+    assert summary["confirmed"] == 50
+    assert summary["verify"]["ok"] is False
+    assert "expected 50" in summary["verify"]["summary"]
+    assert deployment.db_path.exists() is False
+
+
+def test_openapi_documents_every_endpoint_with_models(procs: Processes) -> None:
+    import asyncio
+
+    asyncio.run(start(procs, None, consumer=False))
+    spec = api_get(procs.deployment, "/openapi.json").json()
+
+    assert set(spec["paths"]) >= {"/publish", "/events", "/events/{topic}/{event_id}", "/stats", "/health"}
+    assert "Event" in spec["components"]["schemas"]
+    body = spec["paths"]["/publish"]["post"]["requestBody"]["content"]["application/json"]
+    assert len(body["schema"]["anyOf"]) == 3
+    assert {"200", "401", "413", "415", "422", "503"} <= set(spec["paths"]["/publish"]["post"]["responses"])
+    assert api_get(procs.deployment, "/docs").status_code == 200
