@@ -59,9 +59,16 @@ class BrokerLink:
 
     async def _connect_forever(self) -> None:
         s = self._settings
+        options = PublishOptions(
+            envelope_size=s.envelope_size,
+            linger=0,
+            confirm_timeout=s.publish_timeout,
+            max_attempts=2,
+        )
         attempt = 0
         while True:
             attempt += 1
+            connection: AbstractRobustConnection | None = None
             try:
                 connection = await aio_pika.connect_robust(
                     s.amqp_url,
@@ -69,8 +76,13 @@ class BrokerLink:
                     client_properties={"connection_name": "eventagg-api"},
                     timeout=s.publish_timeout,
                 )
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._publisher = await ConfirmingPublisher.on_channel(channel, s.topology(), options)
                 break
             except (ConnectionError, OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+                if connection is not None:
+                    with suppress(Exception):
+                        await connection.close()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if attempt == 1 or attempt % 30 == 0:
                     log.warning(
@@ -80,25 +92,24 @@ class BrokerLink:
                         self.last_error,
                     )
                 await asyncio.sleep(s.reconnect_interval)
+        # From here on the robust connection reconnects (and restores the channel) by itself.
         self._connection = connection
-        options = PublishOptions(
-            envelope_size=s.envelope_size,
-            linger=0,
-            confirm_timeout=s.publish_timeout,
-            max_attempts=2,
-        )
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._publisher = await ConfirmingPublisher.on_channel(channel, s.topology(), options)
         self._ready.set()
         self.last_error = None
         log.info("connected to the broker url=%s", s.safe_amqp_url())
 
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed and self._ready.is_set()
+        # `connected` is cleared while the robust connection is re-establishing itself after a loss.
+        return (
+            self._ready.is_set()
+            and self._connection is not None
+            and not self._connection.is_closed
+            and self._connection.connected.is_set()
+        )
 
     def publisher(self) -> ConfirmingPublisher:
         if self._publisher is None or not self.connected():
-            raise BrokerUnavailable(f"the broker is unreachable ({self.last_error or 'reconnecting'})")
+            raise BrokerUnavailable(f"the broker is unreachable ({self.last_error or 'reconnecting to it'})")
         return self._publisher
 
     async def depths(self) -> Depths:

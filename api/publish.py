@@ -26,20 +26,25 @@ def _error(loc: list[str | int], msg: str, kind: str, value: Any = None) -> dict
     return {"type": kind, "loc": loc, "msg": msg, "input": value}
 
 
+def _reject_constant(name: str) -> Any:
+    # Python's parser accepts NaN and Infinity; JSON does not, and no client could read them back.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_body(raw: bytes, limits: Limits, max_events: int) -> list[Event]:
     """Every event of the request, or an exception describing everything wrong with it."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise RequestInvalid([_error(["body"], f"malformed JSON: {exc}", "json_invalid")]) from exc
-    items, prefix = _items(data)
+    items, prefix, single = _items(data)
     if len(items) > max_events:
         raise PayloadTooLarge(f"{len(items)} events in one request; the limit is {max_events}")
     events: list[Event] = []
     errors: list[dict[str, Any]] = []
     oversized: list[str] = []
     for index, item in enumerate(items):
-        loc: list[str | int] = [*prefix, index] if prefix is not None else ["body"]
+        loc: list[str | int] = list(prefix) if single else [*prefix, index]
         if not isinstance(item, dict):
             errors.append(_error(loc, "an event must be a JSON object", "model_type", item))
             continue
@@ -63,17 +68,17 @@ def parse_body(raw: bytes, limits: Limits, max_events: int) -> list[Event]:
     return events
 
 
-def _items(data: Any) -> tuple[list[Any], list[str | int] | None]:
-    """The list of raw events and the location prefix of each (None: the body is one event)."""
+def _items(data: Any) -> tuple[list[Any], list[str | int], bool]:
+    """The raw events, the location prefix for errors, and whether the body held one event (no index)."""
     if isinstance(data, list):
-        return data, ["body"]
+        return data, ["body"], False
     if isinstance(data, dict):
         if "events" in data and "topic" not in data:
             inner = data["events"]
             if isinstance(inner, list):
-                return inner, ["body", "events"]
+                return inner, ["body", "events"], False
             if isinstance(inner, dict):
-                return [inner], ["body", "events"]
+                return [inner], ["body", "events"], True
             raise RequestInvalid(
                 [
                     _error(
@@ -84,7 +89,7 @@ def _items(data: Any) -> tuple[list[Any], list[str | int] | None]:
                     )
                 ]
             )
-        return [data], None
+        return [data], ["body"], True
     raise RequestInvalid(
         [
             _error(

@@ -34,7 +34,7 @@ def decode_cursor(cursor: str) -> int:
         value = int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadCursor(f"not a cursor from this api: {cursor!r}") from None
-    if value < 0:
+    if not 0 <= value < 2**63:  # SQLite integers are 64-bit signed
         raise BadCursor(f"not a cursor from this api: {cursor!r}")
     return value
 

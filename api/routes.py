@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import sqlite3
 import time
@@ -185,7 +186,9 @@ def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for error in errors:
         value = error.get("input")
-        if not isinstance(value, str | int | float | bool | list | dict | type(None)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
             value = repr(value)
         out.append({**error, "input": value})
     return out

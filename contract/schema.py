@@ -47,12 +47,16 @@ def open_writer(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a batch is exactly one transaction.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode != "wal":
-        raise SchemaError(f"could not switch {path} to WAL mode (got {mode!r})")
-    conn.execute("PRAGMA synchronous = FULL")
-    migrate(conn)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise SchemaError(f"could not switch {path} to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous = FULL")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -226,11 +226,11 @@ class PrivateNode(Broker):
             )
             if time.monotonic() > grace:
                 raise BrokerError(
-                    f"{self.description}: only {len(leaders)} of {recovered} recovered quorum queues elected a "
-                    f"leader within {QUORUM_RECOVERY_GRACE:.0f}s; the others are stuck for good. RabbitMQ 3.10 "
-                    "(Ra 2.2) flushes its registry of quorum queues (names.dets) 500 ms after the last change, so "
-                    "a queue declared less than ~1 s before a SIGKILL comes back as an empty member that never "
-                    "elects itself (fixed upstream in rabbitmq/ra#443). Call "
+                    f"{self.description}: only {len(leaders)} of {recovered} recovered quorum queues "
+                    f"elected a leader within {QUORUM_RECOVERY_GRACE:.0f}s; the others are stuck for good. "
+                    "RabbitMQ 3.10 (Ra 2.2) flushes its registry of quorum queues (names.dets) 500 ms after "
+                    "its last change, so a queue declared less than ~1 s before a SIGKILL comes back as an "
+                    "empty member that never elects itself (fixed upstream in rabbitmq/ra#443). Call "
                     "wait_for_quorum_queue_registration() between declaring a queue and kill().\n"
                     f"{self._log_tail()}"
                 )

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 
 import aio_pika
 import pytest
-from broker import Broker, BrokerError, PrivateNode, find_broker
+
+from tests.broker import Broker, BrokerError, PrivateNode, find_broker
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    # Not conftest's session broker: these tests kill theirs, which must not disturb other modules.
     found = find_broker(tmp_path_factory.mktemp("broker"))
     try:
         yield found
@@ -26,10 +28,10 @@ def unique_queue_name(purpose: str) -> str:
 
 
 async def test_broker_url_accepts_guest_and_round_trips_a_message_through_a_quorum_queue(
-    broker: Broker,
+    own_broker: Broker,
 ) -> None:
     name = unique_queue_name("round-trip")
-    async with await aio_pika.connect(broker.url) as connection:
+    async with await aio_pika.connect(own_broker.url) as connection:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
         try:
@@ -43,31 +45,31 @@ async def test_broker_url_accepts_guest_and_round_trips_a_message_through_a_quor
             await queue.delete(if_unused=False, if_empty=False)
 
 
-async def test_private_node_keeps_persistent_messages_across_kill_9(broker: Broker) -> None:
-    if not broker.killable:
-        pytest.skip(f"{broker.description} cannot be killed by the tests")
+async def test_private_node_keeps_persistent_messages_across_kill_9(own_broker: Broker) -> None:
+    if not own_broker.killable:
+        pytest.skip(f"{own_broker.description} cannot be killed by the tests")
     name = unique_queue_name("kill-9")
     bodies = [f"event-{i}-{secrets.token_hex(8)}".encode() for i in range(3)]
 
-    async with await aio_pika.connect(broker.url) as connection:
+    async with await aio_pika.connect(own_broker.url) as connection:
         channel = await connection.channel(publisher_confirms=True)
         await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
-        # RabbitMQ 3.10 would lose a quorum queue this young to kill -9; see Broker.start().
-        await asyncio.to_thread(broker.wait_for_quorum_queue_registration, name)
+        # RabbitMQ 3.10 would lose a quorum queue this young to kill -9; see PrivateNode.start().
+        await asyncio.to_thread(own_broker.wait_for_quorum_queue_registration, name)
         for body in bodies:
             # With publisher confirms on, publish() returns only once the broker has the message on disk.
             await channel.default_exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=name
             )
 
-    await asyncio.to_thread(broker.kill)
-    if isinstance(broker, PrivateNode):
+    await asyncio.to_thread(own_broker.kill)
+    if isinstance(own_broker, PrivateNode):
         # A dead VM refuses the connection; a half-killed one (only its wrapper script gone) would accept.
         with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", broker.port), timeout=2).close()
-    await asyncio.to_thread(broker.start)
+            socket.create_connection(("127.0.0.1", own_broker.port), timeout=2).close()
+    await asyncio.to_thread(own_broker.start)
 
-    async with await aio_pika.connect(broker.url) as connection:
+    async with await aio_pika.connect(own_broker.url) as connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(name, passive=True)
         try:

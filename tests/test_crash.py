@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import pytest
@@ -177,3 +178,92 @@ async def test_a_locked_store_pauses_consumption_without_dead_lettering_or_losin
         e.key() for e in generate(500, 0.2, 8, 5).events
     }
     assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+
+
+async def test_sigterm_mid_stream_commits_and_acks_the_batch_in_hand_and_exits_0(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    consumer = procs.consumer(BATCH_SIZE="20")
+    procs.api()
+    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    seed = 77
+    publisher = procs.start(
+        "publisher",
+        "--count",
+        "20000",
+        "--duplicates",
+        "0.2",
+        "--seed",
+        str(seed),
+        "--envelope-size",
+        "1",
+        "--json",
+        "--quiet",
+    )
+    await eventually(lambda: counters(deployment)["received"] >= 3000, 120, 0.01, message="stream under way")
+
+    started = time.monotonic()
+    assert consumer.terminate(timeout=10) == 0
+    stopped_in = time.monotonic() - started
+    assert stopped_in < 5, f"took {stopped_in:.1f}s to stop"
+    assert counters(deployment)["received"] < 20_000, (
+        "the stream ended before the stop; the test proves nothing"
+    )
+    summary_lines = [line for line in consumer.output().splitlines() if "consumer stopped" in line]
+    assert len(summary_lines) == 1
+    assert "unique_processed=" in summary_lines[0]
+
+    consumer = procs.consumer(BATCH_SIZE="20")
+    assert publisher.wait(180) == 0, publisher.output()
+    await eventually(lambda: counters(deployment)["received"] >= 20_000, 120, message="all received")
+    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
+    # Everything the first consumer took was acked before it exited, so nothing came back as a redelivery:
+    # the duplicates are exactly the re-sent events of the load.
+    assert counters(deployment) == {
+        "received": 20_000,
+        "unique_processed": 16_000,
+        "duplicate_dropped": 4000,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert_exactly_the_confirmed_events(deployment, {e.key() for e in generate(20000, 0.2, 8, seed).events})
+
+
+async def test_kill_9_of_the_api_mid_http_stream_loses_nothing_confirmed(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    procs.consumer()
+    api = procs.api()
+    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    seed = 31
+    publisher = procs.start(
+        "publisher",
+        "--via",
+        "http",
+        "--count",
+        "20000",
+        "--duplicates",
+        "0.2",
+        "--seed",
+        str(seed),
+        "--json",
+        "--quiet",
+        MAX_ATTEMPTS="40",
+    )
+    await eventually(lambda: counters(deployment)["received"] >= 2000, 120, 0.01, message="stream under way")
+
+    api.kill9()
+    assert publisher.alive, "the stream ended before the kill; the test proves nothing"
+    procs.api()
+
+    assert publisher.wait(240) == 0, publisher.output()
+    expected = {e.key() for e in generate(20000, 0.2, 8, seed).events}
+    await eventually(
+        lambda: counters(deployment)["unique_processed"] == 16000, 120, message="all unique stored"
+    )
+    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
+    assert_exactly_the_confirmed_events(deployment, expected)

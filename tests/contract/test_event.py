@@ -1,4 +1,4 @@
-"""The wire format of a message body: decoding one event or an envelope, validation, normalisation, encoding."""
+"""The wire format of a message body: one event or an envelope; validation, normalisation, encoding."""
 
 from __future__ import annotations
 

@@ -1,0 +1,140 @@
+"""The load generator's exact shape and reproducibility, and the NDJSON line parser."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from contract.event import Event, Limits
+from publisher.files import BadLine, parse_line
+from publisher.load import generate, topic_names
+
+LIMITS = Limits()
+
+
+# --- generate ----------------------------------------------------------------------------------------------
+
+
+def test_a_load_has_exactly_the_requested_unique_and_duplicate_counts() -> None:
+    load = generate(5000, 0.2, 4, seed=1)
+
+    assert len(load.events) == 5000
+    assert load.unique == 4000
+    assert load.duplicates == 1000
+    assert len({e.key() for e in load.events}) == 4000
+
+
+@pytest.mark.parametrize(("count", "share", "unique"), [(0, 0.0, 0), (1, 0.0, 1), (10, 0.5, 5), (7, 0.3, 5)])
+def test_small_loads_round_the_duplicate_count(count: int, share: float, unique: int) -> None:
+    load = generate(count, share, 2, seed=3)
+
+    assert len(load.events) == count
+    assert load.unique == unique
+    assert len({e.key() for e in load.events}) == unique
+
+
+def test_every_duplicate_comes_after_its_original_and_repeats_it_verbatim() -> None:
+    load = generate(2000, 0.3, 5, seed=2)
+
+    first: dict[tuple[str, str], Event] = {}
+    for item in load.events:
+        original = first.setdefault(item.key(), item)
+        assert item == original
+        assert item.content_hash() == original.content_hash()
+    # Originals are sent in generation order: each key's first appearance carries the next sequence number.
+    assert [e.payload["seq"] for e in first.values()] == list(range(load.unique))
+
+
+def test_the_same_seed_gives_identical_events() -> None:
+    assert generate(500, 0.2, 3, seed=42) == generate(500, 0.2, 3, seed=42)
+
+
+def test_a_different_seed_gives_different_event_ids() -> None:
+    first = {e.event_id for e in generate(500, 0.2, 3, seed=1).events}
+    second = {e.event_id for e in generate(500, 0.2, 3, seed=2).events}
+
+    assert first.isdisjoint(second)
+
+
+@pytest.mark.parametrize("topics", [1, 3, 8, 12])
+def test_only_the_named_topics_are_used(topics: int) -> None:
+    load = generate(1000, 0.1, topics, seed=5)
+
+    used = {e.topic for e in load.events}
+    assert used <= set(topic_names(topics, "demo"))
+    assert len(used) == topics
+
+
+def test_topic_names_are_distinct_valid_and_prefixed() -> None:
+    names = topic_names(12, "bench")
+
+    assert len(set(names)) == 12
+    assert all(name.startswith("bench.") for name in names)
+    assert names[:2] == ["bench.orders", "bench.payments"]
+    assert names[8:10] == ["bench.topic8", "bench.topic9"]
+
+
+@pytest.mark.parametrize(
+    ("count", "duplicates", "topics"),
+    [(-1, 0.0, 1), (10, 1.0, 1), (10, -0.1, 1), (10, 0.2, 0)],
+)
+def test_impossible_loads_are_refused(count: int, duplicates: float, topics: int) -> None:
+    with pytest.raises(ValueError, match="count must be"):
+        generate(count, duplicates, topics, seed=0)
+
+
+# --- parse_line --------------------------------------------------------------------------------------------
+
+
+def line(**overrides: Any) -> bytes:
+    item: dict[str, Any] = {
+        "topic": "orders",
+        "event_id": "a/1",
+        "timestamp": "2026-11-22T10:15:00+01:00",
+        "source": "file",
+        "payload": {"n": 1},
+    }
+    item.update(overrides)
+    return json.dumps({k: v for k, v in item.items() if v is not ...}).encode() + b"\n"
+
+
+def test_a_good_line_is_an_event() -> None:
+    parsed = parse_line(1, line(), LIMITS)
+
+    assert parsed == Event(
+        topic="orders", event_id="a/1", timestamp="2026-11-22T09:15:00Z", source="file", payload={"n": 1}
+    )
+
+
+def test_a_line_with_surrounding_whitespace_is_an_event() -> None:
+    parsed = parse_line(1, b"  \t" + line() + b"\r\n", LIMITS)
+
+    assert isinstance(parsed, Event)
+
+
+@pytest.mark.parametrize("blank", [b"", b"\n", b"   \n", b"\r\n", b"\t"])
+def test_a_blank_line_is_skipped(blank: bytes) -> None:
+    assert parse_line(3, blank, LIMITS) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param(b"{not json\n", "not valid JSON", id="bad-json"),
+        pytest.param(b"\xff\xfe\n", "not valid JSON", id="not-utf8"),
+        pytest.param(b'[{"topic": "orders"}]\n', "expected one JSON object per line, got list", id="array"),
+        pytest.param(b"42\n", "got int", id="number"),
+        pytest.param(line(source=...), "source", id="missing-field"),
+        pytest.param(line(topic="a b"), "topic", id="bad-topic"),
+        pytest.param(line(payload={"x": "a" * 300}), "over the limit", id="payload-too-large"),
+    ],
+)
+def test_a_bad_line_is_reported_with_its_number(raw: bytes, reason: str) -> None:
+    parsed = parse_line(17, raw, Limits(max_payload_bytes=256))
+
+    assert isinstance(parsed, BadLine)
+    assert parsed.number == 17
+    assert str(parsed).startswith("line 17: ")
+    assert reason in str(parsed)
