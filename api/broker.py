@@ -29,6 +29,7 @@ class Depths:
     queue: int | None
     dead_letter_queue: int | None
     error: str | None
+    consumers: int | None = None
 
 
 class BrokerLink:
@@ -131,8 +132,8 @@ class BrokerLink:
             async with asyncio.timeout(2.0):
                 channel = await self._connection.channel(publisher_confirms=False)
                 async with channel:
-                    queue = await queue_depth(channel, topology.queue)
-                    dead = await queue_depth(channel, topology.dead_letter_queue)
-            return Depths(queue, dead, None)
+                    queue, consumers = await queue_depth(channel, topology.queue)
+                    dead, _ = await queue_depth(channel, topology.dead_letter_queue)
+            return Depths(queue, dead, None, consumers)
         except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
             return Depths(None, None, f"{type(exc).__name__}: {exc}")

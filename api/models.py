@@ -55,6 +55,13 @@ class ValidationFailed(BaseModel):
 
 
 class ConsumerInfo(BaseModel):
+    status: Literal["ok", "idle", "stalled", "absent", "unknown"] = Field(
+        "unknown",
+        description="ok: committed recently; idle: nothing waiting; stalled: messages wait but no commit for "
+        "CONSUMER_STALL_SECONDS (e.g. the store is failing and it is retrying); absent: messages wait and no "
+        "consumer is attached; unknown: broker unreachable",
+    )
+    detail: str | None = Field(None, description="why it is stalled, as the consumer reported it")
     started_at: str | None = Field(None, description="when the consumer last started, UTC")
     last_commit_at: str | None = Field(None, description="the consumer's last committed batch, UTC")
     journal_mode: str | None = None
@@ -63,6 +70,9 @@ class ConsumerInfo(BaseModel):
 
 class QueueInfo(BaseModel):
     name: str
+    consumers: int | None = Field(
+        None, description="consumers attached; null while the broker is unreachable"
+    )
     messages: int | None = Field(description="ready messages, exact; null while the broker is unreachable")
 
 

@@ -67,6 +67,15 @@ def _row(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+def consumer_state(db_path: Path) -> dict[str, Any]:
+    """The consumer's own report (consumer/status.py), or {} when there is none or it is unreadable."""
+    try:
+        data = json.loads(schema.consumer_status_path(db_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class StoreReader:
     """One read-only connection, opened when the store appears (the consumer creates it), shared under a lock.
 

@@ -8,13 +8,13 @@ import logging
 import sqlite3
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.broker import BrokerLink, BrokerUnavailable
+from api.broker import BrokerLink, BrokerUnavailable, Depths
 from api.models import (
     ComponentHealth,
     ConsumerInfo,
@@ -28,7 +28,7 @@ from api.models import (
     ValidationFailed,
 )
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
-from api.queries import BadCursor, StoreReader, decode_cursor
+from api.queries import BadCursor, StoreReader, consumer_state, decode_cursor
 from api.settings import ApiSettings
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
@@ -260,14 +260,24 @@ async def stats(st: StateDep) -> Stats:
         uptime_seconds=uptime,
         started_at=st.started_at,
         store="ok" if snapshot.store == "ok" else "missing",
-        queue=QueueInfo(name=topology.queue, messages=depths.queue),
+        queue=QueueInfo(name=topology.queue, messages=depths.queue, consumers=depths.consumers),
         dead_letter_queue=QueueInfo(name=topology.dead_letter_queue, messages=depths.dead_letter_queue),
-        consumer=_consumer(snapshot.consumer),
+        consumer=_consumer(
+            snapshot.consumer, depths, st.settings.consumer_stall_seconds, consumer_state(st.settings.db_path)
+        ),
     )
 
 
-def _consumer(values: dict[str, str]) -> ConsumerInfo:
+def _consumer(
+    values: dict[str, str], depths: Depths, stall_seconds: float, reported: dict[str, Any] | None = None
+) -> ConsumerInfo:
+    status = _consumer_status(values.get("last_commit_at"), depths, stall_seconds)
+    detail = None
+    if reported and reported.get("state") == "store_failing":
+        status, detail = "stalled", f"store failing since {reported.get('since')}: {reported.get('detail')}"
     return ConsumerInfo(
+        status=status,
+        detail=detail,
         started_at=values.get("started_at"),
         last_commit_at=values.get("last_commit_at"),
         journal_mode=values.get("journal_mode"),
@@ -275,14 +285,37 @@ def _consumer(values: dict[str, str]) -> ConsumerInfo:
     )
 
 
+def _consumer_status(
+    last_commit_at: str | None, depths: Depths, stall_seconds: float
+) -> Literal["ok", "idle", "stalled", "absent", "unknown"]:
+    # The consumer cannot write its own distress into a store that is failing, so health is inferred from
+    # what the api can see: messages waiting in the queue, consumers attached, and the last commit's age.
+    if depths.queue is None:
+        return "unknown"
+    age = None
+    if last_commit_at is not None:
+        age = (datetime.now(UTC) - datetime.fromisoformat(last_commit_at)).total_seconds()
+    recent = age is not None and age <= stall_seconds
+    if depths.queue > 0 and not depths.consumers:
+        return "absent"
+    if depths.queue > 0 and not recent:
+        return "stalled"
+    return "ok" if recent else "idle"
+
+
 @router.get(
     "/health",
     response_model=Health,
-    summary="Can the api serve? Store and broker reported separately",
+    summary="Can the api serve? Store, broker and consumer reported separately",
+    description="200 `healthy`, or 200 `degraded` when messages wait but the consumer is stalled (not "
+    "committing, e.g. retrying a failing store) or absent; 503 `unhealthy` when the store exists but cannot "
+    "be read. Broker reachability never makes the api unhealthy: reads keep working without it.",
     responses={503: {"model": Health, "description": "the store exists but cannot be read"}},
 )
 async def health(st: StateDep) -> Health | JSONResponse:
-    consumer = ConsumerInfo()
+    depths = await st.broker.depths()
+    reported = consumer_state(st.settings.db_path)
+    consumer = _consumer({}, depths, st.settings.consumer_stall_seconds, reported)
     try:
         store_status = await anyio.to_thread.run_sync(st.reader.check)
         store = ComponentHealth(
@@ -290,7 +323,8 @@ async def health(st: StateDep) -> Health | JSONResponse:
             detail=None if store_status == "ok" else "the consumer has not created it yet",
         )
         if store_status == "ok":
-            consumer = _consumer((await anyio.to_thread.run_sync(st.reader.snapshot)).consumer)
+            snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
+            consumer = _consumer(snapshot.consumer, depths, st.settings.consumer_stall_seconds, reported)
     except sqlite3.Error as exc:
         store = ComponentHealth(status="error", detail=f"{type(exc).__name__}: {exc}")
     broker = (
@@ -298,8 +332,13 @@ async def health(st: StateDep) -> Health | JSONResponse:
         if st.broker.connected()
         else ComponentHealth(status="unreachable", detail=st.broker.last_error)
     )
+    status: Literal["healthy", "degraded", "unhealthy"] = "healthy"
+    if consumer.status in ("stalled", "absent"):
+        status = "degraded"
+    if store.status == "error":
+        status = "unhealthy"
     body = Health(
-        status="unhealthy" if store.status == "error" else "healthy",
+        status=status,
         store=store,
         broker=broker,
         consumer=consumer,

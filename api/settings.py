@@ -23,3 +23,5 @@ class ApiSettings(CommonSettings):
     # How long a broker reading (queue depth, reachability) is reused, so /stats stays cheap under load.
     broker_probe_ttl: Annotated[float, Field(ge=0)] = 1.0
     reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
+    # /health reports the consumer as stalled when messages wait and it has not committed for this long.
+    consumer_stall_seconds: Annotated[float, Field(gt=0)] = 30.0

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from consumer.batcher import Inbox
 from consumer.handler import Decoded, decode_batch, settle
 from consumer.settings import ConsumerSettings
+from consumer.status import StatusFile
 from consumer.store import BatchResult, Store, utc_now
 from contract.event import Limits
 from contract.topology import declare
@@ -50,14 +51,47 @@ class StoreWorker:
     """Runs every store call on one dedicated thread: sqlite3 connections belong to a thread, and the commit's
     fsync must not block the event loop that keeps receiving deliveries."""
 
-    def __init__(self, settings: ConsumerSettings) -> None:
+    def __init__(self, settings: ConsumerSettings, status: StatusFile) -> None:
         self._settings = settings
+        self._status = status
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._store: Store | None = None
 
     async def call(self, fn: Callable[[Store], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, fn)
+
+    async def call_with_retry(
+        self, fn: Callable[[Store], T], stop: asyncio.Event, summary: Summary
+    ) -> T | None:
+        """Retry a store call with capped exponential backoff until it succeeds or we are told to stop.
+
+        The batch stays in hand, unacked, meanwhile: requeueing it would count against the quorum queue's
+        delivery limit, and dead-lettering a valid event because the disk is full is never acceptable.
+        Returns None when stopped first.
+        """
+        delay = self._settings.retry_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self.call(fn)
+            except sqlite3.Error as exc:
+                summary.commit_failures += 1
+                self._status.set("store_failing", f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "store unavailable, consumption paused attempt=%d error=%s; retrying in %.1fs",
+                    attempt,
+                    exc,
+                    delay,
+                )
+            else:
+                self._status.set("consuming")
+                return result
+            if await _sleep_unless(stop, delay):
+                log.error("stopping while the store is failing; the batch in hand is left for redelivery")
+                return None
+            delay = min(delay * 2, self._settings.retry_max)
 
     def _run(self, fn: Callable[[Store], T]) -> T:
         if self._store is None:
@@ -76,14 +110,17 @@ class StoreWorker:
 async def run(settings: ConsumerSettings, stop: asyncio.Event) -> Summary:
     """Consume until `stop` is set; returns the run's summary. Store and broker outages are waited out."""
     summary = Summary()
-    worker = StoreWorker(settings)
+    status = StatusFile(settings.db_path)
+    status.set("starting")
+    worker = StoreWorker(settings, status)
     try:
-        await _with_retry(lambda: worker.call(lambda s: s.record_start(utc_now())), settings, stop, summary)
+        await worker.call_with_retry(lambda s: s.record_start(utc_now()), stop, summary)
         async with _connect(settings, stop) as connection:
             if connection is not None:
                 await _consume(connection, worker, settings, stop, summary)
     finally:
         await worker.close()
+        status.set("stopped", summary.line())
     log.info("consumer stopped %s", summary.line())
     return summary
 
@@ -166,7 +203,7 @@ async def _process(
 ) -> None:
     batch: list[Decoded] = decode_batch(messages, limits)
     payload = [item.events for item in batch]
-    result = await _with_retry(lambda: worker.call(lambda s: s.apply(payload)), settings, stop, summary)
+    result = await worker.call_with_retry(lambda s: s.apply(payload), stop, summary)
     if result is None:
         return  # stopping while the store is failing: nothing acked, the broker redelivers the batch
     summary.totals.add(result)
@@ -179,37 +216,6 @@ async def _process(
         result.received,
         result.unique_processed,
     )
-
-
-async def _with_retry(
-    call: Callable[[], Awaitable[T]],
-    settings: ConsumerSettings,
-    stop: asyncio.Event,
-    summary: Summary,
-) -> T | None:
-    """Retry a store call with capped exponential backoff until it succeeds or we are told to stop.
-
-    The batch stays in hand, unacked, meanwhile: requeueing it would count against the quorum queue's
-    delivery limit, and dead-lettering a valid event because the disk is full is never acceptable.
-    """
-    delay = settings.retry_initial
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await call()
-        except sqlite3.Error as exc:
-            summary.commit_failures += 1
-            log.warning(
-                "store unavailable, consumption paused attempt=%d error=%s; retrying in %.1fs",
-                attempt,
-                exc,
-                delay,
-            )
-        if await _sleep_unless(stop, delay):
-            log.error("stopping while the store is failing; the batch in hand is left for redelivery")
-            return None
-        delay = min(delay * 2, settings.retry_max)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:

@@ -42,6 +42,11 @@ class SchemaError(RuntimeError):
     """The store was written by a newer version of the product."""
 
 
+def consumer_status_path(db_path: Path) -> Path:
+    """Where the consumer reports its state (consuming, store_failing, stopped) for the api's health."""
+    return db_path.with_name(db_path.name + ".consumer.json")
+
+
 def open_writer(path: Path) -> sqlite3.Connection:
     """The consumer's connection: WAL, and synchronous=FULL so a commit survives power loss before we ack."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -80,8 +80,11 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
     return Declared(exchange=exchange, queue=queue, dead_letter_queue=dead)
 
 
-async def queue_depth(channel: AbstractChannel, queue: str) -> int:
-    """Exact ready-message count by passive declare (the management API lags for quorum queues)."""
+async def queue_depth(channel: AbstractChannel, queue: str) -> tuple[int, int]:
+    """Exact (ready messages, consumers) by passive declare; the management API lags for quorum queues.
+
+    A passive declare of a missing queue closes the channel, so give it one you can lose.
+    """
     declared = await channel.declare_queue(queue, passive=True)
-    count = declared.declaration_result.message_count
-    return int(count or 0)
+    result = declared.declaration_result
+    return int(result.message_count or 0), int(result.consumer_count or 0)

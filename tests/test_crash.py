@@ -159,6 +159,10 @@ async def test_a_locked_store_pauses_consumption_without_dead_lettering_or_losin
             lambda: "store unavailable" in consumer.output(), 30, message="consumer saw the lock"
         )
         await eventually(lambda: consumer.output().count("store unavailable") >= 2, 30, message="it retried")
+        health = api_get(deployment, "/health").json()
+        assert health["status"] == "degraded"
+        assert health["consumer"]["status"] == "stalled"
+        assert "database is locked" in health["consumer"]["detail"]
         assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
         assert counters(deployment)["received"] == 0
     finally:
@@ -177,6 +181,8 @@ async def test_a_locked_store_pauses_consumption_without_dead_lettering_or_losin
     assert {(e["topic"], e["event_id"]) for e in all_events(deployment)} == {
         e.key() for e in generate(500, 0.2, 8, 5).events
     }
+    health = api_get(deployment, "/health").json()
+    assert (health["status"], health["consumer"]["status"]) == ("healthy", "ok")
     assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
 
 
