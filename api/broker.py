@@ -108,9 +108,17 @@ class BrokerLink:
             and self._connection.connected.is_set()
         )
 
-    def publisher(self) -> ConfirmingPublisher:
-        if self._publisher is None or not self.connected():
-            raise BrokerUnavailable(f"the broker is unreachable ({self.last_error or 'reconnecting to it'})")
+    def problem(self) -> str:
+        """Why the link is down, for 503 answers and /health."""
+        return self.last_error or "connection lost; reconnecting"
+
+    async def publisher(self) -> ConfirmingPublisher:
+        """The publisher once the link is up; waits for it (the caller bounds the wait with its deadline)."""
+        await self._ready.wait()
+        if self._publisher is None or self._connection is None:
+            raise BrokerUnavailable("the broker link closed")
+        # A request that arrives during a reconnect waits for it rather than failing at once.
+        await self._connection.connected.wait()
         return self._publisher
 
     async def depths(self) -> Depths:
@@ -125,7 +133,7 @@ class BrokerLink:
 
     async def _read_depths(self) -> Depths:
         if not self.connected() or self._connection is None:
-            return Depths(None, None, self.last_error or "reconnecting")
+            return Depths(None, None, self.problem())
         topology = self._settings.topology()
         try:
             # A passive declare of a missing queue closes its channel, so each probe gets a throwaway one.

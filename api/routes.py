@@ -147,23 +147,24 @@ async def publish(request: Request, st: StateDep) -> PublishAccepted | JSONRespo
         raise HTTPException(413, str(exc)) from exc
     if events:
         try:
-            publisher = st.broker.publisher()
             with anyio.fail_after(st.settings.publish_timeout):
+                publisher = await st.broker.publisher()
                 await publisher.publish(events)
-        except BrokerUnavailable as exc:
-            raise HTTPException(503, f"{exc}; nothing was published, re-send later") from exc
         except TimeoutError as exc:
+            reason = (
+                f"the broker is unreachable ({st.broker.problem()})"
+                if not st.broker.connected()
+                else f"the broker did not confirm within {st.settings.publish_timeout:g}s"
+            )
             raise HTTPException(
-                503,
-                f"the broker did not confirm within {st.settings.publish_timeout:g}s; "
-                "re-send the request (duplicates are dropped by the consumer)",
+                503, f"{reason}; re-send the request (duplicates are dropped by the consumer)"
             ) from exc
-        except PublishFailed as exc:
-            log.warning("publish failed events=%d reason=%s", len(events), exc.reason)
+        except (BrokerUnavailable, PublishFailed) as exc:
+            log.warning("publish failed events=%d error=%s", len(events), exc)
             raise HTTPException(
                 503,
-                f"the broker did not confirm {len(exc.unconfirmed)} of {len(events)} events "
-                f"({exc.reason}); re-send the request (duplicates are dropped by the consumer)",
+                f"the broker did not confirm the events ({exc}); re-send the request "
+                "(duplicates are dropped by the consumer)",
             ) from exc
     return PublishAccepted(received=len(events), accepted=len(events), rejected=0)
 
@@ -330,7 +331,7 @@ async def health(st: StateDep) -> Health | JSONResponse:
     broker = (
         ComponentHealth(status="connected")
         if st.broker.connected()
-        else ComponentHealth(status="unreachable", detail=st.broker.last_error)
+        else ComponentHealth(status="unreachable", detail=st.broker.problem())
     )
     status: Literal["healthy", "degraded", "unhealthy"] = "healthy"
     if consumer.status in ("stalled", "absent"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections import Counter
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from contract import schema
-from contract.event import Event
+from contract.event import Event, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,10 @@ class BatchResult:
 
 
 _INSERT = (
-    "INSERT INTO events (topic, event_id, timestamp, source, payload, content_hash, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO NOTHING"
+    "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO NOTHING"
 )
-_STORED_HASH = "SELECT content_hash FROM events WHERE topic = ? AND event_id = ?"
+_STORED = "SELECT timestamp, source, payload FROM events WHERE topic = ? AND event_id = ?"
 
 
 def utc_now() -> str:
@@ -89,7 +90,6 @@ class Store:
                     continue
                 for item in events:
                     result.received += 1
-                    digest = item.content_hash()
                     cur.execute(
                         _INSERT,
                         (
@@ -98,7 +98,6 @@ class Store:
                             item.timestamp,
                             item.source,
                             item.payload_json(),
-                            digest,
                             received_at,
                         ),
                     )
@@ -107,8 +106,7 @@ class Store:
                         new_per_topic[item.topic] += 1
                         continue
                     result.duplicate_dropped += 1
-                    stored = cur.execute(_STORED_HASH, item.key()).fetchone()
-                    if stored is None or stored[0] != digest:
+                    if self._conflicts(cur, item):
                         result.conflicts += 1
             cur.executemany(
                 "UPDATE counters SET value = value + ? WHERE name = ?",
@@ -125,6 +123,13 @@ class Store:
                 (received_at,),
             )
         return result
+
+    @staticmethod
+    def _conflicts(cur: sqlite3.Cursor, item: Event) -> bool:
+        stored = cur.execute(_STORED, item.key()).fetchone()
+        if stored is None:  # cannot happen inside the transaction that just hit the key; count it loudly
+            return True
+        return bool(content_hash(stored[0], stored[1], json.loads(stored[2])) != item.content_hash())
 
     def counters(self) -> dict[str, int]:
         return {name: int(value) for name, value in self._conn.execute("SELECT name, value FROM counters")}

@@ -87,13 +87,15 @@ class Event(BaseModel):
 
     def content_hash(self) -> bytes:
         """Hash of what a publisher means by the event; a reused id with other content is a conflict."""
-        canonical = json.dumps(
-            [self.timestamp, self.source, self.payload],
-            separators=(",", ":"),
-            ensure_ascii=False,
-            sort_keys=True,
-        )
-        return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+        return content_hash(self.timestamp, self.source, self.payload)
+
+
+def content_hash(timestamp: str, source: str, payload: dict[str, Any]) -> bytes:
+    """Order-insensitive for payload keys: the same object re-serialised by another client is no conflict."""
+    canonical = json.dumps(
+        [timestamp, source, payload], separators=(",", ":"), ensure_ascii=False, sort_keys=True
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
 
 
 def normalise_timestamp(value: str) -> str:

@@ -131,10 +131,8 @@ class ConfirmingPublisher:
             )
             try:
                 # The timeout also bounds waiting for a reconnecting robust channel, not only the confirm.
-                await asyncio.wait_for(
-                    self._exchange.publish(message, routing_key, mandatory=True),
-                    timeout=self.options.confirm_timeout,
-                )
+                async with asyncio.timeout(self.options.confirm_timeout):
+                    await self._exchange.publish(message, routing_key, mandatory=True)
                 return
             except aiormq.exceptions.PublishError as exc:
                 raise Unroutable(events, f"unroutable via exchange {self._exchange.name!r}") from exc

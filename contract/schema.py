@@ -12,7 +12,8 @@ COUNTERS = ("received", "unique_processed", "duplicate_dropped", "invalid", "con
 
 # `seq` orders events as they were stored and is the keyset cursor. The dedup key (topic, event_id) is a
 # UNIQUE constraint, checked inside the same transaction that stores the event and moves the counters, so a
-# key can never be recorded without its effect.
+# key can never be recorded without its effect. No content hash is stored: duplicates are the rare path, so
+# the conflict check recomputes it from the stored row only when a key repeats.
 _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE events (
@@ -22,7 +23,6 @@ _MIGRATIONS: tuple[str, ...] = (
         timestamp    TEXT NOT NULL,
         source       TEXT NOT NULL,
         payload      TEXT NOT NULL,
-        content_hash BLOB NOT NULL,
         received_at  TEXT NOT NULL,
         UNIQUE (topic, event_id)
     );

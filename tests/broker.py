@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 import aio_pika
@@ -44,6 +44,9 @@ LOG_TAIL_LINES = 40
 # Every process of a private node inherits this variable; it is how kill() finds them all, including
 # erl_child_setup and inet_gethost, which call setsid() and so leave the node's process group.
 MARKER_VAR = "EVENTAGG_TEST_BROKER_ID"
+# Indexes into the fields of /proc/<pid>/stat that follow "(comm)": proc(5) fields 3 and 22.
+STAT_STATE = 0
+STAT_START_TIME = 19
 
 AMQP_PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 AMQP_FRAME_METHOD = 1
@@ -207,9 +210,9 @@ class PrivateNode(Broker):
             except Exception as exc:
                 self._check_progress(deadline, f"guest cannot log in: {exc!r}")
             time.sleep(POLL_INTERVAL)
-        # The listener opens only after the Ra systems are up, so new quorum queues can be declared at once
-        # (checked), but queues recovered from disk still have to elect a leader; until then a passive
-        # declare reports 0 messages and consumers get nothing.
+        # The listener opens only after the Ra systems are up, so a new quorum queue can be declared at
+        # once (seen with 3.10), but queues recovered from disk still have to elect a leader; until then a
+        # passive declare reports 0 messages and consumers get nothing.
         grace = min(deadline, time.monotonic() + QUORUM_RECOVERY_GRACE)
         while True:
             boot_log = self._read_log(log_offset)
@@ -218,7 +221,8 @@ class PrivateNode(Broker):
                 log.debug("%s: no quorum queue recovery line in its log; not waiting for leaders", self)
                 return
             recovered = int(found.group(1))
-            leaders = {m.groups() for m in QUORUM_LEADER.finditer(boot_log, found.end())}
+            # From the top of this boot: an election can be logged before the recovery summary line.
+            leaders = {m.groups() for m in QUORUM_LEADER.finditer(boot_log)}
             if len(leaders) >= recovered:
                 return
             self._check_progress(
@@ -275,21 +279,31 @@ class PrivateNode(Broker):
         return f"--- last lines of {self.log_file} ---\n" + "\n".join(lines[-LOG_TAIL_LINES:])
 
     def kill(self) -> None:
-        """SIGKILL the node's Erlang VM and all its helpers, as a power cut would; keep its data dir."""
+        """SIGKILL the node's Erlang VM and all its helpers at once, like kill -9; keep its data dir."""
         proc, self._proc = self._proc, None
+        # Listed before any signal: a dying process loses its environ (the marker) before its sockets.
+        victims = _marked_processes(self._marker)
         if proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        # The group kill misses the helpers that setsid(); they would exit on their own once the VM is
-        # gone, but a test must not race against them holding files in the data dir.
-        _kill_marked(self._marker, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while True:
+            # The group kill misses the helpers that setsid() (erl_child_setup, inet_gethost) and anything
+            # spawned meanwhile; they would die with the VM anyway, but not necessarily before we return.
+            victims |= _marked_processes(self._marker)
+            # Filtered first, so a pid that a new process has taken over is never signalled.
+            victims = {pid: since for pid, since in victims.items() if _running(pid, since)}
+            if not victims:
+                break
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise BrokerError(f"{self.description}: processes {sorted(victims)} survived SIGKILL")
+            time.sleep(POLL_INTERVAL / 5)
         if proc is not None:
-            try:
-                proc.wait(KILL_TIMEOUT)
-            except subprocess.TimeoutExpired as exc:
-                raise BrokerError(f"{self.description}: script pid {proc.pid} survived SIGKILL") from exc
-        _wait_until_unmarked(self._marker, time.monotonic() + KILL_TIMEOUT, self.description)
-        log.info("%s killed", self.description)
+            proc.wait(KILL_TIMEOUT)  # our child: reap it
+            log.info("%s killed", self.description)
 
     def stop(self) -> None:
         """Shut the node down gracefully (SIGKILL if it will not) and delete its data dir."""
@@ -322,7 +336,12 @@ class DockerBroker(Broker):
             warnings.simplefilter("ignore", DeprecationWarning)
             from testcontainers.community.rabbitmq import RabbitMqContainer
 
-            container = RabbitMqContainer("rabbitmq:3.13-alpine").start()
+            container = RabbitMqContainer("rabbitmq:3.13-alpine")
+        try:
+            container.start()
+        except BaseException:
+            container.stop()
+            raise
         host = container.get_container_host_ip()
         port = container.get_exposed_port(container.port)
         url = f"amqp://{container.username}:{container.password}@{host}:{port}/"
@@ -397,7 +416,7 @@ def _chown_tree(root: pathlib.Path, user: pwd.struct_passwd) -> None:
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
-def _free_port(avoid: frozenset[int] | set[int] = frozenset()) -> int:
+def _free_port(avoid: Collection[int] = ()) -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
@@ -441,9 +460,10 @@ def _run_in_fresh_loop(probe: Callable[[str], Coroutine[Any, Any, None]], url: s
         pool.submit(asyncio.run, probe(url)).result()
 
 
-def _marked_pids(marker: str) -> list[int]:
+def _marked_processes(marker: str) -> dict[int, str]:
+    """The live processes carrying this node's marker, each with its start time (to detect pid reuse)."""
     needle = f"{MARKER_VAR}={marker}".encode()
-    pids = []
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -454,23 +474,37 @@ def _marked_pids(marker: str) -> list[int]:
             continue  # gone already, or another user's process when not root
         # epmd is started by whichever node needs it first and then serves every node on the machine.
         if needle in environ.split(b"\0") and comm != "epmd":
-            pids.append(int(entry))
-    return pids
+            fields = _stat_fields(pathlib.Path("/proc", entry, "stat"))
+            if fields is not None:
+                found[int(entry)] = fields[STAT_START_TIME]
+    return found
 
 
-def _kill_marked(marker: str, sig: signal.Signals) -> None:
-    for pid in _marked_pids(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+def _running(pid: int, start_time: str) -> bool:
+    """Whether any thread of the process has yet to exit (a zombie thread has closed its files)."""
+    fields = _stat_fields(pathlib.Path("/proc", str(pid), "stat"))
+    if fields is None or fields[STAT_START_TIME] != start_time:
+        return False
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    # A thread group leader turns zombie while its other threads may still be exiting, holding the VM's
+    # listening sockets open; so every thread counts.
+    for tid in threads:
+        fields = _stat_fields(pathlib.Path("/proc", str(pid), "task", tid, "stat"))
+        if fields is not None and fields[STAT_STATE] not in ("Z", "X"):
+            return True
+    return False
 
 
-def _wait_until_unmarked(marker: str, deadline: float, description: str) -> None:
-    # Zombies (reparented to an init that has yet to reap them) have an empty environ, so they count as gone.
-    while pids := _marked_pids(marker):
-        if time.monotonic() > deadline:
-            raise BrokerError(f"{description}: processes {pids} are still alive after SIGKILL")
-        _kill_marked(marker, signal.SIGKILL)
-        time.sleep(POLL_INTERVAL)
+def _stat_fields(path: pathlib.Path) -> list[str] | None:
+    try:
+        raw = path.read_text()
+    except OSError:
+        return None
+    # Fields after "(comm)", which may itself contain spaces and parentheses.
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def _docker_answers() -> bool:

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
 from tests.broker import Broker
-from tests.probes import consumer_count, queue_depth
+from tests.pipeline import counters, drained, past, start_load, start_pipeline
+from tests.probes import queue_depth
 from tests.processes import Deployment, Processes, all_events, api_get
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.crash
-
-COUNTERS = ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")
-
-
-def counters(deployment: Deployment) -> dict[str, int]:
-    data: dict[str, Any] = api_get(deployment, "/stats").json()
-    return {name: int(data[name]) for name in COUNTERS}
 
 
 def assert_exactly_the_confirmed_events(deployment: Deployment, expected_keys: set[tuple[str, str]]) -> None:
@@ -37,41 +30,18 @@ def assert_exactly_the_confirmed_events(deployment: Deployment, expected_keys: s
     assert c["conflicts"] == 0
 
 
-async def drained(amqp: AbstractRobustConnection, queue: str) -> bool:
-    return await queue_depth(amqp, queue) == 0
-
-
 async def test_kill_9_of_the_consumer_mid_stream_loses_nothing_and_counts_exactly(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
     # Small batches and single-event messages stretch the stream out so the kills land in the middle of it.
-    consumer = procs.consumer(BATCH_SIZE="20")
-    procs.api()
-    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env={"BATCH_SIZE": "20"})
     seed = 99
-    publisher = procs.start(
-        "publisher",
-        "--count",
-        "20000",
-        "--duplicates",
-        "0.2",
-        "--seed",
-        str(seed),
-        "--envelope-size",
-        "1",
-        "--json",
-        "--quiet",
-    )
+    publisher = start_load(procs, 20000, seed, "--envelope-size", "1")
 
     for threshold in (2000, 9000):
-        await eventually(
-            lambda t=threshold: counters(deployment)["received"] >= t,
-            120,
-            0.01,
-            message=f"consumer past {threshold} events",
-        )
+        await past(deployment, threshold)
+        assert consumer is not None
         consumer.kill9()
         before_restart = counters(deployment)
         assert before_restart["received"] < 20_000, (
@@ -102,26 +72,15 @@ async def test_kill_9_of_the_broker_mid_stream_loses_nothing_confirmed(
     if not broker.killable:
         pytest.skip("the broker from AMQP_URL cannot be killed by the tests")
     deployment = procs.deployment
-    procs.consumer(BATCH_SIZE="50", RECONNECT_INTERVAL="0.5")
-    procs.api(RECONNECT_INTERVAL="0.5")
-    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
-    seed = 1234
-    publisher = procs.start(
-        "publisher",
-        "--count",
-        "20000",
-        "--duplicates",
-        "0.2",
-        "--seed",
-        str(seed),
-        "--envelope-size",
-        "1",
-        "--json",
-        "--quiet",
-        MAX_ATTEMPTS="30",
+    await start_pipeline(
+        procs,
+        amqp,
+        consumer_env={"BATCH_SIZE": "50", "RECONNECT_INTERVAL": "0.5"},
+        api_env={"RECONNECT_INTERVAL": "0.5"},
     )
-    await eventually(lambda: counters(deployment)["received"] >= 3000, 120, 0.01, message="stream under way")
+    seed = 1234
+    publisher = start_load(procs, 20000, seed, "--envelope-size", "1", MAX_ATTEMPTS="30")
+    await past(deployment, 3000)
 
     broker.kill()
     assert counters(deployment)["received"] < 20_000, (
@@ -144,11 +103,9 @@ async def test_a_locked_store_pauses_consumption_without_dead_lettering_or_losin
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    consumer = procs.consumer(RETRY_INITIAL="0.2", RETRY_MAX="1")
-    procs.api()
-    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env={"RETRY_INITIAL": "0.2", "RETRY_MAX": "1"})
+    assert consumer is not None
     await eventually(lambda: deployment.db_path.exists(), 30, message="store created")
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
 
     blocker = sqlite3.connect(deployment.db_path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -190,25 +147,11 @@ async def test_sigterm_mid_stream_commits_and_acks_the_batch_in_hand_and_exits_0
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    consumer = procs.consumer(BATCH_SIZE="20")
-    procs.api()
-    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env={"BATCH_SIZE": "20"})
+    assert consumer is not None
     seed = 77
-    publisher = procs.start(
-        "publisher",
-        "--count",
-        "20000",
-        "--duplicates",
-        "0.2",
-        "--seed",
-        str(seed),
-        "--envelope-size",
-        "1",
-        "--json",
-        "--quiet",
-    )
-    await eventually(lambda: counters(deployment)["received"] >= 3000, 120, 0.01, message="stream under way")
+    publisher = start_load(procs, 20000, seed, "--envelope-size", "1")
+    await past(deployment, 3000)
 
     started = time.monotonic()
     assert consumer.terminate(timeout=10) == 0
@@ -241,26 +184,10 @@ async def test_kill_9_of_the_api_mid_http_stream_loses_nothing_confirmed(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    procs.consumer()
-    api = procs.api()
-    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    _, api = await start_pipeline(procs, amqp)
     seed = 31
-    publisher = procs.start(
-        "publisher",
-        "--via",
-        "http",
-        "--count",
-        "20000",
-        "--duplicates",
-        "0.2",
-        "--seed",
-        str(seed),
-        "--json",
-        "--quiet",
-        MAX_ATTEMPTS="40",
-    )
-    await eventually(lambda: counters(deployment)["received"] >= 2000, 120, 0.01, message="stream under way")
+    publisher = start_load(procs, 20000, seed, "--via", "http", MAX_ATTEMPTS="40")
+    await past(deployment, 2000)
 
     api.kill9()
     assert publisher.alive, "the stream ended before the kill; the test proves nothing"

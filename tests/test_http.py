@@ -9,11 +9,10 @@ import httpx
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
-from tests.probes import consumer_count, queue_depth
-from tests.processes import Deployment, Process, Processes, all_events, api_get, free_port
+from tests.pipeline import COUNTERS, counters, settled, start_pipeline
+from tests.probes import queue_depth
+from tests.processes import Deployment, Processes, all_events, api_get, free_port
 from tests.waiting import eventually
-
-COUNTERS = ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")
 
 
 def event(event_id: str, topic: str = "http.test", **extra: Any) -> dict[str, Any]:
@@ -27,11 +26,6 @@ def event(event_id: str, topic: str = "http.test", **extra: Any) -> dict[str, An
     }
 
 
-def counters(deployment: Deployment) -> dict[str, int]:
-    data = api_get(deployment, "/stats").json()
-    return {name: int(data[name]) for name in COUNTERS}
-
-
 def post(
     deployment: Deployment, body: Any = None, *, raw: bytes | None = None, **headers: str
 ) -> httpx.Response:
@@ -42,29 +36,11 @@ def post(
         )
 
 
-async def start(
-    procs: Processes, amqp: AbstractRobustConnection | None, consumer: bool = True, **api_env: str
-) -> Process:
-    deployment = procs.deployment
-    if consumer:
-        procs.consumer()
-    api = procs.api(**api_env)
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
-    if consumer and amqp is not None:
-        await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
-    return api
-
-
-async def settled(deployment: Deployment, received: int) -> dict[str, int]:
-    await eventually(lambda: counters(deployment)["received"] >= received, 60, message=f"received {received}")
-    return counters(deployment)
-
-
 async def test_every_accepted_body_shape_is_published_and_confirmed(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    await start(procs, amqp)
+    await start_pipeline(procs, amqp)
     bodies = [
         event("one"),
         [event("arr-1"), event("arr-2", topic="http.other")],
@@ -79,7 +55,7 @@ async def test_every_accepted_body_shape_is_published_and_confirmed(
     assert [a.json() for a in answers] == [
         {"status": "accepted", "received": n, "accepted": n, "rejected": 0} for n in (1, 2, 2, 1, 0, 0)
     ]
-    assert await settled(deployment, 6) == {
+    assert await settled(deployment, amqp, 6) == {
         "received": 6,
         "unique_processed": 6,
         "duplicate_dropped": 0,
@@ -96,7 +72,7 @@ async def test_every_accepted_body_shape_is_published_and_confirmed(
     }
     # A client re-sending after a lost answer changes nothing but the duplicate count.
     assert post(deployment, bodies[1]).status_code == 200
-    assert await settled(deployment, 8) == {
+    assert await settled(deployment, amqp, 8) == {
         "received": 8,
         "unique_processed": 6,
         "duplicate_dropped": 2,
@@ -109,7 +85,7 @@ async def test_an_invalid_request_is_rejected_whole_with_item_and_field_named(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    await start(procs, amqp)
+    await start_pipeline(procs, amqp)
     bad_second = [event("good-1"), event("bad", timestamp="not a time"), {"topic": "x"}]
 
     answer = post(deployment, bad_second)
@@ -139,7 +115,7 @@ async def test_an_invalid_request_is_rejected_whole_with_item_and_field_named(
 
     # Nothing of the rejected requests was published: only this marker event ever arrives.
     assert post(deployment, event("marker")).status_code == 200
-    assert await settled(deployment, 1) == {
+    assert await settled(deployment, amqp, 1) == {
         "received": 1,
         "unique_processed": 1,
         "duplicate_dropped": 0,
@@ -154,7 +130,11 @@ async def test_requests_past_the_limits_get_413_and_publish_nothing(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    await start(procs, amqp, MAX_EVENTS_PER_REQUEST="5", MAX_BODY_BYTES="20000", MAX_PAYLOAD_BYTES="1000")
+    await start_pipeline(
+        procs,
+        amqp,
+        api_env=dict(MAX_EVENTS_PER_REQUEST="5", MAX_BODY_BYTES="20000", MAX_PAYLOAD_BYTES="1000"),
+    )
 
     too_many = post(deployment, [event(f"many-{i}") for i in range(6)])
     too_big = post(deployment, [event("big-body", payload={"x": "y" * 30_000})])
@@ -165,7 +145,7 @@ async def test_requests_past_the_limits_get_413_and_publish_nothing(
     assert "20000 bytes" in too_big.json()["detail"]
     assert "body.1.payload" in big_payload.json()["detail"]
     assert post(deployment, [event(f"fits-{i}") for i in range(5)]).status_code == 200
-    assert await settled(deployment, 5) == {
+    assert await settled(deployment, amqp, 5) == {
         "received": 5,
         "unique_processed": 5,
         "duplicate_dropped": 0,
@@ -178,14 +158,14 @@ async def test_an_api_key_guards_publishing_but_not_reads(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    await start(procs, amqp, API_KEY="s3cret")
+    await start_pipeline(procs, amqp, api_env={"API_KEY": "s3cret"})
 
     assert post(deployment, event("no-key")).status_code == 401
     assert post(deployment, event("wrong-key"), **{"x-api-key": "nope"}).status_code == 401
     assert post(deployment, event("keyed"), **{"x-api-key": "s3cret"}).status_code == 200
     assert post(deployment, event("bearer"), authorization="Bearer s3cret").status_code == 200
     assert api_get(deployment, "/events").status_code == 200
-    await settled(deployment, 2)
+    await settled(deployment, amqp, 2)
     assert {e["event_id"] for e in all_events(deployment)} == {"keyed", "bearer"}
 
 
@@ -214,12 +194,12 @@ async def test_events_are_paged_oldest_first_with_a_link_header_exactly_when_mor
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    await start(procs, amqp)
+    await start_pipeline(procs, amqp)
     published = [event(f"page-{i:02d}", topic="pages.a" if i % 3 else "pages.b") for i in range(25)]
     published.append(event("tenant/7/order/1", topic="pages.a"))
     for start_at in range(0, len(published), 4):  # several requests, so several batches
         assert post(deployment, published[start_at : start_at + 4]).status_code == 200
-    await settled(deployment, 26)
+    await settled(deployment, amqp, 26)
 
     with httpx.Client(base_url=deployment.api_url, timeout=10) as client:
         ids: list[str] = []
@@ -263,7 +243,7 @@ async def test_the_publisher_cli_over_http_with_verify_gets_exact_counters(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    await start(procs, amqp)
+    await start_pipeline(procs, amqp)
 
     summary = procs.publish(
         "--via", "http", "--count", "5000", "--duplicates", "0.2", "--seed", "3", "--verify"
@@ -285,7 +265,7 @@ async def test_the_publisher_cli_over_http_with_verify_gets_exact_counters(
 
 async def test_verify_fails_with_a_clear_report_when_nothing_consumes(procs: Processes) -> None:
     deployment = procs.deployment
-    await start(procs, None, consumer=False)
+    await start_pipeline(procs, None, with_consumer=False)
 
     summary = procs.publish("--count", "50", "--seed", "4", "--verify", "--verify-timeout", "2")
 
@@ -299,7 +279,7 @@ async def test_verify_fails_with_a_clear_report_when_nothing_consumes(procs: Pro
 def test_openapi_documents_every_endpoint_with_models(procs: Processes) -> None:
     import asyncio
 
-    asyncio.run(start(procs, None, consumer=False))
+    asyncio.run(start_pipeline(procs, None, with_consumer=False))
     spec = api_get(procs.deployment, "/openapi.json").json()
 
     assert set(spec["paths"]) >= {"/publish", "/events", "/events/{topic}/{event_id}", "/stats", "/health"}

@@ -10,45 +10,12 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
-from tests.probes import consumer_count, queue_depth
-from tests.processes import Deployment, Process, Processes, all_events, api_get
+from tests.pipeline import counters, settled, start_pipeline, stats
+from tests.probes import queue_depth
+from tests.processes import Processes, all_events, api_get
 from tests.waiting import eventually
 
 SEED = 20261122
-
-
-def stats(deployment: Deployment) -> dict[str, Any]:
-    response = api_get(deployment, "/stats")
-    response.raise_for_status()
-    result: dict[str, Any] = response.json()
-    return result
-
-
-def counters(deployment: Deployment) -> dict[str, int]:
-    data = stats(deployment)
-    return {k: data[k] for k in ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")}
-
-
-async def start_pipeline(
-    procs: Processes, amqp: AbstractRobustConnection, **consumer_env: str
-) -> tuple[Process, Process]:
-    consumer = procs.consumer(**consumer_env)
-    api = procs.api()
-    deployment = procs.deployment
-    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
-    return consumer, api
-
-
-async def settled(deployment: Deployment, amqp: AbstractRobustConnection, received: int) -> dict[str, int]:
-    """Wait until the consumer has taken `received` events and the queue is empty; return the counters."""
-    await eventually(lambda: counters(deployment)["received"] >= received, 60, message=f"received {received}")
-
-    async def drained() -> bool:
-        return await queue_depth(amqp, deployment.queue) == 0
-
-    await eventually(drained, 30, message="queue drained")
-    return counters(deployment)
 
 
 @pytest.mark.parametrize("envelope_size", [1, 100])

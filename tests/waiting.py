@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], T | Awaitable[T]],
+    probe: Callable[[], Any],
     timeout: float = 30.0,
     interval: float = 0.05,
     message: str = "condition",
-) -> T:
+) -> Any:
     """Call `probe` until it returns something truthy (returned) or `timeout` passes (AssertionError)."""
     deadline = time.monotonic() + timeout
     last: object = None

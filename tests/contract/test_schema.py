@@ -100,10 +100,10 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 
 def test_the_event_key_is_unique_in_the_schema(tmp_path: Path) -> None:
     conn = open_writer(tmp_path / "events.db")
-    row = ("t", "e", "2026-01-01T00:00:00Z", "s", "{}", b"h", "2026-01-01T00:00:00Z")
+    row = ("t", "e", "2026-01-01T00:00:00Z", "s", "{}", "2026-01-01T00:00:00Z")
     insert = (
-        "INSERT INTO events (topic, event_id, timestamp, source, payload, content_hash, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
     )
     try:
         conn.execute(insert, row)
