@@ -64,7 +64,14 @@ class Deployment:
 class Process:
     """One deployable as a child process with its output in a log file."""
 
-    def __init__(self, module: str, deployment: Deployment, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        module: str,
+        deployment: Deployment,
+        args: list[str],
+        env: dict[str, str],
+        stdin: bytes | None = None,
+    ) -> None:
         self.module = module
         index = len(list(deployment.logs.glob(f"{module}-*.log")))
         self.log_path = deployment.logs / f"{module}-{index}.log"
@@ -75,8 +82,11 @@ class Process:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         )
+        if stdin is not None and self.popen.stdin is not None:
+            self.popen.stdin.write(stdin)
+            self.popen.stdin.close()
 
     @property
     def alive(self) -> bool:
@@ -109,11 +119,11 @@ class Processes:
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
-        self._all: list[Process] = []
+        self.all: list[Process] = []
 
-    def start(self, module: str, *args: str, **env: str) -> Process:
-        process = Process(module, self.deployment, list(args), self.deployment.env(**env))
-        self._all.append(process)
+    def start(self, module: str, *args: str, stdin: bytes | None = None, **env: str) -> Process:
+        process = Process(module, self.deployment, list(args), self.deployment.env(**env), stdin)
+        self.all.append(process)
         return process
 
     def consumer(self, **env: str) -> Process:
@@ -134,7 +144,7 @@ class Processes:
         return summary
 
     def close(self) -> None:
-        for process in self._all:
+        for process in self.all:
             process.close()
 
 

@@ -169,6 +169,19 @@ async def test_an_api_key_guards_publishing_but_not_reads(
     assert {e["event_id"] for e in all_events(deployment)} == {"keyed", "bearer"}
 
 
+async def test_reads_need_the_key_too_when_configured(procs: Processes) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, None, with_consumer=False, api_env={"API_KEY": "k", "API_KEY_READS": "true"})
+
+    for path in ("/events", "/stats", "/events/t/e"):
+        assert api_get(deployment, path).status_code == 401, path
+    with httpx.Client(base_url=deployment.api_url, headers={"x-api-key": "k"}) as client:
+        assert client.get("/events").json() == []
+        assert client.get("/stats").status_code == 200
+    # Health stays open: orchestrators probe it without credentials.
+    assert api_get(deployment, "/health").status_code == 200
+
+
 async def test_broker_down_gives_503_on_publish_while_reads_keep_working(procs: Processes) -> None:
     deployment = procs.deployment
     nothing_there = f"amqp://guest:guest@127.0.0.1:{free_port()}/"

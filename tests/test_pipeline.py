@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -256,3 +257,52 @@ async def test_api_reports_the_same_stats_after_its_own_restart(
         }
     )
     assert len(all_events(deployment)) == 900
+
+
+async def test_ndjson_from_a_file_and_stdin_publishes_good_lines_and_reports_bad_ones_by_number(
+    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    lines = [
+        json.dumps(foreign_event("nd-1")),
+        "{not json",
+        json.dumps(foreign_event("nd-2")),
+        "",
+        json.dumps({"topic": "t", "event_id": "no-source", "timestamp": "2026-01-01T00:00:00Z"}),
+        json.dumps(foreign_event("nd-1")),
+        "[1, 2]",
+    ]
+    path = tmp_path / "events.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+
+    summary = procs.publish("--file", str(path))
+
+    assert summary["exit_code"] == 3
+    assert (summary["sent"], summary["unique"], summary["duplicates"], summary["bad_lines"]) == (3, 2, 1, 3)
+    output = procs.all[-1].output()
+    assert f"{path}: line 2: not valid JSON" in output
+    assert f"{path}: line 5: source: Field required" in output
+    assert f"{path}: line 7: expected one JSON object per line" in output
+
+    stdin = procs.start(
+        "publisher",
+        "--file",
+        "-",
+        "--json",
+        "--quiet",
+        stdin=b"\n".join(
+            [json.dumps(foreign_event("nd-3")).encode(), b"oops", json.dumps(foreign_event("nd-4")).encode()]
+        ),
+    )
+    assert stdin.wait(60) == 3
+    assert "-: line 2: not valid JSON" in stdin.output()
+
+    assert await settled(deployment, amqp, 5) == {
+        "received": 5,
+        "unique_processed": 4,
+        "duplicate_dropped": 1,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert {e["event_id"] for e in all_events(deployment)} == {"nd-1", "nd-2", "nd-3", "nd-4"}
