@@ -93,19 +93,28 @@ def foreign_event(event_id: str, topic: str = "foreign.client") -> dict[str, Any
     }
 
 
+async def publish_bare(amqp: AbstractRobustConnection, exchange_name: str, bodies: list[bytes]) -> None:
+    """Publish as a quick script or the management UI would: no content type, no persistence, no id."""
+    channel = await amqp.channel()
+    try:
+        exchange = await channel.get_exchange(exchange_name)
+        for body in bodies:
+            await exchange.publish(aio_pika.Message(body), "foreign.client")
+    finally:
+        await channel.close()
+
+
 async def test_messages_from_another_client_without_properties_are_consumed_the_same_way(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
     await start_pipeline(procs, amqp)
-    channel = await amqp.channel()
-    exchange = await channel.get_exchange(deployment.exchange)
-    # No content type, not persistent, no message id: what a quick script or the management UI sends.
-    await exchange.publish(aio_pika.Message(json.dumps(foreign_event("single-1")).encode()), "foreign.client")
     envelope = [foreign_event("env-1"), foreign_event("env-2"), foreign_event("single-1")]
-    await exchange.publish(aio_pika.Message(json.dumps(envelope).encode()), "foreign.client")
-    await exchange.publish(aio_pika.Message(b"[]"), "foreign.client")
-    await channel.close()
+    await publish_bare(
+        amqp,
+        deployment.exchange,
+        [json.dumps(foreign_event("single-1")).encode(), json.dumps(envelope).encode(), b"[]"],
+    )
 
     assert await settled(deployment, amqp, 4) == {
         "received": 4,
@@ -160,13 +169,11 @@ async def test_same_key_with_other_payload_keeps_the_first_and_counts_a_conflict
 ) -> None:
     deployment = procs.deployment
     await start_pipeline(procs, amqp)
-    channel = await amqp.channel()
-    exchange = await channel.get_exchange(deployment.exchange)
     first = foreign_event("same") | {"payload": {"version": 1}}
     second = foreign_event("same") | {"payload": {"version": 2}}
-    for body in (first, second, first):
-        await exchange.publish(aio_pika.Message(json.dumps(body).encode()), "foreign.client")
-    await channel.close()
+    await publish_bare(
+        amqp, deployment.exchange, [json.dumps(body).encode() for body in (first, second, first)]
+    )
 
     assert await settled(deployment, amqp, 3) == {
         "received": 3,
@@ -198,14 +205,10 @@ async def test_invalid_messages_are_dead_lettered_counted_and_do_not_block_valid
 ) -> None:
     deployment = procs.deployment
     await start_pipeline(procs, amqp)
-    channel = await amqp.channel()
-    exchange = await channel.get_exchange(deployment.exchange)
+    interleaved = []
     for index, body in enumerate(INVALID_BODIES.values()):
-        await exchange.publish(aio_pika.Message(body), "foreign.client")
-        await exchange.publish(
-            aio_pika.Message(json.dumps(foreign_event(f"ok-{index}")).encode()), "foreign.client"
-        )
-    await channel.close()
+        interleaved += [body, json.dumps(foreign_event(f"ok-{index}")).encode()]
+    await publish_bare(amqp, deployment.exchange, interleaved)
     n = len(INVALID_BODIES)
 
     assert await settled(deployment, amqp, 2 * n) == {
