@@ -82,6 +82,10 @@ async def test_kill_9_of_the_broker_mid_stream_loses_nothing_confirmed(
     publisher = start_load(procs, 20000, seed, "--envelope-size", "1", MAX_ATTEMPTS="30")
     await past(deployment, 3000)
 
+    # RabbitMQ 3.10 saves its quorum-queue registry ~0.5 s after a change; a node killed before that loses
+    # queues declared in that window, which is a broker bug (rabbitmq/ra#443), not what this test is about.
+    for queue in (deployment.queue, deployment.dead_letter_queue):
+        broker.wait_for_quorum_queue_registration(queue)
     broker.kill()
     assert counters(deployment)["received"] < 20_000, (
         "the stream ended before the kill; the test proves nothing"
