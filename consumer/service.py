@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# How long shutdown waits on the broker (consumer cancel, channel close) before giving up on it.
+SHUTDOWN_BROKER_TIMEOUT = 5.0
+
 
 @dataclass
 class Summary:
@@ -182,15 +185,21 @@ async def _consume(
             await _process(messages, worker, settings, stop, summary, limits)
     # Stop taking deliveries first, then finish what already arrived, so nothing is left half-done.
     try:
-        await declared.queue.cancel(tag)
+        # Bounded: while the broker is down a robust channel would wait for the reconnect forever.
+        async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
+            await declared.queue.cancel(tag)
     except Exception as exc:  # the channel may already be gone; what is unacked returns to the queue anyway
-        log.warning("could not cancel the consumer error=%s", exc)
+        log.warning("could not cancel the consumer error=%s", type(exc).__name__)
     remaining = inbox.drain()
     for start in range(0, len(remaining), settings.batch_size):
         await _process(
             remaining[start : start + settings.batch_size], worker, settings, stop, summary, limits
         )
-    await channel.close()
+    try:
+        async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
+            await channel.close()
+    except Exception as exc:
+        log.warning("could not close the channel cleanly error=%s", type(exc).__name__)
 
 
 async def _process(

@@ -204,3 +204,23 @@ async def test_kill_9_of_the_api_mid_http_stream_loses_nothing_confirmed(
     )
     await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
     assert_exactly_the_confirmed_events(deployment, expected)
+
+
+async def test_sigterm_while_the_broker_is_down_still_stops_the_consumer_promptly(
+    broker: Broker, procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    if not broker.killable:
+        pytest.skip("the broker from AMQP_URL cannot be killed by the tests")
+    deployment = procs.deployment
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env={"RECONNECT_INTERVAL": "0.5"})
+    assert consumer is not None
+    for queue in (deployment.queue, deployment.dead_letter_queue):
+        broker.wait_for_quorum_queue_registration(queue)
+    broker.kill()
+    try:
+        started = time.monotonic()
+        assert consumer.terminate(timeout=20) == 0
+        assert time.monotonic() - started < 12
+        assert "consumer stopped" in consumer.output()
+    finally:
+        broker.start()
