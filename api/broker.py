@@ -128,7 +128,8 @@ class BrokerLink:
             if self._probe is not None and now - self._probe[0] < self._settings.broker_probe_ttl:
                 return self._probe[1]
             depths = await self._read_depths()
-            self._probe = (now, depths)
+            # Only a good reading is reused; after a failure the next request asks the broker again.
+            self._probe = (now, depths) if depths.error is None else None
             return depths
 
     async def _read_depths(self) -> Depths:
@@ -137,11 +138,12 @@ class BrokerLink:
         topology = self._settings.topology()
         try:
             # A passive declare of a missing queue closes its channel, so each probe gets a throwaway one.
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(self._settings.publish_timeout):
                 channel = await self._connection.channel(publisher_confirms=False)
                 async with channel:
                     queue, consumers = await queue_depth(channel, topology.queue)
                     dead, _ = await queue_depth(channel, topology.dead_letter_queue)
             return Depths(queue, dead, None, consumers)
         except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+            log.warning("queue depth probe failed error=%s: %s", type(exc).__name__, exc)
             return Depths(None, None, f"{type(exc).__name__}: {exc}")

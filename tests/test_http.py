@@ -247,7 +247,8 @@ async def test_events_are_paged_oldest_first_with_a_link_header_exactly_when_mor
         assert stats["topics"] == ["pages.a", "pages.b"]
         assert stats["topic_counts"] == {"pages.a": 17, "pages.b": 9}
         assert stats["uptime_seconds"] > 0 and stats["uptime"] > 0
-        assert stats["queue"] == {"name": deployment.queue, "messages": 0, "consumers": 1}
+        queue = {"name": deployment.queue, "messages": 0, "consumers": 1}
+        await eventually(lambda: client.get("/stats").json()["queue"] == queue, 10, message="queue probe")
         assert stats["consumer"]["synchronous"] == "FULL"
         assert stats["consumer"]["last_commit_at"]
 
