@@ -35,7 +35,7 @@ def parse_body(raw: bytes, limits: Limits, max_events: int) -> list[Event]:
     """Every event of the request, or an exception describing everything wrong with it."""
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestInvalid([_error(["body"], f"malformed JSON: {exc}", "json_invalid")]) from exc
     items, prefix, single = _items(data)
     if len(items) > max_events:

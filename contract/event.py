@@ -25,6 +25,9 @@ _TOPIC_RE = re.compile(TOPIC_PATTERN)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# The consumer's JSON parser stops at about 200 levels; a fixed, much lower limit on payloads makes "valid"
+# mean the same to every entry point (HTTP shim, CLI, consumer) whatever envelope an event travels in.
+MAX_PAYLOAD_DEPTH = 64
 
 
 class InvalidEvent(ValueError):
@@ -67,6 +70,13 @@ class Event(BaseModel):
     def _normalise_timestamp(cls, value: str) -> str:
         return normalise_timestamp(value)
 
+    @field_validator("payload")
+    @classmethod
+    def _check_depth(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _deeper_than(value, MAX_PAYLOAD_DEPTH):
+            raise ValueError(f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep")
+        return value
+
     @model_validator(mode="after")
     def _serialise_payload(self) -> Event:
         # Serialised once here: it is what gets stored and what the size limit applies to. allow_nan=False
@@ -75,7 +85,7 @@ class Event(BaseModel):
             self._payload_json = json.dumps(
                 self.payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
             )
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValueError(f"payload is not valid JSON: {exc}") from None
         return self
 
@@ -88,6 +98,17 @@ class Event(BaseModel):
     def content_hash(self) -> bytes:
         """Hash of what a publisher means by the event; a reused id with other content is a conflict."""
         return content_hash(self.timestamp, self.source, self.payload)
+
+
+def _deeper_than(value: dict[str, Any], limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def content_hash(timestamp: str, source: str, payload: dict[str, Any]) -> bytes:

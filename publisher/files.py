@@ -28,7 +28,7 @@ def parse_line(number: int, line: bytes, limits: Limits) -> Event | BadLine | No
         return None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         return BadLine(number, f"not valid JSON ({exc})")
     if not isinstance(data, dict):
         return BadLine(number, f"expected one JSON object per line, got {type(data).__name__}")

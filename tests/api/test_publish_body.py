@@ -247,3 +247,13 @@ def test_a_body_with_a_non_json_number_is_malformed_json(literal: str) -> None:
     assert error["loc"] == ["body"]
     assert error["type"] == "json_invalid"
     assert f"{literal} is not valid JSON" in error["msg"]
+
+
+def test_a_body_nested_deeper_than_the_parser_allows_is_malformed_json_not_a_crash() -> None:
+    deep = b'{"topic": "t", "event_id": "e", "timestamp": "2026-01-01", "source": "s", "payload": {"x": '
+    deep += b"[" * 100_000 + b"]" * 100_000 + b"}}"
+
+    with pytest.raises(RequestInvalid) as caught:
+        parse_body(deep, LIMITS, MAX_EVENTS)
+
+    assert caught.value.errors[0]["loc"] == ["body"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from contract.event import Event, InvalidEvent, Limits, decode, encode
+from contract.event import MAX_PAYLOAD_DEPTH, Event, InvalidEvent, Limits, decode, encode
 
 LIMITS = Limits()
 
@@ -364,3 +364,21 @@ def test_a_payload_with_a_non_json_number_is_invalid(literal: bytes) -> None:
 
     with pytest.raises(InvalidEvent, match="payload"):
         decode(raw, LIMITS)
+
+
+def test_a_payload_nested_up_to_the_depth_limit_is_valid_and_one_level_more_is_not() -> None:
+    def nested(depth: int) -> dict[str, Any]:
+        payload: dict[str, Any] = {}
+        for _ in range(depth - 1):
+            payload = {"x": payload}
+        return payload
+
+    (ok,) = decode(body(fields(payload=nested(MAX_PAYLOAD_DEPTH))), LIMITS)
+    assert ok.payload == nested(MAX_PAYLOAD_DEPTH)
+    with pytest.raises(InvalidEvent, match="nested more than 64 levels"):
+        decode(body(fields(payload=nested(MAX_PAYLOAD_DEPTH + 1))), LIMITS)
+    lists: list[Any] = []
+    for _ in range(MAX_PAYLOAD_DEPTH):
+        lists = [lists]
+    with pytest.raises(InvalidEvent, match="nested more than 64 levels"):
+        decode(body(fields(payload={"lists": lists})), LIMITS)

@@ -138,3 +138,12 @@ def test_a_bad_line_is_reported_with_its_number(raw: bytes, reason: str) -> None
     assert parsed.number == 17
     assert str(parsed).startswith("line 17: ")
     assert reason in str(parsed)
+
+
+def test_a_line_nested_deeper_than_the_parser_allows_is_a_bad_line() -> None:
+    line = b'{"payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    parsed = parse_line(9, line, Limits())
+
+    assert isinstance(parsed, BadLine)
+    assert str(parsed).startswith("line 9: not valid JSON")
