@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from aio_pika.abc import AbstractRobustConnection
@@ -12,6 +13,7 @@ from publisher.load import generate
 from tests.pipeline import COUNTERS, counters, settled, start_pipeline
 from tests.probes import queue_depth
 from tests.processes import Deployment, Processes, all_events, api_get, free_port
+from tests.proxy import FreezableProxy
 from tests.waiting import eventually
 
 
@@ -302,3 +304,32 @@ def test_openapi_documents_every_endpoint_with_models(procs: Processes) -> None:
     assert len(body["schema"]["anyOf"]) == 3
     assert {"200", "401", "413", "415", "422", "503"} <= set(spec["paths"]["/publish"]["post"]["responses"])
     assert api_get(procs.deployment, "/docs").status_code == 200
+
+
+async def test_no_confirm_within_the_timeout_gives_503_and_a_re_send_takes_effect_once(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    broker = urlsplit(deployment.amqp_url)
+    proxy = FreezableProxy(broker.hostname or "127.0.0.1", broker.port or 5672).start()
+    try:
+        via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        await start_pipeline(procs, amqp, api_env={"AMQP_URL": via_proxy, "PUBLISH_TIMEOUT": "1"})
+        with proxy.frozen():
+            answer = post(deployment, [event("slow-1"), event("slow-2")])
+            assert answer.status_code == 503
+            assert "did not confirm within 1s" in answer.json()["detail"]
+            # Reads do not depend on the broker at all.
+            assert api_get(deployment, "/events").status_code == 200
+
+        retry = post(deployment, [event("slow-1"), event("slow-2")])
+        assert retry.status_code == 200
+        # The first attempt may have reached the queue even though its confirm did not reach us in time;
+        # either way each event is stored exactly once.
+        await eventually(lambda: counters(deployment)["unique_processed"] == 2, 30, message="both stored")
+        final = counters(deployment)
+        assert final["received"] in (2, 4)
+        assert final["duplicate_dropped"] == final["received"] - 2
+        assert {e["event_id"] for e in all_events(deployment)} == {"slow-1", "slow-2"}
+    finally:
+        proxy.close()

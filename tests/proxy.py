@@ -1,0 +1,76 @@
+"""A TCP proxy in a thread whose broker-to-client direction can be frozen: a broker that stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class FreezableProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._loop = asyncio.new_event_loop()
+        self._flowing = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._ready = threading.Event()
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, name="proxy", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        broker_reader, broker_writer = await asyncio.open_connection(*self._target)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gated: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if gated:
+                        await self._flowing.wait()
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(
+            pump(client_reader, broker_writer, False), pump(broker_reader, client_writer, True)
+        )
+
+    def start(self) -> FreezableProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Nothing from the broker reaches the client meanwhile (no confirms, no replies); then all flows."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+        try:
+            yield
+        finally:
+            self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
