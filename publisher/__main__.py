@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import aiormq
+import httpx
 from pydantic import ValidationError
 
 from contract.config import configure_logging
@@ -20,6 +22,7 @@ from publisher import load
 from publisher.files import BadLine, read_ndjson
 from publisher.settings import PublisherSettings
 from publisher.transport import Batch, Transport, open_transport
+from publisher.verify import Verifier, VerifyError
 
 log = logging.getLogger("publisher")
 
@@ -177,12 +180,14 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
     progress = Progress(None if args.file else args.count, enabled=sys.stderr.isatty() and not args.quiet)
     verifier = None
     if args.verify or args.verify_all:
-        from publisher.verify import Verifier
-
         verifier = Verifier(
             settings.api_url, args.verify_timeout, settings.api_key, None if args.verify_all else 1000
         )
-        await verifier.baseline()
+        try:
+            await verifier.baseline()
+        except VerifyError as exc:
+            print(f"publisher: {exc}; nothing was published", file=sys.stderr)
+            return EXIT_VERIFY
     started = time.monotonic()
     try:
         async with open_transport(args.via, settings) as transport:
@@ -193,6 +198,10 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
     except PublishFailed as exc:
         report.errors.append(str(exc))
         sent = []
+    except (ConnectionError, OSError, aiormq.exceptions.AMQPError, httpx.TransportError) as exc:
+        where = settings.safe_amqp_url() if args.via == "amqp" else settings.api_url
+        print(f"publisher: cannot reach {where}: {exc}; nothing was published", file=sys.stderr)
+        return EXIT_UNCONFIRMED
     finally:
         progress.close()
     report.elapsed = time.monotonic() - started

@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractRobustConnection
 from publisher.load import generate
 from tests.pipeline import counters, settled, start_pipeline, stats
 from tests.probes import queue_depth
-from tests.processes import Processes, all_events, api_get
+from tests.processes import Processes, all_events, api_get, free_port
 from tests.waiting import eventually
 
 SEED = 20261122
@@ -309,3 +309,16 @@ async def test_ndjson_from_a_file_and_stdin_publishes_good_lines_and_reports_bad
         "conflicts": 0,
     }
     assert {e["event_id"] for e in all_events(deployment)} == {"nd-1", "nd-2", "nd-3", "nd-4"}
+
+
+def test_an_unreachable_broker_is_a_clear_error_that_never_shows_the_password(procs: Processes) -> None:
+    nothing_there = f"amqp://guest:hunter2@127.0.0.1:{free_port()}/"
+
+    process = procs.start("publisher", "--count", "10", AMQP_URL=nothing_there)
+
+    assert process.wait(60) == 1
+    output = process.output()
+    assert "publisher: cannot reach amqp://guest:***@127.0.0.1:" in output
+    assert "nothing was published" in output
+    assert "hunter2" not in output
+    assert "Traceback" not in output
