@@ -79,7 +79,7 @@ class StoreWorker:
             attempt += 1
             try:
                 result = await self.call(fn)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:  # OSError: the directory cannot be created or read
                 summary.commit_failures += 1
                 self._status.set("store_failing", f"{type(exc).__name__}: {exc}")
                 log.warning(
