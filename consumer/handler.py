@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
@@ -69,15 +69,9 @@ def _underlay(message: AbstractIncomingMessage) -> object:
 @dataclass(slots=True)
 class _ChannelSettlement:
     first: AbstractIncomingMessage
-    rejects: list[Decoded]
-    acks: int
-    last_ack: int
-
-    def __init__(self, first: AbstractIncomingMessage) -> None:
-        self.first = first
-        self.rejects = []
-        self.acks = 0
-        self.last_ack = 0
+    rejects: list[Decoded] = field(default_factory=list)
+    acks: int = 0
+    last_ack: int = 0
 
     async def send(self) -> int:
         count = len(self.rejects) + self.acks

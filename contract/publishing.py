@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -160,18 +161,70 @@ class ConfirmingPublisher:
                 pass
 
 
-@dataclass
+class InFlight:
+    """Sends running as tasks, bounded by a shared semaphore; tallies what was confirmed and what failed."""
+
+    def __init__(self, slots: asyncio.Semaphore, on_confirmed: Callable[[int], None] | None = None) -> None:
+        self._slots = slots
+        self._on_confirmed = on_confirmed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.confirmed = 0
+        self.failed: list[Event] = []
+        self.reasons: list[str] = []
+
+    async def start(self, events: list[Event], send: Callable[[list[Event]], Awaitable[None]]) -> None:
+        # Acquire before creating the task: this is the back-pressure that bounds unconfirmed sends.
+        await self._slots.acquire()
+        self.spawn(self._deliver(events, send))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Wait for every send; raise PublishFailed naming every event that was not confirmed."""
+        try:
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        except BaseException:
+            # Cancelled (a caller's deadline): stop re-sending in the background; what was not confirmed
+            # is the caller's to re-send.
+            for task in self._tasks:
+                task.cancel()
+            raise
+        if self.failed:
+            raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
+
+    async def _deliver(self, events: list[Event], send: Callable[[list[Event]], Awaitable[None]]) -> None:
+        try:
+            await send(events)
+        except PublishFailed as exc:
+            log.error("giving up on events=%d reason=%s", len(events), exc.reason)
+            self.failed.extend(events)
+            self.reasons.append(exc.reason)
+        else:
+            self.confirmed += len(events)
+            if self._on_confirmed is not None:
+                self._on_confirmed(len(events))
+        finally:
+            self._slots.release()
+
+
 class EnvelopeBatch:
     """Groups events by topic into envelopes (size, linger) and keeps many of them in flight."""
 
-    publisher: ConfirmingPublisher
-    on_confirmed: Callable[[int], None] | None = None
-    confirmed: int = 0
-    failed: list[Event] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    _buffers: dict[str, list[Event]] = field(default_factory=dict)
-    _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    def __init__(
+        self, publisher: ConfirmingPublisher, on_confirmed: Callable[[int], None] | None = None
+    ) -> None:
+        self.publisher = publisher
+        self._in_flight = InFlight(publisher.slots, on_confirmed)
+        self._buffers: dict[str, list[Event]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def confirmed(self) -> int:
+        return self._in_flight.confirmed
 
     async def add(self, item: Event) -> None:
         options = self.publisher.options
@@ -185,50 +238,19 @@ class EnvelopeBatch:
 
     async def flush(self) -> None:
         """Send every partial envelope, wait for every confirm; raise PublishFailed if any envelope failed."""
-        try:
-            for topic in list(self._buffers):
-                await self._send(topic)
-            while self._tasks:
-                await asyncio.wait(set(self._tasks))
-        except BaseException:
-            # Cancelled (a caller's deadline): stop re-sending in the background; what was not confirmed
-            # is the caller's to re-send.
-            for task in self._tasks:
-                task.cancel()
-            raise
-        if self.failed:
-            raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
+        for topic in list(self._buffers):
+            await self._send(topic)
+        await self._in_flight.wait()
 
     def _linger_expired(self, topic: str) -> None:
         self._timers.pop(topic, None)
         if self._buffers.get(topic):
-            task = asyncio.get_running_loop().create_task(self._send(topic))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._in_flight.spawn(self._send(topic))
 
     async def _send(self, topic: str) -> None:
         timer = self._timers.pop(topic, None)
         if timer is not None:
             timer.cancel()
         events = self._buffers.pop(topic, [])
-        if not events:
-            return
-        # Acquire before creating the task: this is the back-pressure that bounds unconfirmed messages.
-        await self.publisher.slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._deliver(events))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, events: list[Event]) -> None:
-        try:
-            await self.publisher.send_envelope(events)
-        except PublishFailed as exc:
-            log.error("giving up on envelope events=%d reason=%s", len(events), exc.reason)
-            self.failed.extend(events)
-            self.reasons.append(exc.reason)
-        else:
-            self.confirmed += len(events)
-            if self.on_confirmed is not None:
-                self.on_confirmed(len(events))
-        finally:
-            self.publisher.slots.release()
+        if events:
+            await self._in_flight.start(events, self.publisher.send_envelope)

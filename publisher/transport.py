@@ -11,7 +11,7 @@ from typing import Protocol
 import httpx
 
 from contract.event import Event
-from contract.publishing import ConfirmingPublisher, PublishFailed
+from contract.publishing import ConfirmingPublisher, InFlight, PublishFailed
 from publisher.settings import PublisherSettings
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ HTTP_CONCURRENCY = 4
 
 
 class Batch(Protocol):
-    confirmed: int
+    @property
+    def confirmed(self) -> int: ...
 
     async def add(self, item: Event) -> None: ...
 
@@ -52,7 +53,7 @@ class HttpTransport:
     def __init__(self, client: httpx.AsyncClient, settings: PublisherSettings) -> None:
         self._client = client
         self._settings = settings
-        self._slots = asyncio.Semaphore(HTTP_CONCURRENCY)
+        self.slots = asyncio.Semaphore(HTTP_CONCURRENCY)
 
     def batch(self, on_confirmed: Callable[[int], None] | None = None) -> HttpBatch:
         return HttpBatch(self, on_confirmed)
@@ -84,14 +85,16 @@ class HttpTransport:
 
 
 class HttpBatch:
+    """Events in requests of HTTP_EVENTS_PER_REQUEST, a few requests in flight at once."""
+
     def __init__(self, transport: HttpTransport, on_confirmed: Callable[[int], None] | None) -> None:
         self._transport = transport
-        self._on_confirmed = on_confirmed
+        self._in_flight = InFlight(transport.slots, on_confirmed)
         self._buffer: list[Event] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.confirmed = 0
-        self.failed: list[Event] = []
-        self.reasons: list[str] = []
+
+    @property
+    def confirmed(self) -> int:
+        return self._in_flight.confirmed
 
     async def add(self, item: Event) -> None:
         self._buffer.append(item)
@@ -100,29 +103,9 @@ class HttpBatch:
 
     async def flush(self) -> None:
         await self._send()
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
-        if self.failed:
-            raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
+        await self._in_flight.wait()
 
     async def _send(self) -> None:
         events, self._buffer = self._buffer, []
-        if not events:
-            return
-        await self._transport._slots.acquire()
-        task = asyncio.create_task(self._deliver(events))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, events: list[Event]) -> None:
-        try:
-            await self._transport.post(events)
-        except PublishFailed as exc:
-            self.failed.extend(events)
-            self.reasons.append(exc.reason)
-        else:
-            self.confirmed += len(events)
-            if self._on_confirmed is not None:
-                self._on_confirmed(len(events))
-        finally:
-            self._transport._slots.release()
+        if events:
+            await self._in_flight.start(events, self._transport.post)

@@ -12,8 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from contract.event import Event
-
-COUNTERS = ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")
+from contract.schema import COUNTERS
 
 
 class VerifyError(Exception):

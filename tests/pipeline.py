@@ -6,11 +6,10 @@ from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
 
+from contract.schema import COUNTERS
 from tests.probes import consumer_count, queue_depth
 from tests.processes import Deployment, Process, Processes, api_get
 from tests.waiting import eventually
-
-COUNTERS = ("received", "unique_processed", "duplicate_dropped", "invalid", "conflicts")
 
 
 def stats(deployment: Deployment) -> dict[str, Any]:
