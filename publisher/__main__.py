@@ -39,6 +39,9 @@ class Report:
     bad_lines: int = 0
     elapsed: float = 0.0
     events_per_second: float = 0.0
+    # Wall-clock (epoch) times of the first send and the last confirm, comparable across processes.
+    first_publish_at: float | None = None
+    last_confirm_at: float | None = None
     errors: list[str] = field(default_factory=list)
 
     def text(self) -> str:
@@ -127,6 +130,7 @@ async def send_load(
         generated.duplicates,
     )
     batch = transport.batch(progress.add)
+    report.first_publish_at = time.time()
     for item in generated.events:
         await batch.add(item)
     await _finish(batch, report)
@@ -172,6 +176,7 @@ async def _finish(batch: Batch, report: Report) -> None:
     except PublishFailed as exc:
         report.unconfirmed = len(exc.unconfirmed)
         report.errors.append(str(exc))
+    report.last_confirm_at = time.time()
     report.confirmed = batch.confirmed
 
 
