@@ -9,6 +9,7 @@ import sys
 
 from pydantic import ValidationError
 
+from consumer.faults import Faults
 from consumer.service import run
 from consumer.settings import ConsumerSettings
 from contract.config import configure_logging
@@ -16,12 +17,12 @@ from contract.config import configure_logging
 log = logging.getLogger("consumer")
 
 
-async def main(settings: ConsumerSettings) -> None:
+async def main(settings: ConsumerSettings, faults: Faults) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await run(settings, stop)
+    await run(settings, stop, faults)
 
 
 def cli() -> int:
@@ -31,6 +32,11 @@ def cli() -> int:
         print(f"consumer: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    try:
+        faults = Faults.from_env()
+    except ValueError as exc:
+        print(f"consumer: {exc}", file=sys.stderr)
+        return 2
     log.info(
         "consumer starting db_path=%s queue=%s exchange=%s url=%s",
         settings.db_path,
@@ -38,7 +44,7 @@ def cli() -> int:
         settings.amqp_exchange,
         settings.safe_amqp_url(),
     )
-    asyncio.run(main(settings))
+    asyncio.run(main(settings, faults))
     return 0
 
 

@@ -16,6 +16,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer.batcher import Inbox
+from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, settle
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
@@ -54,9 +55,10 @@ class StoreWorker:
     """Runs every store call on one dedicated thread: sqlite3 connections belong to a thread, and the commit's
     fsync must not block the event loop that keeps receiving deliveries."""
 
-    def __init__(self, settings: ConsumerSettings, status: StatusFile) -> None:
+    def __init__(self, settings: ConsumerSettings, status: StatusFile, faults: Faults) -> None:
         self._settings = settings
         self._status = status
+        self._faults = faults
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._store: Store | None = None
 
@@ -98,7 +100,8 @@ class StoreWorker:
 
     def _run(self, fn: Callable[[Store], T]) -> T:
         if self._store is None:
-            self._store = Store.open(self._settings.db_path)
+            hook = self._faults.before_commit if self._faults.commit_flag else None
+            self._store = Store.open(self._settings.db_path, hook)
         return fn(self._store)
 
     async def close(self) -> None:
@@ -110,17 +113,18 @@ class StoreWorker:
         self._executor.shutdown(wait=True)
 
 
-async def run(settings: ConsumerSettings, stop: asyncio.Event) -> Summary:
+async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | None = None) -> Summary:
     """Consume until `stop` is set; returns the run's summary. Store and broker outages are waited out."""
+    faults = faults or Faults()
     summary = Summary()
     status = StatusFile(settings.db_path)
     status.set("starting")
-    worker = StoreWorker(settings, status)
+    worker = StoreWorker(settings, status, faults)
     try:
         await worker.call_with_retry(lambda s: s.record_start(utc_now()), stop, summary)
         async with _connect(settings, stop) as connection:
             if connection is not None:
-                await _consume(connection, worker, settings, stop, summary)
+                await _consume(connection, worker, settings, stop, summary, faults)
     finally:
         await worker.close()
         status.set("stopped", summary.line())
@@ -165,6 +169,7 @@ async def _consume(
     settings: ConsumerSettings,
     stop: asyncio.Event,
     summary: Summary,
+    faults: Faults,
 ) -> None:
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=settings.effective_prefetch())
@@ -182,7 +187,7 @@ async def _consume(
     while not stop.is_set():
         messages = await inbox.next_batch(settings.batch_size, settings.batch_wait, stop)
         if messages:
-            await _process(messages, worker, settings, stop, summary, limits)
+            await _process(messages, worker, stop, summary, limits, faults)
     # Stop taking deliveries first, then finish what already arrived, so nothing is left half-done.
     try:
         # Bounded: while the broker is down a robust channel would wait for the reconnect forever.
@@ -192,9 +197,7 @@ async def _consume(
         log.warning("could not cancel the consumer error=%s", type(exc).__name__)
     remaining = inbox.drain()
     for start in range(0, len(remaining), settings.batch_size):
-        await _process(
-            remaining[start : start + settings.batch_size], worker, settings, stop, summary, limits
-        )
+        await _process(remaining[start : start + settings.batch_size], worker, stop, summary, limits, faults)
     try:
         async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
             await channel.close()
@@ -205,10 +208,10 @@ async def _consume(
 async def _process(
     messages: list[AbstractIncomingMessage],
     worker: StoreWorker,
-    settings: ConsumerSettings,
     stop: asyncio.Event,
     summary: Summary,
     limits: Limits,
+    faults: Faults,
 ) -> None:
     batch: list[Decoded] = decode_batch(messages, limits)
     payload = [item.events for item in batch]
@@ -218,6 +221,7 @@ async def _process(
     summary.totals.add(result)
     summary.messages += len(messages)
     summary.batches += 1
+    faults.after_commit(summary.batches)
     summary.unsettled += await settle(batch)
     log.debug(
         "batch committed messages=%d received=%d unique=%d",

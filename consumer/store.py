@@ -6,6 +6,7 @@ import json
 import logging
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,12 +47,13 @@ def utc_now() -> str:
 class Store:
     """Owns the writer connection. Not thread-safe: the service calls it from one worker thread."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, before_commit: Callable[[], None] | None = None) -> None:
         self._conn = conn
+        self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
 
     @classmethod
-    def open(cls, path: Path) -> Store:
-        return cls(schema.open_writer(path))
+    def open(cls, path: Path, before_commit: Callable[[], None] | None = None) -> Store:
+        return cls(schema.open_writer(path), before_commit)
 
     def close(self) -> None:
         self._conn.close()
@@ -122,6 +124,8 @@ class Store:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (received_at,),
             )
+            if self._before_commit is not None:
+                self._before_commit()
         return result
 
     @staticmethod

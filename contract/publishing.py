@@ -20,6 +20,9 @@ from contract.topology import Topology, declare
 
 log = logging.getLogger(__name__)
 
+# Called with the events of each message (or request) once the broker confirmed it.
+OnConfirmed = Callable[[list[Event]], None]
+
 
 @dataclass(frozen=True, slots=True)
 class PublishOptions:
@@ -107,7 +110,7 @@ class ConfirmingPublisher:
         declared = await declare(channel, topology)
         return cls(channel, declared.exchange, options or PublishOptions())
 
-    def batch(self, on_confirmed: Callable[[int], None] | None = None) -> EnvelopeBatch:
+    def batch(self, on_confirmed: OnConfirmed | None = None) -> EnvelopeBatch:
         return EnvelopeBatch(self, on_confirmed)
 
     async def publish(self, events: Sequence[Event]) -> None:
@@ -164,7 +167,7 @@ class ConfirmingPublisher:
 class InFlight:
     """Sends running as tasks, bounded by a shared semaphore; tallies what was confirmed and what failed."""
 
-    def __init__(self, slots: asyncio.Semaphore, on_confirmed: Callable[[int], None] | None = None) -> None:
+    def __init__(self, slots: asyncio.Semaphore, on_confirmed: OnConfirmed | None = None) -> None:
         self._slots = slots
         self._on_confirmed = on_confirmed
         self._tasks: set[asyncio.Task[None]] = set()
@@ -206,7 +209,7 @@ class InFlight:
         else:
             self.confirmed += len(events)
             if self._on_confirmed is not None:
-                self._on_confirmed(len(events))
+                self._on_confirmed(events)
         finally:
             self._slots.release()
 
@@ -214,9 +217,7 @@ class InFlight:
 class EnvelopeBatch:
     """Groups events by topic into envelopes (size, linger) and keeps many of them in flight."""
 
-    def __init__(
-        self, publisher: ConfirmingPublisher, on_confirmed: Callable[[int], None] | None = None
-    ) -> None:
+    def __init__(self, publisher: ConfirmingPublisher, on_confirmed: OnConfirmed | None = None) -> None:
         self.publisher = publisher
         self._in_flight = InFlight(publisher.slots, on_confirmed)
         self._buffers: dict[str, list[Event]] = {}

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 
 from contract.config import configure_logging
 from contract.event import Event
-from contract.publishing import PublishFailed
+from contract.publishing import OnConfirmed, PublishFailed
 from publisher import load
+from publisher.check import CheckError, ConfirmedLog, run_check
 from publisher.files import BadLine, read_ndjson
 from publisher.settings import PublisherSettings
 from publisher.transport import Batch, Transport, open_transport
@@ -65,8 +66,8 @@ class Progress:
     def __init__(self, total: int | None, enabled: bool) -> None:
         self.total, self.enabled, self.done, self._last = total, enabled, 0, 0.0
 
-    def add(self, count: int) -> None:
-        self.done += count
+    def add(self, events: list[Event]) -> None:
+        self.done += len(events)
         now = time.monotonic()
         if self.enabled and (now - self._last > 0.1 or self.done == self.total):
             self._last = now
@@ -103,6 +104,18 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--verify", action="store_true", help="wait until the api shows the events took effect")
     out.add_argument("--verify-all", action="store_true", help="with --verify, look up every unique event")
     out.add_argument("--verify-timeout", type=float, default=60.0, help="seconds to wait for --verify")
+    out.add_argument(
+        "--confirmed-log",
+        type=Path,
+        metavar="PATH",
+        help="append each event to PATH (JSON lines) as soon as the broker confirmed it",
+    )
+    out.add_argument(
+        "--check",
+        action="store_true",
+        help="publish nothing: compare --confirmed-log and this workload with the store via the api "
+        "(lost, unexpected, altered, counters); run it once the consumer has drained the queue",
+    )
     out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     out.add_argument("--quiet", action="store_true", help="no progress line")
     return p
@@ -119,17 +132,21 @@ def build_settings(args: argparse.Namespace) -> PublisherSettings:
     return PublisherSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-async def send_load(
-    transport: Transport, args: argparse.Namespace, report: Report, progress: Progress
-) -> list[Event]:
+def generated_load(args: argparse.Namespace) -> load.Load:
     seed = args.seed if args.seed is not None else time.time_ns()
-    generated = load.generate(args.count, args.duplicates, args.topics, seed, args.topic_prefix)
+    return load.generate(args.count, args.duplicates, args.topics, seed, args.topic_prefix)
+
+
+async def send_load(
+    transport: Transport, args: argparse.Namespace, report: Report, on_confirmed: OnConfirmed
+) -> list[Event]:
+    generated = generated_load(args)
     report.sent, report.unique, report.duplicates = (
         len(generated.events),
         generated.unique,
         generated.duplicates,
     )
-    batch = transport.batch(progress.add)
+    batch = transport.batch(on_confirmed)
     report.first_publish_at = time.time()
     for item in generated.events:
         await batch.add(item)
@@ -142,13 +159,13 @@ async def send_file(
     args: argparse.Namespace,
     settings: PublisherSettings,
     report: Report,
-    progress: Progress,
+    on_confirmed: OnConfirmed,
 ) -> list[Event]:
     interactive = args.file == "-"
     stream = sys.stdin.buffer if interactive else await asyncio.to_thread(Path(args.file).open, "rb")
     sent: list[Event] = []
     seen: set[tuple[str, str]] = set()
-    batch = transport.batch(progress.add)
+    batch = transport.batch(on_confirmed)
     try:
         async for item in read_ndjson(stream, settings.limits(), interactive):
             if isinstance(item, BadLine):
@@ -193,13 +210,20 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         except VerifyError as exc:
             print(f"publisher: {exc}; nothing was published", file=sys.stderr)
             return EXIT_VERIFY
+    confirmed_log = ConfirmedLog(args.confirmed_log) if args.confirmed_log else None
+
+    def on_confirmed(events: list[Event]) -> None:
+        if confirmed_log is not None:
+            confirmed_log.record(events)
+        progress.add(events)
+
     started = time.monotonic()
     try:
         async with open_transport(args.via, settings) as transport:
             if args.file:
-                sent = await send_file(transport, args, settings, report, progress)
+                sent = await send_file(transport, args, settings, report, on_confirmed)
             else:
-                sent = await send_load(transport, args, report, progress)
+                sent = await send_load(transport, args, report, on_confirmed)
     except PublishFailed as exc:
         report.errors.append(str(exc))
         sent = []
@@ -209,6 +233,8 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         return EXIT_UNCONFIRMED
     finally:
         progress.close()
+        if confirmed_log is not None:
+            confirmed_log.close()
     report.elapsed = time.monotonic() - started
     report.events_per_second = report.confirmed / report.elapsed if report.elapsed > 0 else 0.0
     code = EXIT_OK
@@ -233,6 +259,32 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
     return code
 
 
+async def check(args: argparse.Namespace, settings: PublisherSettings) -> int:
+    """`--check`: the workload these options describe against the confirmed log and the store."""
+    if args.file:
+        workload = await read_workload_file(args.file, settings)
+    else:
+        workload = generated_load(args).events
+    try:
+        result = await run_check(settings.api_url, settings.api_key, workload, args.confirmed_log)
+    except CheckError as exc:
+        print(f"publisher: {exc}", file=sys.stderr)
+        return EXIT_UNCONFIRMED
+    if args.json:
+        print(json.dumps({**result.as_dict(), "exit_code": EXIT_OK if result.ok else EXIT_VERIFY}))
+    else:
+        print(result.text())
+    return EXIT_OK if result.ok else EXIT_VERIFY
+
+
+async def read_workload_file(name: str, settings: PublisherSettings) -> list[Event]:
+    """The good lines of an NDJSON file, as a publishing run read them (bad lines were never sent)."""
+    stream = await asyncio.to_thread(Path(name).open, "rb")
+    with stream:
+        items = [item async for item in read_ndjson(stream, settings.limits(), False)]
+    return [item for item in items if isinstance(item, Event)]
+
+
 def cli(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.file is None and (args.count < 0 or args.topics < 1 or not 0 <= args.duplicates < 1):
@@ -247,6 +299,15 @@ def cli(argv: list[str] | None = None) -> int:
     if args.file and args.file != "-" and not Path(args.file).is_file():
         print(f"publisher: no such file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
+    if args.check:
+        if args.confirmed_log is None or args.file == "-" or (args.file is None and args.seed is None):
+            print(
+                "publisher: --check needs --confirmed-log and the workload the publisher sent: --file "
+                "PATH, or the same --count/--duplicates/--topics/--topic-prefix and an explicit --seed",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return asyncio.run(check(args, settings))
     try:
         return asyncio.run(main(args, settings))
     except KeyboardInterrupt:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol
 
 import httpx
 
 from contract.event import Event
-from contract.publishing import ConfirmingPublisher, InFlight, PublishFailed
+from contract.publishing import ConfirmingPublisher, InFlight, OnConfirmed, PublishFailed
 from publisher.settings import PublisherSettings
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Batch(Protocol):
 
 
 class Transport(Protocol):
-    def batch(self, on_confirmed: Callable[[int], None] | None = None) -> Batch: ...
+    def batch(self, on_confirmed: OnConfirmed | None = None) -> Batch: ...
 
 
 @asynccontextmanager
@@ -55,7 +55,7 @@ class HttpTransport:
         self._settings = settings
         self.slots = asyncio.Semaphore(HTTP_CONCURRENCY)
 
-    def batch(self, on_confirmed: Callable[[int], None] | None = None) -> HttpBatch:
+    def batch(self, on_confirmed: OnConfirmed | None = None) -> HttpBatch:
         return HttpBatch(self, on_confirmed)
 
     async def post(self, events: list[Event]) -> None:
@@ -87,7 +87,7 @@ class HttpTransport:
 class HttpBatch:
     """Events in requests of HTTP_EVENTS_PER_REQUEST, a few requests in flight at once."""
 
-    def __init__(self, transport: HttpTransport, on_confirmed: Callable[[int], None] | None) -> None:
+    def __init__(self, transport: HttpTransport, on_confirmed: OnConfirmed | None) -> None:
         self._transport = transport
         self._in_flight = InFlight(transport.slots, on_confirmed)
         self._buffer: list[Event] = []

@@ -1,0 +1,68 @@
+"""Fault injection for the crash tests: inert unless one of its environment variables is set.
+
+- `EVENTAGG_FAULT_KILL_AFTER_COMMIT=N`: SIGKILL this process right after its N-th batch commit, before
+  anything of that batch is acked. This makes the narrowest window of the design (committed, not acked)
+  reachable on purpose: the broker redelivers the batch and the dedup key must absorb it.
+- `EVENTAGG_FAULT_COMMIT=KIND:PATH`: while the file PATH exists, every batch transaction fails just before
+  COMMIT with the error SQLite gives for KIND: `ioerror` (disk I/O error) or `full` (database or disk is
+  full). The rows already written in that transaction are rolled back, as with a real failure.
+
+These are not settings: they exist to prove the crash guarantees and are logged loudly when active.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KILL_AFTER_COMMIT = "EVENTAGG_FAULT_KILL_AFTER_COMMIT"
+COMMIT = "EVENTAGG_FAULT_COMMIT"
+ERRORS = {"ioerror": "disk I/O error", "full": "database or disk is full"}
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    kill_after_commit: int | None = None
+    commit_error: str | None = None
+    commit_flag: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Faults:
+        kill_after = environ.get(KILL_AFTER_COMMIT)
+        commit = environ.get(COMMIT)
+        faults = cls()
+        if kill_after:
+            if not kill_after.isdigit() or int(kill_after) < 1:
+                raise ValueError(f"{KILL_AFTER_COMMIT} must be a positive integer, got {kill_after!r}")
+            faults = cls(kill_after_commit=int(kill_after))
+        if commit:
+            kind, _, path = commit.partition(":")
+            if kind not in ERRORS or not path:
+                kinds = ", ".join(sorted(ERRORS))
+                raise ValueError(f"{COMMIT} must be KIND:PATH with KIND one of {kinds}, got {commit!r}")
+            faults = cls(faults.kill_after_commit, kind, Path(path))
+        if faults.active:
+            log.warning("FAULT INJECTION ACTIVE %s (test use only)", faults)
+        return faults
+
+    @property
+    def active(self) -> bool:
+        return self.kill_after_commit is not None or self.commit_flag is not None
+
+    def before_commit(self) -> None:
+        """Called inside the batch transaction, on the store thread, right before COMMIT."""
+        if self.commit_flag is not None and self.commit_error is not None and self.commit_flag.exists():
+            raise sqlite3.OperationalError(ERRORS[self.commit_error])
+
+    def after_commit(self, commits: int) -> None:
+        """Called after a batch committed and before it is settled with the broker."""
+        if self.kill_after_commit is not None and commits >= self.kill_after_commit:
+            log.warning("fault injection: SIGKILL after commit %d, before its acks", commits)
+            os.kill(os.getpid(), signal.SIGKILL)
