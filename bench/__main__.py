@@ -11,78 +11,50 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import machine, report
-from bench.broker import BrokerLink, BrokerUnreachable
-from bench.trial import Trial, TrialSpec, run_trial
+from bench import bigstore, machine, report
+from bench.broker import BenchError, BrokerLink, BrokerUnreachable
+from bench.scenarios import FULL, QUICK, SCENARIOS, Context, describe
+from bench.trial import Sample
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-MAX_ENVELOPE_SIZE = 10_000  # the publisher's own limit
-WARMUP_COUNT = 2_000
 # Settings the deployables read from the environment that change what is measured; reported when set.
-TUNING_VARS = (
-    "BATCH_SIZE",
-    "BATCH_WAIT",
-    "PREFETCH",
-    "LINGER",
-    "MAX_IN_FLIGHT",
-    "CONFIRM_TIMEOUT",
-    "MAX_ATTEMPTS",
-    "MAX_PAYLOAD_BYTES",
-    "MAX_MESSAGE_BYTES",
-)
+TUNING_VARS = ("BATCH_SIZE", "BATCH_WAIT", "PREFETCH", "LINGER", "MAX_IN_FLIGHT", "CONFIRM_TIMEOUT")
+NAMES = tuple(s.name for s in SCENARIOS)
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def envelope_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not sizes or any(not 1 <= size <= MAX_ENVELOPE_SIZE for size in sizes):
-        raise argparse.ArgumentTypeError(f"envelope sizes must be 1..{MAX_ENVELOPE_SIZE}, got {text!r}")
-    return sizes
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def scenario_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {unknown}; choose from {', '.join(NAMES)}")
+    return names
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="End-to-end throughput of the real pipeline: python -m publisher -> RabbitMQ -> "
-        "python -m consumer -> SQLite, on throwaway queue names and stores. Broker: AMQP_URL, "
-        f"else {DEFAULT_URL}.",
+        description="Throughput, latency, memory and scale of the real deployables (python -m publisher, "
+        "consumer, api) on throwaway queue names and stores, against the broker's own ceiling and a "
+        f"baseline of the design it replaces. Broker: AMQP_URL, else {DEFAULT_URL}.",
     )
-    p.add_argument("--count", type=positive_int, default=20_000, help="events per run (default 20000)")
-    p.add_argument("--runs", type=positive_int, default=5, help="runs per scenario (default 5)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one repetition: checks it all works")
+    p.add_argument("--runs", type=int, help="repetitions per scenario (default 3; --quick: 1)")
     p.add_argument(
-        "--envelope-sizes",
-        type=envelope_sizes,
-        default=(1, 100),
-        metavar="LIST",
-        help="comma-separated events per message; 1 = single-event messages, the reference (default 1,100)",
+        "--only", type=scenario_list, default=NAMES, help=f"comma-separated subset of: {', '.join(NAMES)}"
     )
     p.add_argument("--output", type=Path, metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--seed", type=int, default=42, help="load seed, the same for every run (default 42)")
     p.add_argument(
-        "--warmup", type=int, default=1, help=f"unmeasured runs of {WARMUP_COUNT} events first (default 1)"
+        "--timeout", type=float, help="seconds one repetition may wait for its events (default 300; quick 60)"
     )
     p.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds a run may take before it fails (default 120)"
-    )
-    p.add_argument(
-        "--db-dir", type=Path, help="directory for the throwaway stores (default: the system temp dir)"
+        "--db-dir", type=Path, help="directory for the throwaway stores (default: system temp dir)"
     )
     return p
 
@@ -93,33 +65,39 @@ def _cancel_once(task: asyncio.Task[Any]) -> None:
         task.cancel()
 
 
-async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[Trial], str]:
-    """Warm up, then every scenario round-robin; returns the trials and the broker's version."""
+async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[Sample], str]:
     task = asyncio.current_task()
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _cancel_once, task)
     link = BrokerLink(url)
     await link.connect()
+    sizes = QUICK if args.quick else FULL
+    ctx = Context(link, workdir, sizes, args.seed, args.timeout)
+    chosen = [s for s in SCENARIOS if s.name in args.only]
     try:
-        for i in range(args.warmup):
-            spec = TrialSpec(
-                url, min(WARMUP_COUNT, args.count), args.envelope_sizes[-1], args.seed, args.timeout
-            )
-            trial = await run_trial(spec, link, workdir, -1, f"warmup{i}")
-            if not trial.ok:
-                raise WarmupFailed(f"warm-up run failed, not measuring: {trial.error}")
-            _progress(f"warm-up {i + 1}/{args.warmup}: ok ({trial.seconds:.2f}s)")
-        trials: list[Trial] = []
-        sizes: tuple[int, ...] = args.envelope_sizes
+        if any(s.needs_big_store for s in chosen):
+            started = time.monotonic()
+            ctx.big_store = workdir / "prefilled.db"
+            await asyncio.to_thread(bigstore.build, ctx.big_store, sizes.stored, 1)
+            _progress(f"store with {sizes.stored:,} events built in {time.monotonic() - started:.1f}s")
+        samples: list[Sample] = []
         for round_ in range(args.runs):
             # Rotate the order each round so no scenario always runs first (or right after another one).
-            order = sizes[round_ % len(sizes) :] + sizes[: round_ % len(sizes)]
-            for size in order:
-                spec = TrialSpec(url, args.count, size, args.seed, args.timeout)
-                trial = await run_trial(spec, link, workdir, round_, f"r{round_}-e{size}")
-                trials.append(trial)
-                _progress(_describe(trial, round_, args))
-        return trials, link.server_version
+            shift = round_ % len(chosen)
+            for scenario in chosen[shift:] + chosen[:shift]:
+                sample = Sample(scenario.name, round_)
+                started = time.monotonic()
+                try:
+                    sample.values = await scenario.measure(ctx, f"r{round_}-{scenario.name}")
+                except BenchError as exc:
+                    sample.error = str(exc)
+                except (OSError, ValueError, KeyError, TimeoutError) as exc:
+                    sample.error = f"{type(exc).__name__}: {exc}"
+                sample.info["wall_seconds"] = round(time.monotonic() - started, 1)
+                samples.append(sample)
+                outcome = describe(sample.values) if sample.ok else f"FAILED: {sample.error}"
+                _progress(f"round {round_ + 1}/{args.runs} {scenario.name}: {outcome}")
+        return samples, link.server_version
     finally:
         leftovers = await link.delete_leftovers()
         if leftovers:
@@ -127,32 +105,18 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
         await link.close()
 
 
-class WarmupFailed(Exception):
-    """The warm-up run failed: every measured run would fail the same way."""
-
-
-def _describe(trial: Trial, round_: int, args: argparse.Namespace) -> str:
-    where = f"round {round_ + 1}/{args.runs} envelope {trial.envelope_size}"
-    if not trial.ok or trial.seconds is None:
-        return f"{where}: FAILED: {trial.error}"
-    publish = trial.publish_events_per_second() or 0.0
-    return (
-        f"{where}: {args.count / trial.seconds:,.0f} events/s end to end ({trial.seconds:.2f}s), "
-        f"publish {publish:,.0f} events/s"
-    )
-
-
 def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # aiormq logs every failed connect with a traceback; the bench says it once, in one line.
     for name in ("aiormq", "aio_pika"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    if args.warmup < 0 or args.timeout <= 0:
-        print("bench: --warmup must be >= 0 and --timeout > 0", file=sys.stderr)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.timeout = args.timeout or (60.0 if args.quick else 300.0)
+    if args.runs < 1 or args.timeout <= 0:
+        print("bench: --runs must be >= 1 and --timeout > 0", file=sys.stderr)
         return EXIT_USAGE
     url = os.environ.get("AMQP_URL") or DEFAULT_URL
     db_root = args.db_dir or Path(tempfile.gettempdir())
@@ -163,36 +127,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: --output: no such directory {args.output.parent}", file=sys.stderr)
         return EXIT_USAGE
     facts = machine.facts(db_root)
+    sizes = QUICK if args.quick else FULL
     config: dict[str, Any] = {
-        "count": args.count,
+        "mode": "quick" if args.quick else "full",
         "runs": args.runs,
-        "envelope_sizes": list(args.envelope_sizes),
+        "scenarios": list(args.only),
+        "sizes": asdict(sizes),
         "seed": args.seed,
-        "warmup": args.warmup,
         "timeout": args.timeout,
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "env_overrides": {name: os.environ[name] for name in TUNING_VARS if name in os.environ},
     }
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="eventagg-bench-", dir=db_root) as workdir:
-            trials, facts["rabbitmq"] = asyncio.run(run_all(args, url, Path(workdir)))
+            samples, facts["rabbitmq"] = asyncio.run(run_all(args, url, Path(workdir)))
     except BrokerUnreachable as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except WarmupFailed as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return EXIT_FAILED_RUNS
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("bench: interrupted; children stopped and the runs' queues deleted", file=sys.stderr)
         return EXIT_INTERRUPTED
     facts["load_average_end"] = machine.load_average()
     config["wall_seconds"] = round(time.monotonic() - started, 1)
-    results = report.scenarios(trials, args.envelope_sizes, args.count)
-    print(report.table(results, config, facts))
+    results = report.Results(samples)
+    print(report.table(results, config, facts, sizes))
     if args.output is not None:
         args.output.write_text(json.dumps(report.as_json(results, config, facts), indent=2) + "\n")
         print(f"\nresults written to {args.output}")
-    return EXIT_OK if all(t.ok for t in trials) else EXIT_FAILED_RUNS
+    return EXIT_OK if all(s.ok for s in samples) else EXIT_FAILED_RUNS
 
 
 if __name__ == "__main__":

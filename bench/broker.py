@@ -18,7 +18,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from contract.config import redact
-from contract.topology import Topology
+from contract.topology import Topology, declare
 
 CONNECT_TIMEOUT = 10.0
 OPERATION_TIMEOUT = 10.0
@@ -90,7 +90,9 @@ class BrokerLink:
             if not channel.is_closed:
                 await channel.close()
 
-    async def wait_attached(self, queue: str, alive: Callable[[], bool], timeout: float) -> float:
+    async def wait_attached(
+        self, queue: str, alive: Callable[[], bool], timeout: float, why: Callable[[], str] = str
+    ) -> float:
         """Wait until exactly one consumer is attached to `queue`; returns the seconds it took."""
         started = time.perf_counter()
         while True:
@@ -100,10 +102,19 @@ class BrokerLink:
             if count is not None and count > 1:
                 raise BenchError(f"{count} consumers on {queue}, expected 1")
             if not alive():
-                raise BenchError("the consumer exited before it started consuming")
+                raise BenchError(f"the consumer exited before it started consuming: {why()}")
             if time.perf_counter() - started > timeout:
                 raise BenchError(f"the consumer did not attach to {queue} within {timeout:g}s")
             await asyncio.sleep(ATTACH_POLL)
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare a run's topology, for an api that should see its queues without a consumer."""
+        channel = await self._channel()
+        try:
+            await asyncio.wait_for(declare(channel, topology), OPERATION_TIMEOUT)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     def track(self, topology: Topology) -> None:
         self.leftovers.add(topology)

@@ -1,13 +1,14 @@
-"""Turns trials into the result: median/min/max per scenario, ratios to the reference, the table, the JSON."""
+"""Turns samples into the result: median/min/max per figure, the targets (ratios), the table, the JSON."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.trial import DUPLICATES, Trial
+from bench.scenarios import SCENARIOS, Sizes
+from bench.trial import DUPLICATES, Sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,162 +19,187 @@ class Spread:
     values: tuple[float, ...]
 
     @classmethod
-    def of(cls, values: Sequence[float | None]) -> Spread | None:
-        present = tuple(v for v in values if v is not None)
-        if not present:
+    def of(cls, values: Sequence[float]) -> Spread | None:
+        if not values:
             return None
-        return cls(statistics.median(present), min(present), max(present), present)
+        return cls(statistics.median(values), min(values), max(values), tuple(values))
 
 
-@dataclass(slots=True)
-class Scenario:
-    """All runs of one envelope size."""
+class Results:
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.samples = list(samples)
 
-    envelope_size: int
-    count: int
-    trials: list[Trial]
+    def of(self, scenario: str) -> list[Sample]:
+        return [s for s in self.samples if s.scenario == scenario]
+
+    def spread(self, scenario: str, key: str) -> Spread | None:
+        return Spread.of([s.values[key] for s in self.of(scenario) if s.ok and key in s.values])
+
+    def median(self, scenario: str, key: str) -> float | None:
+        spread = self.spread(scenario, key)
+        return None if spread is None else spread.median
+
+    def paired(self, scenario: str, other: str, key: str) -> list[float]:
+        """Per-round ratios: both runs of a round saw the same moment of machine noise."""
+        mine = {s.round: s.values.get(key) for s in self.of(scenario) if s.ok}
+        theirs = {s.round: s.values.get(key) for s in self.of(other) if s.ok}
+        return [
+            a / b for r, a in sorted(mine.items()) if (b := theirs.get(r)) and a is not None and b is not None
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    measured: float | None
+    goal: float
+    at_most: bool  # True: measured <= goal; False: measured >= goal
+    unit: str
+    detail: str = ""
 
     @property
-    def ok(self) -> list[Trial]:
-        return [t for t in self.trials if t.ok]
-
-    def end_to_end(self) -> Spread | None:
-        return Spread.of([t.events_per_second(self.count) for t in self.trials])
-
-    def publish_only(self) -> Spread | None:
-        return Spread.of([t.publish_events_per_second() for t in self.trials])
-
-    def seconds(self) -> Spread | None:
-        return Spread.of([t.seconds for t in self.ok])
-
-    def first_commit(self) -> Spread | None:
-        return Spread.of([t.first_commit for t in self.ok])
-
-    def by_round(self) -> dict[int, Trial]:
-        return {t.round: t for t in self.ok}
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured <= self.goal if self.at_most else self.measured >= self.goal
 
 
-def reference_size(sizes: Sequence[int]) -> int:
-    """Single-event messages when measured; otherwise the smallest envelope measured."""
-    return 1 if 1 in sizes else min(sizes)
+def _ratio(results: Results, a: str, b: str, key: str = "events_per_second") -> tuple[float | None, str]:
+    top, bottom = results.median(a, key), results.median(b, key)
+    paired = results.paired(a, b, key)
+    detail = f"per round {min(paired):.2f}-{max(paired):.2f}" if paired else ""
+    if top is None or not bottom:
+        return None, detail
+    return top / bottom, detail
 
 
-def scenarios(trials: Sequence[Trial], sizes: Sequence[int], count: int) -> list[Scenario]:
-    return [Scenario(size, count, [t for t in trials if t.envelope_size == size]) for size in sizes]
+def targets(results: Results) -> list[Target]:
+    out: list[Target] = []
+
+    def ratio(name: str, a: str, b: str, goal: float) -> None:
+        value, detail = _ratio(results, a, b)
+        out.append(Target(name, value, goal, False, "x", detail))
+
+    def limit(name: str, scenario: str, key: str, goal: float, unit: str) -> None:
+        out.append(Target(name, results.median(scenario, key), goal, True, unit))
+
+    ratio("single-event messages end to end / ceiling", "e2e_single", "ceiling", 0.9)
+    ratio("envelopes of 100 end to end / ceiling", "e2e_envelopes", "ceiling", 6.0)
+    ratio("envelopes of 100 end to end / baseline", "e2e_envelopes", "baseline", 50.0)
+    ratio("HTTP shim / envelopes of 100 (AMQP path)", "shim", "e2e_envelopes", 0.5)
+    ratio("ingest with store pre-filled / empty store", "ingest_at_scale", "e2e_envelopes", 0.8)
+    limit("GET /events p99 at scale (worst kind)", "queries", "events_worst_p99_ms", 20.0, "ms")
+    limit("GET /stats p99 at scale", "queries", "stats_p99_ms", 10.0, "ms")
+    limit("consumer peak RSS draining the backlog", "backlog", "peak_rss_mb", 150.0, "MiB")
+    limit("publish -> queryable p99 at the steady rate", "latency", "p99_ms", 100.0, "ms")
+    return out
 
 
-def _ratio(value: Spread | None, reference: Spread | None) -> float | None:
-    if value is None or reference is None or reference.median == 0:
-        return None
-    return value.median / reference.median
+# What each scenario's table row shows: (value key, header, format).
+_ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
+    "e2e_single": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "e2e_envelopes": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "ceiling": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "baseline": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "shim": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "ingest_at_scale": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "latency": [("p50_ms", "p50 ms", "{:.1f}".format), ("p99_ms", "p99 ms", "{:.1f}".format)],
+    "queries": [
+        (f"{kind}_{q}_ms", f"{label} {q} ms", "{:.2f}".format)
+        for kind, label in (
+            ("events", "GET /events"),
+            ("events_topic", "GET /events?topic"),
+            ("events_deep", "GET /events deep page"),
+            ("events_topic_deep", "GET /events?topic deep page"),
+            ("stats", "GET /stats"),
+        )
+        for q in ("p50", "p99")
+    ],
+    "backlog": [
+        ("peak_rss_mb", "consumer peak RSS MiB", "{:.1f}".format),
+        ("drain_events_per_second", "drain events/s", "{:,.0f}".format),
+    ],
+}
 
 
-def paired_ratios(scenario: Scenario, reference: Scenario) -> list[float]:
-    """Per-round ratios: both runs of a round saw the same moment of machine noise."""
-    ref = reference.by_round()
-    ratios = []
-    for round_, trial in sorted(scenario.by_round().items()):
-        other = ref.get(round_)
-        if other is None or other.seconds is None or trial.seconds is None:
-            continue
-        ratios.append(other.seconds / trial.seconds)
-    return ratios
+def _sizes_note(scenario: str, sizes: Sizes) -> str:
+    return {
+        "e2e_single": f"{sizes.count:,} events",
+        "e2e_envelopes": f"{sizes.count:,} events",
+        "ceiling": f"{sizes.count:,} messages",
+        "baseline": f"{sizes.baseline_count:,} events",
+        "shim": f"{sizes.count:,} events",
+        "ingest_at_scale": f"{sizes.count:,} onto {sizes.stored:,}",
+        "latency": f"{sizes.latency_rate:,.0f}/s for {sizes.latency_seconds:g}s",
+        "queries": f"{sizes.stored:,} stored, {sizes.query_requests} each",
+        "backlog": f"{sizes.backlog:,} queued",
+    }.get(scenario, "")
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}x"
-
-
-def table(results: Sequence[Scenario], config: dict[str, Any], machine: dict[str, Any]) -> str:
-    sizes = [s.envelope_size for s in results]
-    ref_size = reference_size(sizes)
-    ref = next(s for s in results if s.envelope_size == ref_size)
-    ref_label = "single-event messages" if ref_size == 1 else f"envelopes of {ref_size}"
+def table(results: Results, config: dict[str, Any], machine: dict[str, Any], sizes: Sizes) -> str:
     lines = [
-        f"eventagg bench: {config['count']:,} events per run ({DUPLICATES:.0%} duplicates, seed "
-        f"{config['seed']}), {config['runs']} runs per scenario, interleaved round-robin",
-        f"machine: nproc={machine['nproc']}, Python {machine['python']} "
-        f"({machine['python_implementation']}), {machine['cpu_model']}, {machine['platform']}",
+        f"eventagg bench ({config['mode']}): {config['runs']} repetitions per scenario, interleaved "
+        f"round-robin; {DUPLICATES:.0%} of each load re-sent; medians (min-max)",
+        f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+        f"{machine['platform']}, Python {machine['python']}",
         f"software: RabbitMQ {machine['rabbitmq']}, SQLite {machine['sqlite']} (store on "
-        f"{machine['db_filesystem']}), aio-pika {machine['aio_pika']}; load average "
-        f"{machine['load_average_start']} -> {machine.get('load_average_end')}",
-        f"code: {machine['commit']}",
+        f"{machine['db_filesystem']}), aio-pika {machine['aio_pika']}",
+        f"load average: {machine['load_average_start']} at start, {machine.get('load_average_end')} at end; "
+        f"code {machine['commit']}; {config.get('wall_seconds')}s wall",
         "",
     ]
-    header = (
-        f"{'scenario':<32}{'ok':>5}{'median ev/s':>13}{'min':>9}{'max':>9}"
-        f"{'median s':>10}{'1st commit s':>14}{'vs envelope ' + str(ref_size):>19}"
-    )
+    header = f"{'scenario':<52}{'size':>24}{'figure':>30}{'median':>11}{'min':>10}{'max':>10}{'ok':>6}"
     lines += [header, "-" * len(header)]
-    for kind, measure in (("end to end", Scenario.end_to_end), ("publish only", Scenario.publish_only)):
-        ref_spread = measure(ref)
-        for scenario in results:
-            spread = measure(scenario)
-            seconds = scenario.seconds() if kind == "end to end" else None
-            first = scenario.first_commit() if kind == "end to end" else None
-            lines.append(
-                f"{kind + ', envelope ' + str(scenario.envelope_size):<32}"
-                f"{f'{len(scenario.ok)}/{len(scenario.trials)}':>5}"
-                f"{_num(spread.median if spread else None):>13}"
-                f"{_num(spread.minimum if spread else None):>9}"
-                f"{_num(spread.maximum if spread else None):>9}"
-                f"{(f'{seconds.median:.2f}' if seconds else ''):>10}"
-                f"{(f'{first.median:.2f}' if first else ''):>14}"
-                f"{_times(_ratio(spread, ref_spread)):>19}"
+    for scenario in SCENARIOS:
+        samples = results.of(scenario.name)
+        if not samples:
+            continue
+        ok = f"{sum(s.ok for s in samples)}/{len(samples)}"
+        for i, (key, figure, fmt) in enumerate(_ROWS[scenario.name]):
+            spread = results.spread(scenario.name, key)
+            cells = (
+                (fmt(spread.median), fmt(spread.minimum), fmt(spread.maximum)) if spread else ("-", "", "")
             )
-    lines.append("")
-    for scenario in results:
-        if scenario is ref:
-            continue
-        ratio = _ratio(scenario.end_to_end(), ref.end_to_end())
-        paired = paired_ratios(scenario, ref)
-        rounds = f" (per round {min(paired):.1f}x-{max(paired):.1f}x)" if paired else ""
-        if ratio is None:
-            lines.append(f"envelopes of {scenario.envelope_size}: no ratio, a scenario has no successful run")
-            continue
-        lines.append(f"envelopes of {scenario.envelope_size}: {_times(ratio)} {ref_label} end to end{rounds}")
-    lines += [
-        "",
-        "end to end   = N / (publisher process start -> store shows received == N); exact counters checked",
-        "1st commit s = publisher process start -> first events in the store (start-up, load generation)",
-        "publish only = the publisher's own events_per_second (connect -> last confirm, consumer running)",
-    ]
-    failures = [(s.envelope_size, t) for s in results for t in s.trials if not t.ok]
+            label = scenario.label if i == 0 else ""
+            size = _sizes_note(scenario.name, sizes) if i == 0 else ""
+            lines.append(
+                f"{label:<52}{size:>24}{figure:>30}{cells[0]:>11}{cells[1]:>10}{cells[2]:>10}"
+                f"{ok if i == 0 else '':>6}"
+            )
+    lines += ["", "targets (ratios of medians measured in this run):"]
+    for target in targets(results):
+        value = "-" if target.measured is None else f"{target.measured:,.2f}{target.unit}"
+        sign = "<=" if target.at_most else ">="
+        verdict = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[target.met]
+        detail = f"  ({target.detail})" if target.detail else ""
+        lines.append(
+            f"  {target.name:<48}{value:>12}  {sign} {target.goal:g}{target.unit:<4}{verdict}{detail}"
+        )
+    failures = [s for s in results.samples if not s.ok]
     if failures:
-        lines += ["", f"FAILED RUNS ({len(failures)}), not counted:"]
-        lines += [f"  envelope {size}, round {t.round + 1}: {t.error}" for size, t in failures]
+        lines += ["", f"FAILED REPETITIONS ({len(failures)}), not counted:"]
+        lines += [f"  {s.scenario}, round {s.round + 1}: {s.error}" for s in failures]
     return "\n".join(lines)
 
 
-def as_json(results: Sequence[Scenario], config: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
-    ref_size = reference_size([s.envelope_size for s in results])
-    ref = next(s for s in results if s.envelope_size == ref_size)
-
-    def spread(value: Spread | None) -> dict[str, Any] | None:
-        return None if value is None else asdict(value)
-
+def as_json(results: Results, config: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+    scenarios: dict[str, Any] = {}
+    for scenario in SCENARIOS:
+        samples = results.of(scenario.name)
+        if not samples:
+            continue
+        keys = sorted({k for s in samples if s.ok for k in s.values})
+        spreads = {k: results.spread(scenario.name, k) for k in keys}
+        scenarios[scenario.name] = {
+            "label": scenario.label,
+            "runs_ok": sum(s.ok for s in samples),
+            "runs": len(samples),
+            "figures": {k: asdict(v) for k, v in spreads.items() if v is not None},
+            "samples": [asdict(s) for s in samples],
+        }
     return {
         "config": config,
         "machine": machine,
-        "reference_envelope_size": ref_size,
-        "scenarios": [
-            {
-                "envelope_size": s.envelope_size,
-                "runs_ok": len(s.ok),
-                "runs": len(s.trials),
-                "end_to_end_events_per_second": spread(s.end_to_end()),
-                "publish_only_events_per_second": spread(s.publish_only()),
-                "end_to_end_seconds": spread(s.seconds()),
-                "first_commit_seconds": spread(s.first_commit()),
-                "ratio_to_reference": _ratio(s.end_to_end(), ref.end_to_end()),
-                "publish_only_ratio_to_reference": _ratio(s.publish_only(), ref.publish_only()),
-                "paired_ratios_to_reference": paired_ratios(s, ref),
-                "trials": [asdict(t) for t in s.trials],
-            }
-            for s in results
-        ],
+        "scenarios": scenarios,
+        "targets": [{**asdict(t), "met": t.met} for t in targets(results)],
     }

@@ -1,9 +1,8 @@
-"""One measured run: a fresh consumer, store and queue; publish N events; time until the store has them all.
+"""One measured run's world: fresh broker names, a fresh store, its child processes, and their cleanup.
 
-The clock starts just before the publisher process is spawned and stops at the first poll of the store that
-shows `received == N`, so interpreter start-up, load generation, broker, consumer and fsync are all inside
-it: it is what a user waiting for the events to be queryable experiences. Counters are read straight from
-SQLite (read-only), not through the api, so no third process competes for the two cores.
+`Run` is an async context manager. Whatever it started is stopped and whatever it declared is deleted when
+it exits, even on failure or Ctrl-C. Every wait is bounded; a run that breaks raises BenchError with the
+reason (and the tail of the child's stderr), which the caller records instead of a number.
 """
 
 from __future__ import annotations
@@ -11,224 +10,208 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-import aiormq
+import httpx
 
 from bench.broker import BenchError, BrokerLink, fresh_topology
 from bench.child import Child
 from contract import schema
-from contract.topology import Topology
 
 DUPLICATES = 0.2
 POLL_INTERVAL = 0.005
-ATTACH_TIMEOUT = 60.0
-PUBLISHER_EXIT_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class TrialSpec:
-    amqp_url: str
-    count: int
-    envelope_size: int
-    seed: int
-    timeout: float  # seconds from publisher start until the store must show every event
-
-    @property
-    def expected_duplicates(self) -> int:
-        return round(self.count * DUPLICATES)
-
-    @property
-    def expected_unique(self) -> int:
-        return self.count - self.expected_duplicates
+START_TIMEOUT = 60.0  # a child process until it consumes or serves
+EXIT_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
-class Trial:
-    """The outcome of one run; `error` set means it failed and its numbers must not be used."""
+class Sample:
+    """One repetition of one scenario; `error` set means it failed and `values` must not be used."""
 
-    envelope_size: int
+    scenario: str
     round: int
+    values: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    seconds: float | None = None  # publisher start → store shows every event
-    first_commit: float | None = None  # publisher start → store shows the first event
-    attach_seconds: float | None = None  # consumer start → consuming (outside the measurement)
-    publisher: dict[str, Any] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
-    consumer_exit: int | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.seconds is not None
+        return self.error is None
 
-    def events_per_second(self, count: int) -> float | None:
-        return count / self.seconds if self.ok and self.seconds else None
 
-    def publish_events_per_second(self) -> float | None:
-        value = self.publisher.get("events_per_second")
-        return float(value) if self.ok and isinstance(value, int | float) else None
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def read_counters(conn: sqlite3.Connection) -> dict[str, int]:
     return {str(name): int(value) for name, value in conn.execute("SELECT name, value FROM counters")}
 
 
-async def run_trial(spec: TrialSpec, link: BrokerLink, workdir: Path, round_: int, tag: str) -> Trial:
-    """Run once; never raises for a failed run (the Trial says why), only for cancellation."""
-    trial = Trial(envelope_size=spec.envelope_size, round=round_)
-    topology = fresh_topology()
-    db_path = workdir / f"{tag}.db"
-    env = {
-        **os.environ,
-        "AMQP_URL": spec.amqp_url,
-        "AMQP_EXCHANGE": topology.exchange,
-        "AMQP_QUEUE": topology.queue,
-        "DB_PATH": str(db_path),
-        "LOG_LEVEL": "WARNING",
-    }
-    consumer: Child | None = None
-    publisher: Child | None = None
-    reader: sqlite3.Connection | None = None
-    link.track(topology)
-    try:
-        consumer = await Child.start("consumer", [], env, workdir, tag)
-        trial.attach_seconds = await link.wait_attached(
-            topology.queue, lambda: consumer is not None and consumer.returncode is None, ATTACH_TIMEOUT
-        )
-        # The consumer creates the store before it connects, so it exists once the consumer is attached.
-        reader = schema.open_reader(db_path)
-        if any(read_counters(reader).values()):
-            raise BenchError(f"store {db_path} is not empty before publishing")
-
-        started = time.perf_counter()
-        publisher = await Child.start("publisher", _publisher_args(spec), env, workdir, tag)
-        trial.counters, trial.first_commit, done = await _wait_for_store(
-            spec, reader, consumer, publisher, started
-        )
-        trial.seconds = done - started
-
-        try:
-            code = await publisher.wait(PUBLISHER_EXIT_TIMEOUT)
-        except TimeoutError:
-            raise BenchError(
-                f"the publisher did not exit {PUBLISHER_EXIT_TIMEOUT:g}s after the store showed every event"
-            ) from None
-        trial.publisher = _publisher_summary(publisher)
-        if code != 0:
-            raise BenchError(f"publisher exited with {code}: {_why(publisher)}")
-        _check_outcome(spec, trial.counters)
-
-        trial.consumer_exit = await consumer.stop()
-        if trial.consumer_exit != 0:
-            raise BenchError(f"consumer exited with {trial.consumer_exit} after SIGTERM: {_why(consumer)}")
-    except BenchError as exc:
-        trial.error = str(exc)
-    except (OSError, aiormq.exceptions.AMQPError, sqlite3.Error) as exc:
-        # A process that cannot start, a broker that went away, a store that cannot be read.
-        trial.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        if reader is not None:
-            reader.close()
-        # Also runs after Ctrl-C (the task was cancelled once; awaiting here still works), so children are
-        # stopped and the run's names deleted. A second Ctrl-C abandons it.
-        await _teardown(link, topology, consumer, publisher, trial)
-        _remove_store(db_path)
-    return trial
-
-
-def _remove_store(db_path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-
-
-def _publisher_args(spec: TrialSpec) -> list[str]:
-    return [
-        "--count",
-        str(spec.count),
-        "--duplicates",
-        str(DUPLICATES),
-        "--seed",
-        str(spec.seed),
-        "--envelope-size",
-        str(spec.envelope_size),
-        "--json",
-        "--quiet",
-    ]
-
-
-async def _wait_for_store(
-    spec: TrialSpec, reader: sqlite3.Connection, consumer: Child, publisher: Child, started: float
-) -> tuple[dict[str, int], float | None, float]:
-    """Poll the store every few ms until `received` reaches N; returns counters, first-commit time, end."""
-    deadline = started + spec.timeout
-    first_commit: float | None = None
-    while True:
-        counters = read_counters(reader)
-        now = time.perf_counter()
-        received = counters.get("received", 0)
-        if first_commit is None and received > 0:
-            first_commit = now - started
-        if received >= spec.count:
-            return counters, first_commit, now
-        if consumer.returncode is not None:
-            raise BenchError(f"consumer exited with {consumer.returncode} mid-run: {_why(consumer)}")
-        if publisher.returncode not in (None, 0):
-            raise BenchError(f"publisher exited with {publisher.returncode}: {_why(publisher)}")
-        if now > deadline:
-            raise BenchError(
-                f"store shows received={received} of {spec.count} after {spec.timeout:g}s "
-                f"(publisher {'running' if publisher.returncode is None else 'done'})"
-            )
-        await asyncio.sleep(POLL_INTERVAL)
-
-
-def _check_outcome(spec: TrialSpec, counters: dict[str, int]) -> None:
+def expect_outcome(before: dict[str, int], after: dict[str, int], count: int) -> None:
+    """The counters moved by exactly the load: N received, 20% duplicates, nothing invalid."""
+    duplicates = round(count * DUPLICATES)
     expected = {
-        "received": spec.count,
-        "unique_processed": spec.expected_unique,
-        "duplicate_dropped": spec.expected_duplicates,
+        "received": count,
+        "unique_processed": count - duplicates,
+        "duplicate_dropped": duplicates,
         "invalid": 0,
         "conflicts": 0,
     }
-    wrong = {
-        name: (counters.get(name), want) for name, want in expected.items() if counters.get(name) != want
-    }
+    moved = {name: after.get(name, 0) - before.get(name, 0) for name in expected}
+    wrong = {name: (moved[name], want) for name, want in expected.items() if moved[name] != want}
     if wrong:
-        detail = ", ".join(f"{name}={got} (expected {want})" for name, (got, want) in wrong.items())
+        detail = ", ".join(f"{name} moved {got} (expected {want})" for name, (got, want) in wrong.items())
         raise BenchError(f"wrong outcome: {detail}")
 
 
-def _publisher_summary(publisher: Child) -> dict[str, Any]:
-    lines = publisher.stdout().strip().splitlines()
+def last_json(child: Child) -> dict[str, Any]:
+    """The JSON summary a child printed last on stdout."""
+    lines = child.stdout().strip().splitlines()
     try:
         summary = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         summary = None
     if not isinstance(summary, dict):
-        raise BenchError(f"publisher printed no JSON summary: {_why(publisher)}")
+        raise BenchError(f"{child.module} printed no JSON summary: {why(child)}")
     return summary
 
 
-def _why(child: Child) -> str:
+def why(child: Child) -> str:
     return child.stderr_tail() or "(no output on stderr)"
 
 
-async def _teardown(
-    link: BrokerLink, topology: Topology, consumer: Child | None, publisher: Child | None, trial: Trial
-) -> None:
-    if publisher is not None and publisher.returncode is None:
-        publisher.kill()
-        await publisher.process.wait()
-    if consumer is not None and consumer.returncode is None:
-        code = await consumer.stop()
-        if trial.consumer_exit is None:
-            trial.consumer_exit = code
-    try:
-        await link.delete(topology)
-    except Exception as exc:  # the broker may be gone; the caller retries leftovers and names them
-        if trial.error is None:
-            trial.error = f"could not delete the run's queues: {type(exc).__name__}: {exc}"
+def remove_store(db_path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", ".consumer.json", ".consumer.json.tmp"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
+class Run:
+    def __init__(self, link: BrokerLink, workdir: Path, tag: str, timeout: float) -> None:
+        self.link = link
+        self.workdir = workdir
+        self.tag = tag
+        self.timeout = timeout
+        self.topology = fresh_topology()
+        self.db_path = workdir / f"{tag}.db"
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}"
+        self.owns_store = True  # False when db_path is a shared store this run must not delete
+        self.children: list[Child] = []
+        self._reader: sqlite3.Connection | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "AMQP_URL": self.link.url,
+            "AMQP_EXCHANGE": self.topology.exchange,
+            "AMQP_QUEUE": self.topology.queue,
+            "DB_PATH": str(self.db_path),
+            "API_PORT": str(self.port),
+            "API_HOST": "127.0.0.1",
+            "API_URL": self.api_url,
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+
+    async def __aenter__(self) -> Run:
+        self.link.track(self.topology)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        for child in reversed(self.children):
+            await child.stop()
+        try:
+            await self.link.delete(self.topology)
+        except Exception:  # the broker may be gone; the caller retries leftovers and names them
+            pass
+        if self.owns_store:
+            remove_store(self.db_path)
+
+    async def start(self, module: str, args: list[str], **env: str) -> Child:
+        child = await Child.start(
+            module, args, self.env(**env), self.workdir, f"{self.tag}-{len(self.children)}"
+        )
+        self.children.append(child)
+        return child
+
+    def use_store(self, prebuilt: Path) -> None:
+        """Start from a copy of a prebuilt store instead of an empty one."""
+        shutil.copyfile(prebuilt, self.db_path)
+
+    async def start_consumer(self, **env: str) -> Child:
+        consumer = await self.start("consumer", [], **env)
+        await self.wait_attached(consumer)
+        return consumer
+
+    async def wait_attached(self, child: Child) -> None:
+        await self.link.wait_attached(
+            self.topology.queue, lambda: child.returncode is None, START_TIMEOUT, why=lambda: why(child)
+        )
+
+    async def start_api(self, module: str = "api") -> Child:
+        api = await self.start(module, [])
+        deadline = time.monotonic() + START_TIMEOUT
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=5.0) as client:
+            while True:
+                try:
+                    if (await client.get("/health")).status_code == 200:
+                        return api
+                except httpx.TransportError:
+                    pass
+                if api.returncode is not None:
+                    raise BenchError(f"{module} exited with {api.returncode} at start: {why(api)}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{module} did not answer /health within {START_TIMEOUT:g}s: {why(api)}")
+                await asyncio.sleep(0.05)
+
+    def reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            self._reader = schema.open_reader(self.db_path)
+        return self._reader
+
+    def counters(self) -> dict[str, int]:
+        return read_counters(self.reader())
+
+    async def wait_received(self, target: int, watch: list[Child]) -> float:
+        """Poll the store until `received` reaches target; returns the wall-clock time it was seen."""
+        deadline = time.monotonic() + self.timeout
+        reader = self.reader()
+        while True:
+            received = read_counters(reader).get("received", 0)
+            if received >= target:
+                return time.time()
+            for child in watch:
+                if child.returncode not in (None, 0):
+                    raise BenchError(f"{child.module} exited with {child.returncode}: {why(child)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"store shows received={received} of {target} after {self.timeout:g}s")
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def finish(self, child: Child, timeout: float = EXIT_TIMEOUT) -> dict[str, Any]:
+        """Wait for a child that should end by itself; its JSON summary, or BenchError."""
+        try:
+            code = await child.wait(timeout)
+        except TimeoutError:
+            raise BenchError(f"{child.module} did not finish within {timeout:g}s: {why(child)}") from None
+        if code != 0:
+            raise BenchError(f"{child.module} exited with {code}: {why(child)}")
+        return last_json(child)
+
+    async def stop_cleanly(self, child: Child) -> None:
+        code = await child.stop()
+        if code != 0:
+            raise BenchError(f"{child.module} exited with {code} after SIGTERM: {why(child)}")

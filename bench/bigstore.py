@@ -1,0 +1,81 @@
+"""A store already holding many events, built fast: written directly with the product's schema module.
+
+The rows go in through `contract.schema.open_writer` (the consumer's own DDL, indexes and pragmas), in
+transactions of 50,000 rows with `synchronous=OFF` for the build only, then checkpointed. Events look like
+the load generator's (8 topics, random UUID ids, a small payload) so the indexes have the shape real traffic
+gives them, and the counters and per-topic counts agree with the rows, as the consumer would have left them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from contract import schema
+
+TOPICS = ("orders", "payments", "auth", "search", "billing", "shipping", "inventory", "email")
+CHUNK = 50_000
+RECEIVED_AT = "2026-01-01T00:00:00Z"
+
+
+def _rows(count: int, seed: int, topics: Counter[str]) -> Iterator[tuple[str, str, str, str, str, str]]:
+    rng = random.Random(seed)
+    for i in range(count):
+        topic = f"demo.{TOPICS[rng.randrange(len(TOPICS))]}"
+        topics[topic] += 1
+        payload = {
+            "seq": i,
+            "level": "info",
+            "message": f"stored event {i}",
+            "latency_ms": rng.randrange(2000),
+        }
+        yield (
+            topic,
+            str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00Z",
+            f"loadgen-{rng.randrange(4)}",
+            json.dumps(payload, separators=(",", ":")),
+            RECEIVED_AT,
+        )
+
+
+def build(path: Path, count: int, seed: int = 1) -> None:
+    """Write `count` events into a new store at `path`."""
+    conn = schema.open_writer(path)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")  # the build only; the consumer reopens it with FULL
+        conn.execute("PRAGMA cache_size = -262144")
+        topics: Counter[str] = Counter()
+        rows = _rows(count, seed, topics)
+        while True:
+            chunk = [row for _, row in zip(range(CHUNK), rows, strict=False)]
+            if not chunk:
+                break
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                chunk,
+            )
+            conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        for name in ("received", "unique_processed"):
+            conn.execute("UPDATE counters SET value = ? WHERE name = ?", (count, name))
+        conn.executemany("INSERT INTO topics (topic, count) VALUES (?, ?)", topics.items())
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def stored(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()

@@ -1,0 +1,313 @@
+"""The scenarios: each repetition runs in a fresh `Run` and returns figures, or raises BenchError.
+
+Throughput clocks start at the publisher's first send (its wall-clock `first_publish_at`, so process start-up
+and load generation are outside) and stop at the first poll of the store that shows every event (or, for the
+ceiling, when the bare consumer acked the last message).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.queries import encode_cursor
+from bench.broker import BenchError, BrokerLink
+from bench.child import Child
+from bench.trial import DUPLICATES, Run, expect_outcome
+
+SHIM_EVENTS_PER_REQUEST = 500
+SHIM_CONCURRENCY = 4
+BASELINE_CONCURRENCY = 8
+LATENCY_SAMPLE_EVERY = 20
+QUERY_WARMUP = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    count: int = 100_000  # end to end, ceiling, shim, ingest at scale
+    baseline_count: int = 10_000  # the baseline manages a few hundred per second; rates are comparable
+    latency_rate: float = 1000.0
+    latency_seconds: float = 30.0
+    stored: int = 1_000_000
+    query_requests: int = 300  # per kind of request, per repetition
+    backlog: int = 200_000
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    count=2_000,
+    baseline_count=300,
+    latency_seconds=3.0,
+    stored=20_000,
+    query_requests=30,
+    backlog=3_000,
+)
+
+
+@dataclass(slots=True)
+class Context:
+    link: BrokerLink
+    workdir: Path
+    sizes: Sizes
+    seed: int
+    timeout: float
+    big_store: Path | None = None  # built once, before the rounds, when a scale scenario runs
+
+    def run(self, tag: str) -> Run:
+        return Run(self.link, self.workdir, tag, self.timeout)
+
+
+def publisher_args(count: int, envelope_size: int, seed: int) -> list[str]:
+    return [
+        "--count",
+        str(count),
+        "--duplicates",
+        str(DUPLICATES),
+        "--seed",
+        str(seed),
+        "--envelope-size",
+        str(envelope_size),
+        "--json",
+        "--quiet",
+    ]
+
+
+def _rate(count: int, seconds: float) -> dict[str, float]:
+    if seconds <= 0:
+        raise BenchError(f"non-positive duration {seconds:.3f}s: clocks disagree")
+    return {"events_per_second": count / seconds, "seconds": seconds}
+
+
+async def _ingest(ctx: Context, tag: str, envelope_size: int, prebuilt: Path | None) -> dict[str, float]:
+    count = ctx.sizes.count
+    async with ctx.run(tag) as run:
+        if prebuilt is not None:
+            run.use_store(prebuilt)
+        consumer = await run.start_consumer()
+        before = run.counters()
+        publisher = await run.start("publisher", publisher_args(count, envelope_size, ctx.seed))
+        done = await run.wait_received(before.get("received", 0) + count, [consumer, publisher])
+        summary = await run.finish(publisher)
+        expect_outcome(before, run.counters(), count)
+        await run.stop_cleanly(consumer)
+    values = _rate(count, done - float(summary["first_publish_at"]))
+    values["publish_events_per_second"] = count / (
+        float(summary["last_confirm_at"]) - float(summary["first_publish_at"])
+    )
+    return values
+
+
+async def e2e_single(ctx: Context, tag: str) -> dict[str, float]:
+    return await _ingest(ctx, tag, 1, None)
+
+
+async def e2e_envelopes(ctx: Context, tag: str) -> dict[str, float]:
+    return await _ingest(ctx, tag, 100, None)
+
+
+async def ingest_at_scale(ctx: Context, tag: str) -> dict[str, float]:
+    if ctx.big_store is None:
+        raise BenchError("no prebuilt store")
+    return await _ingest(ctx, tag, 100, ctx.big_store)
+
+
+async def ceiling(ctx: Context, tag: str) -> dict[str, float]:
+    count = ctx.sizes.count
+    async with ctx.run(tag) as run:
+        bare = await run.start("bench.bare", ["--expect", str(count)])
+        await run.wait_attached(bare)
+        publisher = await run.start("publisher", publisher_args(count, 1, ctx.seed))
+        acked = await run.finish(bare, ctx.timeout)
+        summary = await run.finish(publisher)
+    values = _rate(count, float(acked["done_at"]) - float(summary["first_publish_at"]))
+    values["publish_events_per_second"] = count / (
+        float(summary["last_confirm_at"]) - float(summary["first_publish_at"])
+    )
+    return values
+
+
+async def _http_load(run: Run, count: int, per_request: int, concurrency: int, seed: int) -> Child:
+    return await run.start(
+        "bench.http_load",
+        [
+            "--url",
+            run.api_url,
+            "--count",
+            str(count),
+            "--seed",
+            str(seed),
+            "--per-request",
+            str(per_request),
+            "--concurrency",
+            str(concurrency),
+        ],
+    )
+
+
+async def baseline(ctx: Context, tag: str) -> dict[str, float]:
+    count = ctx.sizes.baseline_count
+    async with ctx.run(tag) as run:
+        await run.start_api("bench.baseline")
+        before = run.counters()
+        load = await _http_load(run, count, 1, BASELINE_CONCURRENCY, ctx.seed)
+        done = await run.wait_received(count, [load, *run.children])
+        summary = await run.finish(load)
+        expect_outcome(before, run.counters(), count)
+    return _rate(count, done - float(summary["first_publish_at"]))
+
+
+async def shim(ctx: Context, tag: str) -> dict[str, float]:
+    count = ctx.sizes.count
+    async with ctx.run(tag) as run:
+        consumer = await run.start_consumer()
+        api = await run.start_api()
+        before = run.counters()
+        load = await _http_load(run, count, SHIM_EVENTS_PER_REQUEST, SHIM_CONCURRENCY, ctx.seed)
+        done = await run.wait_received(count, [consumer, api, load])
+        summary = await run.finish(load)
+        expect_outcome(before, run.counters(), count)
+        await run.stop_cleanly(consumer)
+    return _rate(count, done - float(summary["first_publish_at"]))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): the value that q% of the samples do not exceed."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+async def latency(ctx: Context, tag: str) -> dict[str, float]:
+    sizes = ctx.sizes
+    async with ctx.run(tag) as run:
+        consumer = await run.start_consumer()
+        api = await run.start_api()
+        driver = await run.start(
+            "bench.latency",
+            [
+                "--api-url",
+                run.api_url,
+                "--rate",
+                str(sizes.latency_rate),
+                "--seconds",
+                str(sizes.latency_seconds),
+                "--sample-every",
+                str(LATENCY_SAMPLE_EVERY),
+            ],
+        )
+        summary = await run.finish(driver, sizes.latency_seconds + ctx.timeout)
+        total = int(summary["events"])
+        await run.wait_received(total, [consumer, api])
+        await run.stop_cleanly(consumer)
+    samples = [float(v) * 1000 for v in summary["latencies"]]
+    if not samples:
+        raise BenchError("no latency samples")
+    return {
+        "p50_ms": percentile(samples, 50),
+        "p99_ms": percentile(samples, 99),
+        "max_ms": max(samples),
+        "samples": len(samples),
+        "achieved_rate": float(summary["achieved_rate"]),
+    }
+
+
+async def backlog(ctx: Context, tag: str) -> dict[str, float]:
+    count = ctx.sizes.backlog
+    async with ctx.run(tag) as run:
+        publisher = await run.start("publisher", publisher_args(count, 100, ctx.seed))
+        await run.finish(publisher, ctx.timeout)
+        consumer = await run.start("consumer", [])
+        started = time.time()
+        await run.wait_attached(consumer)
+        done = await run.wait_received(count, [consumer])
+        peak = peak_rss_mb(consumer)
+        expect_outcome(dict.fromkeys(("received",), 0), run.counters(), count)
+        await run.stop_cleanly(consumer)
+    return {"peak_rss_mb": peak, "drain_events_per_second": count / (done - started)}
+
+
+def peak_rss_mb(child: Child) -> float:
+    """The child's peak resident set (VmHWM) in MiB, read while it is still running."""
+    status = Path(f"/proc/{child.process.pid}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError("no VmHWM in /proc/<pid>/status (not Linux?)")
+
+
+QUERY_KINDS = ("events", "events_topic", "events_deep", "events_topic_deep", "stats")
+
+
+async def queries(ctx: Context, tag: str) -> dict[str, float]:
+    """GET /events and /stats latency at scale, requests one at a time, kinds interleaved."""
+    if ctx.big_store is None:
+        raise BenchError("no prebuilt store")
+    middle = encode_cursor(ctx.sizes.stored // 2)
+    paths = {
+        "events": "/events?limit=100",
+        "events_topic": "/events?topic=demo.orders&limit=100",
+        "events_deep": f"/events?limit=100&after={middle}",
+        "events_topic_deep": f"/events?topic=demo.orders&limit=100&after={middle}",
+        "stats": "/stats",
+    }
+    timings: dict[str, list[float]] = {kind: [] for kind in QUERY_KINDS}
+    async with ctx.run(tag) as run:
+        await ctx.link.declare(run.topology)  # /stats reports the queue; it must exist
+        run.db_path, run.owns_store = ctx.big_store, False  # the api only reads it
+        api = await run.start_api()
+        async with httpx.AsyncClient(base_url=run.api_url, timeout=10.0) as client:
+            for i in range(QUERY_WARMUP + ctx.sizes.query_requests):
+                for kind in QUERY_KINDS:
+                    started = time.perf_counter()
+                    response = await client.get(paths[kind])
+                    elapsed = time.perf_counter() - started
+                    if response.status_code != 200 or (kind != "stats" and len(response.json()) != 100):
+                        raise BenchError(
+                            f"GET {paths[kind]}: HTTP {response.status_code} {response.text[:200]}"
+                        )
+                    if i >= QUERY_WARMUP:
+                        timings[kind].append(elapsed * 1000)
+        await run.stop_cleanly(api)
+    values: dict[str, float] = {}
+    for kind, samples in timings.items():
+        values[f"{kind}_p50_ms"] = percentile(samples, 50)
+        values[f"{kind}_p99_ms"] = percentile(samples, 99)
+    values["events_worst_p99_ms"] = max(values[f"{kind}_p99_ms"] for kind in QUERY_KINDS if kind != "stats")
+    values["events_median_p50_ms"] = statistics.median(
+        values[f"{kind}_p50_ms"] for kind in QUERY_KINDS if kind != "stats"
+    )
+    return values
+
+
+Measure = Callable[[Context, str], Awaitable[dict[str, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    label: str
+    measure: Measure
+    needs_big_store: bool = False
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("e2e_single", "end to end, single-event messages", e2e_single),
+    Scenario("e2e_envelopes", "end to end, envelopes of 100", e2e_envelopes),
+    Scenario("ceiling", "ceiling: same publish, bare ack-only consumer", ceiling),
+    Scenario("baseline", "BASELINE: HTTP POST per event, SQLite commit per event", baseline),
+    Scenario("shim", "HTTP shim: POST /publish, 500 per request", shim),
+    Scenario("latency", "publish -> queryable at a steady rate", latency),
+    Scenario("ingest_at_scale", "end to end, envelopes of 100, store pre-filled", ingest_at_scale, True),
+    Scenario("queries", "GET /events, /stats at scale", queries, True),
+    Scenario("backlog", "consumer draining a backlog (envelopes of 100)", backlog),
+)
+
+
+def describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
