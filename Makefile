@@ -33,11 +33,20 @@ test-fast: install
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The whole system in Docker (README, "Run it"); `make down` keeps the store volume, `down -v` deletes it.
+# COMPOSE="docker-compose" for the older standalone implementation.
+COMPOSE ?= docker compose
+COMPOSE_FILE := compose/compose.yaml
+.PHONY: logs
+
 up:
-	docker compose -f compose/compose.yaml up --build
+	$(COMPOSE) -f $(COMPOSE_FILE) up --build
 
 down:
-	docker compose -f compose/compose.yaml down
+	$(COMPOSE) -f $(COMPOSE_FILE) down
+
+logs:
+	$(COMPOSE) -f $(COMPOSE_FILE) logs --follow
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
