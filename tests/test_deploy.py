@@ -82,6 +82,11 @@ def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     return found
 
 
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """Dependency -> condition (compose v2 adds fields of its own, such as `required`)."""
+    return {name: spec["condition"] for name, spec in service.get("depends_on", {}).items()}
+
+
 def seconds(duration: str) -> float:
     match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
     assert match and duration, f"not a compose duration: {duration!r}"
@@ -202,10 +207,10 @@ def test_store_is_one_named_volume_mounted_by_consumer_and_api_only(config: dict
 
 def test_services_start_in_order_of_health_and_restart_unless_stopped(config: dict[str, Any]) -> None:
     svc = services(config)
-    healthy = {"condition": "service_healthy"}
-    assert svc["consumer"]["depends_on"] == {"rabbitmq": healthy}
-    assert svc["api"]["depends_on"] == {"rabbitmq": healthy}
-    assert svc["publisher"]["depends_on"] == {"rabbitmq": healthy, "api": healthy, "consumer": healthy}
+    healthy = "service_healthy"
+    assert depends_on(svc["consumer"]) == {"rabbitmq": healthy}
+    assert depends_on(svc["api"]) == {"rabbitmq": healthy}
+    assert depends_on(svc["publisher"]) == {"rabbitmq": healthy, "api": healthy, "consumer": healthy}
     # Every service something waits on for health has a healthcheck: compose's, or the image's.
     assert svc["rabbitmq"]["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
     for name in ("consumer", "api"):
@@ -433,8 +438,8 @@ def test_images_started_like_compose_run_the_demo_and_keep_the_store_across_recr
     assert order[0] == "rabbitmq" and order[-1] == "publisher"
     running: dict[str, Container] = {}
     for service in order[1:]:
-        for dependency, condition in services(config)[service]["depends_on"].items():
-            if dependency != "rabbitmq" and condition["condition"] == "service_healthy":
+        for dependency, condition in depends_on(services(config)[service]).items():
+            if dependency != "rabbitmq" and condition == "service_healthy":
                 stack.wait_healthy(running[dependency])  # the test broker stands in for rabbitmq
         container = stack.container(service)
         if service != "publisher":
