@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast bench up down lock clean
+.PHONY: install lint test test-fast crash bench up down lock clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install
 # Everything but the crash tests, for a quick loop while editing.
 test-fast: install
 	$(BIN)/python -m pytest -m "not crash" $(PYTEST_ARGS)
+
+# The crash scenarios alone, bigger than in `make test`, ending with the crash checker's table.
+crash: install
+	CRASH_SCALE=$${CRASH_SCALE:-5} $(BIN)/python -m pytest -m crash $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -11,6 +11,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
+from tests import crash
 from tests.broker import Broker, BrokerError, find_broker
 from tests.processes import Deployment, Processes
 
@@ -89,3 +90,10 @@ async def amqp(broker: Broker) -> AsyncIterator[AbstractRobustConnection]:
     connection = await aio_pika.connect_robust(broker.url)
     async with connection:
         yield connection
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The crash checker's table: one row per crash scenario that reached its final check."""
+    if crash.ROWS:
+        terminalreporter.write_sep("=", f"crash checker (CRASH_SCALE={crash.SCALE:g})")
+        terminalreporter.write_line(crash.table(crash.ROWS))

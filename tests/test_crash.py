@@ -1,131 +1,315 @@
-"""Crash tests: SIGKILL the consumer or the broker mid-stream, lock the store; exact sets and counters."""
+"""Crash scenarios: real processes, real SIGKILL, the real broker; each ends with the crash checker.
+
+Every scenario publishes a known workload with the CLI's `--confirmed-log`, injects its faults while the
+stream runs (each one asserts that it really landed mid-stream), lets the pipeline settle and runs
+`python -m publisher --check`: nothing confirmed is lost, nothing unexpected is stored, counters are exact
+and the dead-letter queue holds exactly the invalid messages. `make crash` runs them at CRASH_SCALE=5.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
+import re
 import sqlite3
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import aio_pika
+import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from publisher.load import generate
+from contract import event as wire
 from tests.broker import Broker
-from tests.pipeline import counters, drained, past, start_load, start_pipeline
+from tests.crash import Checked, Workload, scaled
+from tests.pipeline import counters, past, start_pipeline
 from tests.probes import queue_depth
-from tests.processes import Deployment, Processes, all_events, api_get
+from tests.processes import Deployment, Process, Processes, api_get
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.crash
 
-
-async def the_stream_landed_exactly(
-    deployment: Deployment, amqp: AbstractRobustConnection, seed: int, timeout: float = 120
-) -> None:
-    """Wait until the 20,000-event load of `seed` is consumed; the store must hold exactly its keys."""
-    expected = {e.key() for e in generate(20000, 0.2, 8, seed).events}
-    await eventually(
-        lambda: counters(deployment)["unique_processed"] == len(expected),
-        timeout,
-        message="all unique stored",
-    )
-    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
-    assert_exactly_the_confirmed_events(deployment, expected)
+KILLED = -9
+FAST_RETRY = {"RETRY_INITIAL": "0.1", "RETRY_MAX": "0.8"}
 
 
-def assert_exactly_the_confirmed_events(deployment: Deployment, expected_keys: set[tuple[str, str]]) -> None:
-    stored = all_events(deployment)
-    keys = [(e["topic"], e["event_id"]) for e in stored]
-    assert len(keys) == len(set(keys)), "an event was stored twice"
-    assert set(keys) == expected_keys
-    c = counters(deployment)
-    assert c["unique_processed"] == len(expected_keys)
-    assert c["received"] == c["unique_processed"] + c["duplicate_dropped"] + c["invalid"]
-    assert c["invalid"] == 0
-    assert c["conflicts"] == 0
+def commit_failures(consumer: Process) -> list[float]:
+    """The backoff delays the consumer logged while its store was failing, in order."""
+    return [float(d) for d in re.findall(r"store unavailable.*retrying in ([\d.]+)s", consumer.output())]
 
 
-async def test_kill_9_of_the_consumer_mid_stream_loses_nothing_and_counts_exactly(
+def assert_backoff(delays: list[float]) -> None:
+    assert delays == sorted(delays), f"the backoff never shrinks while failing: {delays}"
+    assert delays[-1] > delays[0], f"the backoff grows: {delays}"
+
+
+async def test_consumer_killed_at_random_moments_and_between_commit_and_ack_loses_nothing(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    # Small batches and single-event messages stretch the stream out so the kills land in the middle of it.
-    consumer, _ = await start_pipeline(procs, amqp, consumer_env={"BATCH_SIZE": "20"})
-    seed = 99
-    publisher = start_load(procs, 20000, seed, "--envelope-size", "1")
+    rng = random.Random(20)
+    checked = Checked(procs, Workload(scaled(30000), seed=99))
+    total = checked.workload.count
+    # Small batches and single-event messages stretch the stream out so that every kill lands inside it.
+    env = {"BATCH_SIZE": "20"}
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env=env)
+    assert consumer is not None
+    publisher = checked.publish("--envelope-size", "1")
 
-    for threshold in (2000, 9000):
-        await past(deployment, threshold)
-        assert consumer is not None
-        consumer.kill9()
-        before_restart = counters(deployment)
-        assert before_restart["received"] < 20_000, (
-            "the stream ended before the kill; the test proves nothing"
-        )
-        consumer = procs.consumer(BATCH_SIZE="20")
+    random_kills = window_kills = 0
+    while random_kills < scaled(20):
+        taken = counters(deployment)["received"]
+        if (random_kills + window_kills) % 4 == 3:
+            # Deterministic: the consumer SIGKILLs itself right after a commit, before any of its acks.
+            await eventually(lambda c=consumer: not c.alive, 60, 0.01, message="the fault hook killed it")
+            assert consumer.popen.returncode == KILLED
+            assert "SIGKILL after commit" in consumer.output()
+            window_kills += 1
+        else:
+            await past(deployment, taken + rng.randint(20, 400))
+            consumer.kill9()
+            random_kills += 1
+        assert counters(deployment)["received"] < total, "the stream ended before the kill; proves nothing"
+        if (random_kills + window_kills) % 4 == 3:
+            consumer = procs.consumer(**env, EVENTAGG_FAULT_KILL_AFTER_COMMIT=str(rng.randint(1, 5)))
+        else:
+            consumer = procs.consumer(**env)
 
-    assert publisher.wait(180) == 0, publisher.output()
-    await the_stream_landed_exactly(deployment, amqp, seed)
+    assert publisher.wait(300) == 0, publisher.output()
+    await checked.settle(amqp, 300)
+    await checked.check(amqp, "consumer kill -9", f"{random_kills} random + {window_kills} commit/ack")
     c = counters(deployment)
     # Redeliveries after a kill count as received and duplicate, never as a second stored event.
-    assert c["received"] >= 20_000
-    assert c["duplicate_dropped"] == c["received"] - 16000
-    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+    assert c["received"] >= total
+    assert c["duplicate_dropped"] == c["received"] - checked.workload.unique
     assert consumer.terminate() == 0
-    assert "consumer stopped" in consumer.output()
 
 
-async def test_kill_9_of_the_broker_mid_stream_loses_nothing_confirmed(
+async def test_publisher_killed_mid_stream_and_run_again_takes_effect_once(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(scaled(20000), seed=7))
+    total = checked.workload.count
+    await start_pipeline(procs, amqp)
+
+    for fraction in (0.2, 0.5):
+        publisher = checked.publish("--envelope-size", "1")
+        await eventually(
+            lambda f=fraction: checked.confirmed_lines() >= f * total,
+            120,
+            0.01,
+            message="publisher confirmed part of the stream",
+        )
+        publisher.kill9()
+        assert checked.confirmed_lines() < total, "the publisher finished before the kill; proves nothing"
+
+    rerun = checked.publish("--envelope-size", "1")
+    assert rerun.wait(300) == 0, rerun.output()
+    await checked.settle(amqp)
+    await checked.check(amqp, "publisher kill -9, re-run", "2 publisher kills")
+    c = counters(deployment)
+    # The second and third runs re-sent what the killed ones had sent: all of it counted, none of it stored.
+    assert c["received"] > total
+    assert c["duplicate_dropped"] == c["received"] - checked.workload.unique
+
+
+async def test_broker_killed_mid_stream_loses_nothing_confirmed(
     broker: Broker, procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     if not broker.killable:
         pytest.skip("the broker from AMQP_URL cannot be killed by the tests")
     deployment = procs.deployment
+    checked = Checked(procs, Workload(scaled(20000), seed=1234))
     await start_pipeline(
         procs,
         amqp,
         consumer_env={"BATCH_SIZE": "50", "RECONNECT_INTERVAL": "0.5"},
         api_env={"RECONNECT_INTERVAL": "0.5"},
     )
-    seed = 1234
-    publisher = start_load(procs, 20000, seed, "--envelope-size", "1", MAX_ATTEMPTS="30")
-    await past(deployment, 3000)
+    publisher = checked.publish("--envelope-size", "1", MAX_ATTEMPTS="30")
+    await past(deployment, checked.workload.count // 6)
 
     # RabbitMQ 3.10 saves its quorum-queue registry ~0.5 s after a change; a node killed before that loses
     # queues declared in that window, which is a broker bug (rabbitmq/ra#443), not what this test is about.
     for queue in (deployment.queue, deployment.dead_letter_queue):
         broker.wait_for_quorum_queue_registration(queue)
     broker.kill()
-    assert counters(deployment)["received"] < 20_000, (
-        "the stream ended before the kill; the test proves nothing"
-    )
+    assert publisher.alive, "the publisher finished before the kill; proves nothing"
+    assert counters(deployment)["received"] < checked.workload.count
     broker.start()
 
-    code = publisher.wait(240)
-    summary = publisher.output()
-    assert code == 0, summary
-    await the_stream_landed_exactly(deployment, amqp, seed, 180)
+    assert publisher.wait(300) == 0, publisher.output()
+    await checked.settle(amqp, 180)
+    await checked.check(amqp, "broker kill -9", "1 broker kill")
+
+
+async def test_api_killed_right_after_answering_a_publish_loses_none_of_it(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(2000, seed=4, duplicates=0.0))
+    events = checked.workload.events()
+    # No consumer yet: the 2,000 events exist only in the broker when the api dies.
+    _, api = await start_pipeline(procs, amqp, with_consumer=False)
+    body = wire.encode(events)
+    async with httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as client:
+        response = await client.post("/publish", content=body, headers={"content-type": "application/json"})
+    api.kill9()
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 2000
+    checked.record_confirmed(events)
+
+    procs.consumer()
+    procs.api()
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api back")
+    await checked.settle(amqp)
+    await checked.check(amqp, "api kill -9 after 200", "1 api kill")
+    assert counters(deployment)["received"] == 2000
+
+
+async def test_api_killed_mid_http_stream_loses_nothing_confirmed(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(scaled(20000), seed=31))
+    _, api = await start_pipeline(procs, amqp)
+    publisher = checked.publish("--via", "http", MAX_ATTEMPTS="40")
+    await past(deployment, checked.workload.count // 10)
+
+    api.kill9()
+    assert publisher.alive, "the stream ended before the kill; proves nothing"
+    procs.api()
+
+    assert publisher.wait(300) == 0, publisher.output()
+    await checked.settle(amqp)
+    await checked.check(amqp, "api kill -9 mid HTTP stream", "1 api kill")
+
+
+async def test_commit_io_errors_pause_consumption_then_everything_is_stored_once(
+    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(2000, seed=5))
+    fault = tmp_path / "fail-commits"
+    fault.touch()
+    consumer, _ = await start_pipeline(
+        procs,
+        amqp,
+        consumer_env={**FAST_RETRY, "EVENTAGG_FAULT_COMMIT": f"ioerror:{fault}"},
+        api_env={"CONSUMER_STALL_SECONDS": "1"},
+    )
+    assert consumer is not None
+    publisher = checked.publish("--envelope-size", "1")
+    assert publisher.wait(120) == 0, publisher.output()
+
+    await eventually(lambda: len(commit_failures(consumer)) >= 5, 30, message="the consumer retried")
+    assert_backoff(commit_failures(consumer))
+    health = api_get(deployment, "/health").json()
+    assert (health["status"], health["consumer"]["status"]) == ("degraded", "stalled"), health
+    assert "disk I/O error" in health["consumer"]["detail"]
+    assert counters(deployment)["received"] == 0, "a failed commit left a trace"
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+
+    fault.unlink()
+    await checked.settle(amqp)
+    await checked.check(amqp, "commit I/O errors", f"{len(commit_failures(consumer))} failed commits")
+    assert counters(deployment)["received"] == 2000, "nothing was redelivered: the batch stayed in hand"
+    health = api_get(deployment, "/health").json()
+    # "idle" once the last commit is older than the 1 s stall window: nothing waits, nothing is wrong.
+    assert (health["status"], health["consumer"]["status"] in ("ok", "idle")) == ("healthy", True), health
+    assert consumer.terminate() == 0
+
+
+@pytest.fixture
+def tiny_disk(deployment: Deployment) -> Iterator[Path]:
+    """The store's directory on a 4 MiB tmpfs of its own, so that the disk can really fill up."""
+    directory = deployment.db_path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(directory)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs for a real full disk (needs root): {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem has no space left."""
+    filler = directory / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler
+
+
+async def test_a_full_disk_acks_nothing_dead_letters_nothing_and_recovers(
+    procs: Processes, amqp: AbstractRobustConnection, tiny_disk: Path
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(2000, seed=6))
+    consumer, _ = await start_pipeline(
+        procs, amqp, consumer_env=FAST_RETRY, api_env={"CONSUMER_STALL_SECONDS": "1"}
+    )
+    assert consumer is not None
+    await eventually(lambda: deployment.db_path.exists(), 30, message="store created")
+    filler = fill(tiny_disk)
+
+    publisher = checked.publish("--envelope-size", "1")
+    assert publisher.wait(120) == 0, publisher.output()
+    await eventually(lambda: len(commit_failures(consumer)) >= 4, 30, message="the consumer retried")
+    assert "database or disk is full" in consumer.output()
+    assert_backoff(commit_failures(consumer))
+    # The consumer cannot even write its status file now; the api infers the stall from the queue.
+    await eventually(
+        lambda: api_get(deployment, "/health").json()["status"] == "degraded", 30, message="degraded"
+    )
+    assert counters(deployment)["received"] == 0
+
+    # Stopped while failing: everything it held goes back to the queue, nothing acked or dead-lettered.
+    started = time.monotonic()
+    assert consumer.terminate(timeout=10) == 0
+    assert time.monotonic() - started < 5
+
+    async def all_back_in_the_queue() -> bool:
+        return await queue_depth(amqp, deployment.queue) == checked.workload.count
+
+    await eventually(all_back_in_the_queue, 30, message="every message back in the queue")
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+
+    filler.unlink()
+    procs.consumer(**FAST_RETRY)
+    await checked.settle(amqp)
+    await checked.check(amqp, "disk full (tmpfs)", f"{len(commit_failures(consumer))} failed commits")
 
 
 async def test_a_locked_store_pauses_consumption_without_dead_lettering_or_losing_events(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    consumer, _ = await start_pipeline(procs, amqp, consumer_env={"RETRY_INITIAL": "0.2", "RETRY_MAX": "1"})
+    checked = Checked(procs, Workload(500, seed=5))
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env=FAST_RETRY)
     assert consumer is not None
     await eventually(lambda: deployment.db_path.exists(), 30, message="store created")
 
     blocker = sqlite3.connect(deployment.db_path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
-        summary = procs.publish("--count", "500", "--duplicates", "0.2", "--seed", "5")
-        assert summary["confirmed"] == 500
-        await eventually(
-            lambda: "store unavailable" in consumer.output(), 30, message="consumer saw the lock"
-        )
-        await eventually(lambda: consumer.output().count("store unavailable") >= 2, 30, message="it retried")
+        assert checked.publish().wait(120) == 0
+        await eventually(lambda: len(commit_failures(consumer)) >= 2, 30, message="the consumer retried")
         health = api_get(deployment, "/health").json()
-        assert health["status"] == "degraded"
-        assert health["consumer"]["status"] == "stalled"
+        assert (health["status"], health["consumer"]["status"]) == ("degraded", "stalled"), health
         assert "database is locked" in health["consumer"]["detail"]
         assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
         assert counters(deployment)["received"] == 0
@@ -133,75 +317,90 @@ async def test_a_locked_store_pauses_consumption_without_dead_lettering_or_losin
         blocker.execute("ROLLBACK")
         blocker.close()
 
-    await eventually(lambda: counters(deployment)["received"] == 500, 60, message="consumption resumed")
-    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
-    assert counters(deployment) == {
-        "received": 500,
-        "unique_processed": 400,
-        "duplicate_dropped": 100,
-        "invalid": 0,
-        "conflicts": 0,
-    }
-    assert {(e["topic"], e["event_id"]) for e in all_events(deployment)} == {
-        e.key() for e in generate(500, 0.2, 8, 5).events
-    }
+    await checked.settle(amqp)
+    await checked.check(amqp, "store locked", f"{len(commit_failures(consumer))} failed commits")
+    assert counters(deployment)["duplicate_dropped"] == 100
     health = api_get(deployment, "/health").json()
     assert (health["status"], health["consumer"]["status"]) == ("healthy", "ok")
-    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
 
 
-async def test_sigterm_mid_stream_commits_and_acks_the_batch_in_hand_and_exits_0(
+POISON = (
+    b"not json at all",
+    b"\xff\xfe\x00 not utf-8",
+    b"42",
+    b"{}",
+    b'{"topic": "demo.orders", "event_id": "p", "timestamp": "yesterday", "source": "s"}',
+    b'{"topic": "demo.#", "event_id": "p", "timestamp": "2026-01-01T00:00:00Z", "source": "s"}',
+    b'[{"topic": "demo.orders", "event_id": "ok", "timestamp": "2026-01-01T00:00:00Z", "source": "s"}, 7]',
+    b'{"topic": "demo.orders", "event_id": "p", "timestamp": "2026-01-01T00:00:00Z", "source": "s", '
+    b'"payload": {"x": NaN}}',
+)
+
+
+async def test_poison_messages_mixed_into_the_stream_are_dead_lettered_and_delay_nothing(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    consumer, _ = await start_pipeline(procs, amqp, consumer_env={"BATCH_SIZE": "20"})
+    checked = Checked(procs, Workload(scaled(20000), seed=21))
+    total = checked.workload.count
+    poison = scaled(200)
+    consumer, _ = await start_pipeline(procs, amqp)
     assert consumer is not None
-    seed = 77
-    publisher = start_load(procs, 20000, seed, "--envelope-size", "1")
-    await past(deployment, 3000)
+    publisher = checked.publish("--envelope-size", "10")
 
-    started = time.monotonic()
-    assert consumer.terminate(timeout=10) == 0
-    stopped_in = time.monotonic() - started
-    assert stopped_in < 5, f"took {stopped_in:.1f}s to stop"
-    assert counters(deployment)["received"] < 20_000, (
-        "the stream ended before the stop; the test proves nothing"
-    )
-    summary_lines = [line for line in consumer.output().splitlines() if "consumer stopped" in line]
-    assert len(summary_lines) == 1
-    assert "unique_processed=" in summary_lines[0]
+    channel = await amqp.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(deployment.exchange)
+    for i in range(poison):
+        # Spread over the stream: each poison message goes out once the publisher got that far.
+        await eventually(lambda i=i: checked.confirmed_lines() >= i * total // poison, 120, 0.005)
+        await exchange.publish(aio_pika.Message(POISON[i % len(POISON)]), routing_key="demo.orders")
+    await channel.close()
+    assert publisher.alive or checked.confirmed_lines() >= total
 
-    consumer = procs.consumer(BATCH_SIZE="20")
-    assert publisher.wait(180) == 0, publisher.output()
-    await eventually(lambda: counters(deployment)["received"] >= 20_000, 120, message="all received")
-    await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
-    # Everything the first consumer took was acked before it exited, so nothing came back as a redelivery:
-    # the duplicates are exactly the re-sent events of the load.
-    assert counters(deployment) == {
-        "received": 20_000,
-        "unique_processed": 16_000,
-        "duplicate_dropped": 4000,
-        "invalid": 0,
-        "conflicts": 0,
-    }
-    await the_stream_landed_exactly(deployment, amqp, seed)
+    assert publisher.wait(300) == 0, publisher.output()
+    await checked.settle(amqp)
+
+    async def all_dead_lettered() -> bool:
+        return await queue_depth(amqp, deployment.dead_letter_queue) == poison
+
+    await eventually(all_dead_lettered, 30, message="every poison message dead-lettered")
+    await checked.check(amqp, "poison mixed in", f"{poison} poison messages", invalid=poison)
+    # Delay nothing: no batch was ever retried or held back because of them.
+    assert "store unavailable" not in consumer.output()
+    assert consumer.terminate() == 0
+    assert "unsettled=0" in consumer.output()
 
 
-async def test_kill_9_of_the_api_mid_http_stream_loses_nothing_confirmed(
+async def test_sigterm_mid_stream_commits_acks_and_exits_fast_and_the_restart_continues(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
     deployment = procs.deployment
-    _, api = await start_pipeline(procs, amqp)
-    seed = 31
-    publisher = start_load(procs, 20000, seed, "--via", "http", MAX_ATTEMPTS="40")
-    await past(deployment, 2000)
+    checked = Checked(procs, Workload(scaled(20000), seed=77))
+    total = checked.workload.count
+    env = {"BATCH_SIZE": "20"}
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env=env)
+    assert consumer is not None
+    publisher = checked.publish("--envelope-size", "1")
 
-    api.kill9()
-    assert publisher.alive, "the stream ended before the kill; the test proves nothing"
-    procs.api()
+    for stop_at in (total // 10, total // 3, total // 2):
+        await past(deployment, stop_at)
+        started = time.monotonic()
+        assert consumer.terminate(timeout=10) == 0
+        stopped_in = time.monotonic() - started
+        assert stopped_in < 5, f"took {stopped_in:.1f}s to stop"
+        assert counters(deployment)["received"] < total, "the stream ended before the stop; proves nothing"
+        summary = [line for line in consumer.output().splitlines() if "consumer stopped" in line]
+        assert len(summary) == 1
+        assert "unsettled=0" in summary[0]
+        consumer = procs.consumer(**env)
 
-    assert publisher.wait(240) == 0, publisher.output()
-    await the_stream_landed_exactly(deployment, amqp, seed, 120)
+    assert publisher.wait(300) == 0, publisher.output()
+    await checked.settle(amqp)
+    await checked.check(amqp, "consumer SIGTERM", "3 SIGTERMs")
+    # Everything a stopped consumer took was acked before it exited, so nothing came back as a
+    # redelivery: received is exactly what was published, duplicates exactly the re-sent events.
+    c = counters(deployment)
+    assert (c["received"], c["duplicate_dropped"]) == (total, total - checked.workload.unique)
 
 
 async def test_sigterm_while_the_broker_is_down_still_stops_the_consumer_promptly(
@@ -222,3 +421,9 @@ async def test_sigterm_while_the_broker_is_down_still_stops_the_consumer_promptl
         assert "consumer stopped" in consumer.output()
     finally:
         broker.start()
+
+
+def test_fault_injection_settings_are_checked(procs: Processes) -> None:
+    consumer = procs.consumer(EVENTAGG_FAULT_COMMIT="melt:/tmp/x")
+    assert consumer.wait(30) == 2
+    assert "EVENTAGG_FAULT_COMMIT must be KIND:PATH" in consumer.output()
