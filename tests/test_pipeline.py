@@ -322,3 +322,43 @@ def test_an_unreachable_broker_is_a_clear_error_that_never_shows_the_password(pr
     assert "nothing was published" in output
     assert "hunter2" not in output
     assert "Traceback" not in output
+
+
+def test_check_needs_the_confirmed_log_and_a_reproducible_workload(procs: Processes) -> None:
+    for args in (["--check", "--seed", "1"], ["--check", "--confirmed-log", "c.jsonl"]):
+        process = procs.start("publisher", *args)
+        assert process.wait(60) == 2
+        assert "--check needs --confirmed-log and the workload the publisher sent" in process.output()
+
+
+async def test_check_reports_what_was_not_stored_and_exits_4(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    log = deployment.logs / "confirmed.jsonl"
+    workload = ["--count", "100", "--duplicates", "0", "--seed", "3"]
+    assert procs.publish(*workload, "--confirmed-log", str(log))["exit_code"] == 0
+    await settled(deployment, amqp, 100)
+    # Claim one more confirmed event of a bigger workload than was sent: the check must call it lost.
+    bigger = generate(101, 0, 8, 3).events
+    with log.open("a") as out:
+        out.write(json.dumps([bigger[-1].topic, bigger[-1].event_id]) + "\n")
+
+    checker = procs.start(
+        "publisher",
+        "--count",
+        "101",
+        "--duplicates",
+        "0",
+        "--seed",
+        "3",
+        "--check",
+        "--confirmed-log",
+        str(log),
+    )
+    assert checker.wait(60) == 4
+    output = checker.output()
+    assert f"lost: {bigger[-1].topic} {bigger[-1].event_id}" in output
+    assert "confirmed   101\nstored      100\nlost        1\nunexpected  0" in output
+    assert "check       FAILED" in output

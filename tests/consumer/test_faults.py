@@ -1,0 +1,55 @@
+"""Fault injection stays inert unless asked for, and fails a commit only while its flag file exists."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from consumer.faults import COMMIT, KILL_AFTER_COMMIT, Faults
+from consumer.store import Store
+from contract.event import Event
+
+EVENT = Event(topic="t", event_id="1", timestamp="2026-01-01T00:00:00Z", source="s")
+
+
+def test_no_variables_means_no_faults() -> None:
+    faults = Faults.from_env({})
+    assert not faults.active
+    faults.before_commit()
+    faults.after_commit(10**6)  # would SIGKILL the test run if it were armed
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({KILL_AFTER_COMMIT: "0"}, "positive integer"),
+        ({KILL_AFTER_COMMIT: "soon"}, "positive integer"),
+        ({COMMIT: "melt:/tmp/x"}, "KIND one of full, ioerror"),
+        ({COMMIT: "ioerror"}, "KIND:PATH"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_named(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Faults.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"), [("ioerror", "disk I/O error"), ("full", "database or disk is full")]
+)
+def test_a_commit_fails_while_the_flag_exists_and_leaves_no_trace(
+    tmp_path: Path, kind: str, error: str
+) -> None:
+    flag = tmp_path / "flag"
+    faults = Faults.from_env({COMMIT: f"{kind}:{flag}", KILL_AFTER_COMMIT: "3"})
+    assert (faults.kill_after_commit, faults.commit_error) == (3, kind)
+    store = Store.open(tmp_path / "events.db", faults.before_commit)
+    flag.touch()
+    with pytest.raises(sqlite3.OperationalError, match=error):
+        store.apply([[EVENT]])
+    assert store.counters()["received"] == 0
+    flag.unlink()
+    assert store.apply([[EVENT]]).unique_processed == 1
+    assert store.counters()["received"] == 1
+    store.close()
