@@ -54,7 +54,7 @@ def parse_body(raw: bytes, limits: Limits, max_events: int) -> list[Event]:
             for e in exc.errors(include_url=False):
                 errors.append(_error([*loc, *e["loc"]], e["msg"], e["type"], e.get("input")))
             continue
-        size = len(event.payload_json().encode())
+        size = event.payload_size()
         if size > limits.max_payload_bytes:
             where = ".".join(str(part) for part in [*loc, "payload"])
             oversized.append(f"{where} is {size} bytes")

@@ -7,18 +7,18 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticSerializationError, to_json
 
 TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,255}$"
 _TOPIC_RE = re.compile(TOPIC_PATTERN)
@@ -63,30 +63,23 @@ class Event(BaseModel):
     source: Annotated[str, Field(min_length=1, max_length=255)]
     payload: dict[str, Any] = Field(default_factory=dict)
 
-    _payload_json: str = PrivateAttr(default="")
+    # The serialised payload and its size in bytes, set once by validation. Kept in the instance __dict__
+    # rather than as pydantic private attributes, whose per-instance set-up and lookup cost more than the
+    # rest of decoding an event; pydantic serialises and compares only the fields, so they stay invisible.
+    _payload_json: ClassVar[str]
+    _payload_size: ClassVar[int]
 
     @field_validator("timestamp")
     @classmethod
     def _normalise_timestamp(cls, value: str) -> str:
         return normalise_timestamp(value)
 
-    @field_validator("payload")
-    @classmethod
-    def _check_depth(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if _deeper_than(value, MAX_PAYLOAD_DEPTH):
-            raise ValueError(f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep")
-        return value
-
     @model_validator(mode="after")
     def _serialise_payload(self) -> Event:
-        # Serialised once here: it is what gets stored and what the size limit applies to. allow_nan=False
-        # because the JSON parser accepts NaN and Infinity, which no JSON client could read back.
-        try:
-            self._payload_json = json.dumps(
-                self.payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            )
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"payload is not valid JSON: {exc}") from None
+        # Serialised once here: it is what gets stored and what the size limit applies to.
+        raw = serialise_payload(self.payload)
+        self.__dict__["_payload_json"] = raw.decode()
+        self.__dict__["_payload_size"] = len(raw)
         return self
 
     def key(self) -> tuple[str, str]:
@@ -95,9 +88,41 @@ class Event(BaseModel):
     def payload_json(self) -> str:
         return self._payload_json
 
+    def payload_size(self) -> int:
+        """Bytes of the serialised payload (UTF-8): what the size limit applies to."""
+        return self._payload_size
+
     def content_hash(self) -> bytes:
         """Hash of what a publisher means by the event; a reused id with other content is a conflict."""
         return content_hash(self.timestamp, self.source, self.payload)
+
+
+def serialise_payload(payload: dict[str, Any]) -> bytes:
+    """Compact JSON (UTF-8) of a payload, or ValueError if it is too deep or holds NaN/Infinity.
+
+    pydantic-core's serialiser is several times faster than the json module and writes the same compact,
+    non-ASCII-escaped text. It writes NaN and Infinity as bare constants, which no JSON client could read
+    back (the parser accepts them), so their presence is ruled out; only a payload that contains those
+    letters at all pays for the exact check.
+    """
+    try:
+        raw = to_json(payload, inf_nan_mode="constants")
+    except PydanticSerializationError as exc:
+        raise ValueError(f"payload is not valid JSON: {exc}") from None
+    if (b"NaN" in raw or b"Infinity" in raw) and _has_non_finite(payload):
+        raise ValueError("payload is not valid JSON: NaN and Infinity are not JSON numbers")
+    # Nesting needs an opening bracket per level; only a payload with that many brackets is walked.
+    if raw.count(b"{") + raw.count(b"[") > MAX_PAYLOAD_DEPTH and _deeper_than(payload, MAX_PAYLOAD_DEPTH):
+        raise ValueError(f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep")
+    return raw
+
+
+def _has_non_finite(payload: dict[str, Any]) -> bool:
+    try:
+        json.dumps(payload, allow_nan=False)
+    except ValueError:
+        return True
+    return False
 
 
 def _deeper_than(value: dict[str, Any], limit: int) -> bool:
@@ -119,9 +144,16 @@ def content_hash(timestamp: str, source: str, payload: dict[str, Any]) -> bytes:
     return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
 
 
+# Already normalised: UTC with a `Z`, whole seconds or six fractional digits (not all zero, which the
+# normalised form drops). Such a value only needs checking, not rewriting.
+_CANONICAL_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(?!000000)\d{6})?Z")
+
+
 def normalise_timestamp(value: str) -> str:
     try:
         parsed = datetime.fromisoformat(value)
+        if _CANONICAL_TIMESTAMP.fullmatch(value):
+            return value
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         # astimezone overflows for instants outside the years 1-9999 once shifted to UTC.
@@ -135,7 +167,7 @@ _MANY = TypeAdapter(list[Event])
 
 
 def check_payload_size(event: Event, limits: Limits) -> None:
-    size = len(event.payload_json().encode())
+    size = event.payload_size()
     if size > limits.max_payload_bytes:
         raise InvalidEvent(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
 
