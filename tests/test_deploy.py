@@ -449,6 +449,9 @@ def test_images_started_like_compose_run_the_demo_and_keep_the_store_across_recr
         container.start()
         running[service] = container
 
+    # The right program in each: the consumer and the api say so first thing.
+    assert "INFO consumer consumer starting " in running["consumer"].output()
+    assert "INFO api api starting " in running["api"].output()
     publisher = running["publisher"]
     assert publisher.popen is not None
     code = publisher.popen.wait(120)
