@@ -133,6 +133,8 @@ class Store:
         stored = cur.execute(_STORED, item.key()).fetchone()
         if stored is None:  # cannot happen inside the transaction that just hit the key; count it loudly
             return True
+        if stored[0] == item.timestamp and stored[1] == item.source and stored[2] == item.payload_json():
+            return False  # a verbatim re-send, the common duplicate: no need to hash
         return bool(content_hash(stored[0], stored[1], json.loads(stored[2])) != item.content_hash())
 
     def counters(self) -> dict[str, int]:
