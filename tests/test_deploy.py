@@ -24,6 +24,7 @@ from api.settings import ApiSettings
 from consumer.settings import ConsumerSettings
 from contract.topology import Topology
 from publisher.settings import PublisherSettings
+from tests.broker import RABBITMQ_SERVER, Broker, PrivateNode
 from tests.deploy import (
     COMPOSE_FILE,
     DEPLOYABLES,
@@ -225,6 +226,23 @@ def test_services_start_in_order_of_health_and_restart_unless_stopped(config: di
         "api": "unless-stopped",
         "publisher": "no",
     }
+
+
+def test_broker_healthcheck_succeeds_against_a_running_node(config: dict[str, Any], broker: Broker) -> None:
+    if not isinstance(broker, PrivateNode):
+        pytest.skip(f"the suite's broker is {broker.description}; its CLI cannot reach it")
+    kind, program, *args = services(config)["rabbitmq"]["healthcheck"]["test"]
+    assert (kind, program) == ("CMD", "rabbitmq-diagnostics")
+    # In the container the CLI finds its node by the hostname; here it is told which one (-n), and gets the
+    # node's environment (its Erlang cookie) as the container's root user has it.
+    result = subprocess.run(
+        [str(RABBITMQ_SERVER.parent / program), "-n", broker.node_name, *args],
+        env=broker._environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_services_stop_gracefully_on_sigterm(config: dict[str, Any]) -> None:
