@@ -89,6 +89,37 @@ async def test_consumer_killed_at_random_moments_and_between_commit_and_ack_lose
     assert consumer.terminate() == 0
 
 
+async def test_a_crash_loop_redelivering_one_batch_25_times_dead_letters_nothing(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(200, seed=12, duplicates=0.0))
+    await start_pipeline(procs, amqp, with_consumer=False)
+    assert checked.publish("--envelope-size", "1").wait(120) == 0
+    # Every run commits its first batch and dies before acking it, so the head of the queue comes back
+    # every time: past RabbitMQ 4's default delivery limit of 20, which would dead-letter valid events.
+    crash_loop = {"BATCH_SIZE": "10", "PREFETCH": "10", "EVENTAGG_FAULT_KILL_AFTER_COMMIT": "1"}
+    for _ in range(25):
+        consumer = procs.consumer(**crash_loop)
+        assert consumer.wait(60) == KILLED, consumer.output()
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+
+    channel = await amqp.channel()
+    queue = await channel.declare_queue(deployment.queue, passive=True)
+    head = await queue.get(no_ack=False, timeout=10)
+    assert head is not None
+    deliveries = int((head.headers or {}).get("x-delivery-count", 0))
+    assert deliveries >= 25, f"the head message was delivered {deliveries} times before"
+    await head.reject(requeue=True)
+    await channel.close()
+
+    procs.consumer()
+    await checked.settle(amqp)
+    await checked.check(amqp, "crash loop on one batch", "25 kills after commit")
+    c = counters(deployment)
+    assert c["duplicate_dropped"] == c["received"] - 200 >= 24
+
+
 async def test_publisher_killed_mid_stream_and_run_again_takes_effect_once(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
