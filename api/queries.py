@@ -9,6 +9,7 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,16 @@ def decode_cursor(cursor: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    events: list[dict[str, Any]]
+    rows: list[tuple[Any, ...]]
     next_cursor: str | None
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [_row(r) for r in self.rows]
+
+    def json(self) -> bytes:
+        """The page as the JSON array GET /events answers."""
+        return ("[" + ",".join(row_json(r) for r in self.rows) + "]").encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,20 @@ def _row(row: tuple[Any, ...]) -> dict[str, Any]:
         "payload": json.loads(row[5]),
         "received_at": row[6],
     }
+
+
+def row_json(row: tuple[Any, ...]) -> str:
+    """One stored event as JSON text, its payload spliced in as stored.
+
+    The payload column already holds compact JSON that the consumer serialised; parsing it and serialising
+    it again (and validating a response model around it) was most of the cost of a page of events.
+    `encode_basestring` is the json module's C string encoder, the same escaping as `ensure_ascii=False`.
+    """
+    e = encode_basestring
+    return (
+        f'{{"topic":{e(row[1])},"event_id":{e(row[2])},"timestamp":{e(row[3])},"source":{e(row[4])},'
+        f'"payload":{row[5]},"received_at":{e(row[6])}}}'
+    )
 
 
 def consumer_state(db_path: Path) -> dict[str, Any]:
@@ -126,13 +149,17 @@ class StoreReader:
         rows = rows or []
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page([_row(r) for r in rows], encode_cursor(rows[-1][0]) if more else None)
+        return Page(rows, encode_cursor(rows[-1][0]) if more else None)
 
     def event(self, topic: str, event_id: str) -> dict[str, Any] | None:
+        row = self.event_row(topic, event_id)
+        return None if row is None else _row(row)
+
+    def event_row(self, topic: str, event_id: str) -> tuple[Any, ...] | None:
         rows = self._query(
             f"SELECT {_COLUMNS} FROM events WHERE topic = ? AND event_id = ?", (topic, event_id)
         )
-        return _row(rows[0]) if rows else None
+        return rows[0] if rows else None
 
     def snapshot(self) -> Snapshot:
         """Counters and per-topic counts in one read transaction, so they agree with each other."""
