@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from contract.event import Event, Limits
 
@@ -31,8 +31,38 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_ARRAY = TypeAdapter(list[Event])
+
+
+def _valid_array(raw: bytes) -> list[Event] | None:
+    """The events of a body that is a JSON array of valid events, parsed and validated in one pass by
+    pydantic-core; None for anything else (another shape, or something wrong), which the thorough path
+    below then describes item by item. Most requests are valid arrays, and this pass is several times
+    faster than `json.loads` followed by validating each item from Python objects."""
+    if raw.lstrip()[:1] != b"[":
+        return None
+    try:
+        return _ARRAY.validate_json(raw)
+    except ValidationError:
+        return None
+
+
 def parse_body(raw: bytes, limits: Limits, max_events: int) -> list[Event]:
     """Every event of the request, or an exception describing everything wrong with it."""
+    fast = _valid_array(raw)
+    if fast is not None:
+        if len(fast) > max_events:
+            raise PayloadTooLarge(f"{len(fast)} events in one request; the limit is {max_events}")
+        too_big = [
+            f"body.{index}.payload is {event.payload_size()} bytes"
+            for index, event in enumerate(fast)
+            if event.payload_size() > limits.max_payload_bytes
+        ]
+        if too_big:
+            raise PayloadTooLarge(
+                f"payload over the limit of {limits.max_payload_bytes} bytes: " + ", ".join(too_big[:5])
+            )
+        return fast
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
