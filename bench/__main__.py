@@ -11,13 +11,13 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from bench import bigstore, machine, report
 from bench.broker import BenchError, BrokerLink, BrokerUnreachable
-from bench.scenarios import FULL, QUICK, SCENARIOS, Context, describe
+from bench.scenarios import FULL, QUICK, SCENARIOS, Context, Sizes, describe
 from bench.trial import Sample
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only", type=scenario_list, default=NAMES, help=f"comma-separated subset of: {', '.join(NAMES)}"
     )
+    p.add_argument("--count", type=int, help="events per throughput run (default 100000; quick 2000)")
     p.add_argument("--output", type=Path, metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--seed", type=int, default=42, help="load seed, the same for every run (default 42)")
     p.add_argument(
@@ -57,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
         "--db-dir", type=Path, help="directory for the throwaway stores (default: system temp dir)"
     )
     return p
+
+
+def chosen_sizes(args: argparse.Namespace) -> Sizes:
+    sizes = QUICK if args.quick else FULL
+    return sizes if args.count is None else replace(sizes, count=args.count)
 
 
 def _cancel_once(task: asyncio.Task[Any]) -> None:
@@ -71,8 +77,8 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _cancel_once, task)
     link = BrokerLink(url)
     await link.connect()
-    sizes = QUICK if args.quick else FULL
-    ctx = Context(link, workdir, sizes, args.seed, args.timeout)
+    ctx = Context(link, workdir, chosen_sizes(args), args.seed, args.timeout)
+    sizes = ctx.sizes
     chosen = [s for s in SCENARIOS if s.name in args.only]
     try:
         if any(s.needs_big_store for s in chosen):
@@ -115,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     args.runs = args.runs or (1 if args.quick else 3)
     args.timeout = args.timeout or (60.0 if args.quick else 300.0)
-    if args.runs < 1 or args.timeout <= 0:
-        print("bench: --runs must be >= 1 and --timeout > 0", file=sys.stderr)
+    if args.runs < 1 or args.timeout <= 0 or (args.count is not None and args.count < 100):
+        print("bench: need --runs >= 1, --timeout > 0 and --count >= 100", file=sys.stderr)
         return EXIT_USAGE
     url = os.environ.get("AMQP_URL") or DEFAULT_URL
     db_root = args.db_dir or Path(tempfile.gettempdir())
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: --output: no such directory {args.output.parent}", file=sys.stderr)
         return EXIT_USAGE
     facts = machine.facts(db_root)
-    sizes = QUICK if args.quick else FULL
+    sizes = chosen_sizes(args)
     config: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "runs": args.runs,

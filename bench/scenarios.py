@@ -7,6 +7,7 @@ ceiling, when the bare consumer acked the last message).
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -25,13 +26,15 @@ SHIM_EVENTS_PER_REQUEST = 500
 SHIM_CONCURRENCY = 4
 BASELINE_CONCURRENCY = 8
 LATENCY_SAMPLE_EVERY = 20
+LATENCY_ENVELOPE = int(os.environ.get("BENCH_LATENCY_ENVELOPE", "1"))
+LATENCY_LINGER = float(os.environ.get("BENCH_LATENCY_LINGER", "0"))
 QUERY_WARMUP = 20
 
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
     count: int = 100_000  # end to end, ceiling, shim, ingest at scale
-    baseline_count: int = 10_000  # the baseline manages a few hundred per second; rates are comparable
+    baseline_count: int = 4_000  # the baseline manages 100-300 per second here; rates are comparable
     latency_rate: float = 1000.0
     latency_seconds: float = 30.0
     stored: int = 1_000_000
@@ -199,6 +202,10 @@ async def latency(ctx: Context, tag: str) -> dict[str, float]:
                 str(sizes.latency_seconds),
                 "--sample-every",
                 str(LATENCY_SAMPLE_EVERY),
+                "--envelope-size",
+                str(LATENCY_ENVELOPE),
+                "--linger",
+                str(LATENCY_LINGER),
             ],
         )
         summary = await run.finish(driver, sizes.latency_seconds + ctx.timeout)
