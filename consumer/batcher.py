@@ -1,4 +1,4 @@
-"""Collects deliveries into batches: up to a size, or whatever arrived within a short wait."""
+"""Collects deliveries into batches: up to a size, or what arrived within a short wait or before a lull."""
 
 from __future__ import annotations
 
@@ -23,13 +23,20 @@ class Inbox:
         return drained
 
     async def next_batch(self, size: int, wait: float, stop: asyncio.Event) -> list[AbstractIncomingMessage]:
-        """Block for the first delivery (or until stop is set, returning []), then fill up to `size`."""
+        """Block for the first delivery (or until stop is set, returning []), then fill up to `size`.
+
+        The batch closes when it is full, when `wait` has passed since its first delivery, or when nothing
+        arrived for a quarter of `wait`. A lull means the publishers paused: holding what is in hand until
+        the full wait would add latency without making the batch any bigger. Under load deliveries keep
+        arriving, so batches still fill up to `size` or `wait`.
+        """
         first = await self._first(stop)
         if first is None:
             return []
         batch = [first]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        lull = wait / 4
         while len(batch) < size:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -38,7 +45,7 @@ class Inbox:
             if remaining <= 0 or stop.is_set():
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(self._queue.get(), min(remaining, lull)))
             except TimeoutError:
                 break
         return batch

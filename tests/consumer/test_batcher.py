@@ -1,4 +1,4 @@
-"""Inbox.next_batch: up to a size, or whatever arrived within the wait; stop ends an empty wait at once."""
+"""Inbox.next_batch: up to a size, or what arrived within the wait or before a lull; stop ends a wait."""
 
 from __future__ import annotations
 
@@ -61,15 +61,38 @@ async def test_a_full_batch_returns_without_waiting_for_the_wait() -> None:
     assert time.monotonic() - started < 1.0
 
 
-async def test_a_partial_batch_returns_what_arrived_within_the_wait() -> None:
+async def test_a_partial_batch_closes_after_a_lull_of_a_quarter_of_the_wait() -> None:
     inbox, items = await filled(2)
 
     started = time.monotonic()
-    batch = await inbox.next_batch(100, 0.05, asyncio.Event())
+    batch = await inbox.next_batch(100, 0.2, asyncio.Event())
     elapsed = time.monotonic() - started
 
     assert batch == items
-    assert 0.04 <= elapsed < 1.0
+    assert 0.04 <= elapsed < 0.15
+
+
+async def test_a_steady_trickle_is_batched_until_the_wait_ends() -> None:
+    inbox, items = await filled(1)
+    stop = asyncio.Event()
+
+    async def trickle() -> None:
+        for i in range(100):
+            await asyncio.sleep(0.01)  # well inside the lull of 0.05s, so the batch stays open
+            await inbox.put(delivery(100 + i))
+            if stop.is_set():
+                return
+
+    feeder = asyncio.create_task(trickle())
+    started = time.monotonic()
+    batch = await inbox.next_batch(1000, 0.2, asyncio.Event())
+    elapsed = time.monotonic() - started
+    stop.set()
+    await feeder
+
+    assert batch[0] == items[0]
+    assert len(batch) > 5
+    assert 0.19 <= elapsed < 1.0
 
 
 async def test_deliveries_arriving_during_the_wait_join_the_batch() -> None:
