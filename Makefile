@@ -32,7 +32,7 @@ test-fast: install
 
 # The crash scenarios alone, bigger than in `make test`, ending with the crash checker's table.
 crash: install
-	CRASH_SCALE=$${CRASH_SCALE:-5} $(BIN)/python -m pytest -m crash $(PYTEST_ARGS)
+	CRASH_SCALE=$${CRASH_SCALE:-5} $(BIN)/python -m pytest -m crash --timeout=3600 $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)

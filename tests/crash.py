@@ -29,6 +29,11 @@ def scaled(n: int) -> int:
     return max(1, round(n * SCALE))
 
 
+def budget(seconds: float) -> float:
+    """A time limit for a stream whose size is scaled: bigger streams get proportionally longer."""
+    return seconds * max(1.0, SCALE)
+
+
 @dataclass(frozen=True)
 class Workload:
     """A reproducible load: `count` events, a share of them re-sent, on `topics` topics."""
@@ -103,10 +108,10 @@ class Checked:
         deployment = self.procs.deployment
         await eventually(
             lambda: counters(deployment)["unique_processed"] >= unique,
-            timeout,
+            budget(timeout),
             message=f"{unique} unique events stored",
         )
-        await eventually(lambda: drained(amqp, deployment.queue), 60, message="queue drained")
+        await eventually(lambda: drained(amqp, deployment.queue), budget(60), message="queue drained")
 
     async def check(
         self,
