@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only", type=scenario_list, default=NAMES, help=f"comma-separated subset of: {', '.join(NAMES)}"
     )
-    p.add_argument("--count", type=int, help="events per throughput run (default 100000; quick 2000)")
+    p.add_argument("--count", type=int, help="events per throughput run (default 100000; quick 1000)")
     p.add_argument("--output", type=Path, metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--seed", type=int, default=42, help="load seed, the same for every run (default 42)")
     p.add_argument(
@@ -93,6 +93,7 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
             for scenario in chosen[shift:] + chosen[:shift]:
                 sample = Sample(scenario.name, round_)
                 started = time.monotonic()
+                ctx.info = sample.info
                 try:
                     sample.values = await scenario.measure(ctx, f"r{round_}-{scenario.name}")
                 except BenchError as exc:

@@ -105,7 +105,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--sample-every", type=int, default=20)
-    p.add_argument("--poll", type=float, default=0.002, help="seconds between requests for one event")
+    p.add_argument("--poll", type=float, default=0.005, help="seconds between requests for one event")
     p.add_argument("--probe-timeout", type=float, default=30.0)
     p.add_argument("--envelope-size", type=int, default=1)
     p.add_argument("--linger", type=float, default=0.0)
