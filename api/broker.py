@@ -20,6 +20,10 @@ from contract.topology import queue_depth
 log = logging.getLogger(__name__)
 
 
+# How many TTLs old a good queue-depth reading may be and still be answered while a new one is taken.
+STALE_FACTOR = 5
+
+
 class BrokerUnavailable(Exception):
     """No connection to the broker right now."""
 
@@ -43,6 +47,7 @@ class BrokerLink:
         self._ready = asyncio.Event()
         self._probe: tuple[float, Depths] | None = None
         self._probe_lock = asyncio.Lock()
+        self._refresh: asyncio.Task[Depths] | None = None
         self.last_error: str | None = "not connected yet"
 
     @asynccontextmanager
@@ -51,9 +56,11 @@ class BrokerLink:
         try:
             yield self
         finally:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            for task in (self._task, self._refresh):
+                if task is not None:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
             if self._connection is not None:
                 with suppress(Exception):
                     await self._connection.close()
@@ -122,7 +129,24 @@ class BrokerLink:
         return self._publisher
 
     async def depths(self) -> Depths:
-        """Exact queue depths by passive declare, cached briefly; never raises."""
+        """Exact queue depths by passive declare, cached briefly; never raises.
+
+        A good reading up to a few TTLs old is answered at once while a fresh one is taken in the
+        background: a probe costs a channel and two round trips, and the request that happened to find the
+        cache expired would otherwise wait for it (it was the slowest /stats request in every hundred).
+        """
+        if self._probe is not None:
+            age = time.monotonic() - self._probe[0]
+            ttl = self._settings.broker_probe_ttl
+            if age < ttl:
+                return self._probe[1]
+            if age < ttl * STALE_FACTOR and self.connected():
+                if self._refresh is None or self._refresh.done():
+                    self._refresh = asyncio.create_task(self._probe_now(), name="broker-probe")
+                return self._probe[1]
+        return await self._probe_now()
+
+    async def _probe_now(self) -> Depths:
         async with self._probe_lock:
             now = time.monotonic()
             if self._probe is not None and now - self._probe[0] < self._settings.broker_probe_ttl:
