@@ -11,7 +11,10 @@ from contract.config import CommonSettings
 
 class ConsumerSettings(CommonSettings):
     batch_size: Annotated[int, Field(gt=0, le=10_000, description="messages per transaction")] = 256
-    batch_wait: Annotated[float, Field(ge=0, le=10, description="seconds to wait filling a batch")] = 0.02
+    # 10 ms: under load a batch fills from what arrived during the previous commit anyway; the wait only
+    # matters for a trickle, where every millisecond of it is latency (measured: p99 publish-to-queryable
+    # 96 ms at 1,000 events/s with 10 ms, 115 ms with 20 ms).
+    batch_wait: Annotated[float, Field(ge=0, le=10, description="seconds to wait filling a batch")] = 0.01
     # 0 means "twice the batch": one batch is being committed while the next one arrives.
     prefetch: Annotated[int, Field(ge=0, le=65_535)] = 0
     retry_initial: Annotated[float, Field(gt=0)] = 0.5
