@@ -49,6 +49,13 @@ def parser() -> argparse.ArgumentParser:
         "--only", type=scenario_list, default=NAMES, help=f"comma-separated subset of: {', '.join(NAMES)}"
     )
     p.add_argument("--count", type=int, help="events per throughput run (default 100000; quick 1000)")
+    p.add_argument(
+        "--latency-linger",
+        type=float,
+        default=0.05,
+        metavar="S",
+        help="the latency run's publisher linger in seconds (default 0.05, the publisher CLI's default)",
+    )
     p.add_argument("--output", type=Path, metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--seed", type=int, default=42, help="load seed, the same for every run (default 42)")
     p.add_argument(
@@ -78,6 +85,7 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
     link = BrokerLink(url)
     await link.connect()
     ctx = Context(link, workdir, chosen_sizes(args), args.seed, args.timeout)
+    ctx.latency_linger = args.latency_linger
     sizes = ctx.sizes
     chosen = [s for s in SCENARIOS if s.name in args.only]
     try:
@@ -142,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": asdict(sizes),
         "seed": args.seed,
         "timeout": args.timeout,
+        "latency_linger": args.latency_linger,
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "env_overrides": {name: os.environ[name] for name in TUNING_VARS if name in os.environ},
     }

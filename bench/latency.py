@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from urllib.parse import quote
 
 import httpx
@@ -24,13 +25,18 @@ from contract.topology import Topology
 from publisher import load
 
 
-async def probe(client: httpx.AsyncClient, item: Event, sent: float, poll: float, deadline: float) -> float:
+async def probe(
+    client: httpx.AsyncClient, item: Event, sent: float, sent_wall: float, poll: float, deadline: float
+) -> tuple[float, float]:
+    """Seconds until GET finds the event, and until the consumer stamped it (`received_at`, taken when the
+    batch's transaction starts): the second splits the first into "reach the store" and "commit and read"."""
     path = f"/events/{item.topic}/{quote(item.event_id, safe='')}"
     while True:
         response = await client.get(path)
         now = time.perf_counter()
         if response.status_code == 200:
-            return now - sent
+            stamped = datetime.fromisoformat(response.json()["received_at"]).timestamp()
+            return now - sent, stamped - sent_wall
         if response.status_code != 404:
             raise RuntimeError(f"GET {path}: HTTP {response.status_code}")
         if now > deadline:
@@ -38,12 +44,16 @@ async def probe(client: httpx.AsyncClient, item: Event, sent: float, poll: float
         await asyncio.sleep(poll)
 
 
+Pending = asyncio.Queue[tuple[Event, float, float] | None]
+
+
 async def prober(
     client: httpx.AsyncClient,
-    pending: asyncio.Queue[tuple[Event, float] | None],
+    pending: Pending,
     poll: float,
     timeout: float,
     latencies: list[float],
+    stamped: list[float],
     failures: list[str],
 ) -> None:
     """Probes sampled events oldest first, one request at a time, so probing adds a bounded load.
@@ -52,26 +62,30 @@ async def prober(
     request; a measured latency can only be late (an upper bound), never early.
     """
     while (item := await pending.get()) is not None:
-        event, sent = item
+        event, sent, sent_wall = item
         try:
-            latencies.append(await probe(client, event, sent, poll, sent + timeout))
+            latency, to_stamp = await probe(client, event, sent, sent_wall, poll, sent + timeout)
         except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
+        else:
+            latencies.append(latency)
+            stamped.append(to_stamp)
 
 
 async def run(args: argparse.Namespace, url: str, topology: Topology) -> dict[str, object]:
     total = int(args.rate * args.seconds)
     events = load.generate(total, 0.0, 8, args.seed, args.topic_prefix).events
     options = PublishOptions(envelope_size=args.envelope_size, linger=args.linger)
-    pending: asyncio.Queue[tuple[Event, float] | None] = asyncio.Queue()
+    pending: Pending = asyncio.Queue()
     latencies: list[float] = []
+    stamped: list[float] = []
     failures: list[str] = []
     async with (
         httpx.AsyncClient(base_url=args.api_url, timeout=10.0) as client,
         ConfirmingPublisher.connect(url, topology, options) as publisher,
     ):
         probing = asyncio.create_task(
-            prober(client, pending, args.poll, args.probe_timeout, latencies, failures)
+            prober(client, pending, args.poll, args.probe_timeout, latencies, stamped, failures)
         )
         batch = publisher.batch()
         started = time.perf_counter()
@@ -83,7 +97,7 @@ async def run(args: argparse.Namespace, url: str, topology: Topology) -> dict[st
                 now = time.perf_counter()
                 await batch.add(item)
                 if sent % args.sample_every == 0:
-                    pending.put_nowait((item, now))
+                    pending.put_nowait((item, now, time.time()))
                 sent += 1
             await asyncio.sleep(0.001)
         publish_seconds = time.perf_counter() - started
@@ -94,6 +108,7 @@ async def run(args: argparse.Namespace, url: str, topology: Topology) -> dict[st
         "events": total,
         "achieved_rate": total / publish_seconds,
         "latencies": latencies,
+        "to_stamp": stamped,
         "failures": failures[:5],
         "failed": len(failures),
     }
@@ -105,7 +120,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--sample-every", type=int, default=20)
-    p.add_argument("--poll", type=float, default=0.005, help="seconds between requests for one event")
+    p.add_argument("--poll", type=float, default=0.002, help="seconds between requests for one event")
     p.add_argument("--probe-timeout", type=float, default=30.0)
     p.add_argument("--envelope-size", type=int, default=1)
     p.add_argument("--linger", type=float, default=0.0)

@@ -29,7 +29,6 @@ LATENCY_SAMPLE_EVERY = 50
 # The publisher CLI's defaults: envelopes of up to 100 events of one topic, sent after a linger of 50 ms.
 # The clock starts when an event is handed to the publisher, so the linger is part of what is measured.
 LATENCY_ENVELOPE = 100
-LATENCY_LINGER = 0.05
 QUERY_WARMUP = 20
 
 
@@ -64,6 +63,7 @@ class Context:
     timeout: float
     big_store: Path | None = None  # built once, before the rounds, when a scale scenario runs
     info: dict[str, Any] = field(default_factory=dict)  # what a repetition reports beside its figures
+    latency_linger: float = 0.05  # the publisher CLI's default
 
     def run(self, tag: str) -> Run:
         return Run(self.link, self.workdir, tag, self.timeout)
@@ -208,7 +208,7 @@ async def latency(ctx: Context, tag: str) -> dict[str, float]:
                 "--envelope-size",
                 str(LATENCY_ENVELOPE),
                 "--linger",
-                str(LATENCY_LINGER),
+                str(ctx.latency_linger),
             ],
         )
         summary = await run.finish(driver, sizes.latency_seconds + ctx.timeout)
@@ -216,13 +216,17 @@ async def latency(ctx: Context, tag: str) -> dict[str, float]:
         await run.wait_received(total, [consumer, api])
         await run.stop_cleanly(consumer)
     samples = [float(v) * 1000 for v in summary["latencies"]]
+    stamped = [float(v) * 1000 for v in summary["to_stamp"]]
     ctx.info["latencies_ms_in_publish_order"] = [round(v, 1) for v in samples]
+    ctx.info["to_received_at_ms_in_publish_order"] = [round(v, 1) for v in stamped]
     if not samples:
         raise BenchError("no latency samples")
     return {
         "p50_ms": percentile(samples, 50),
         "p99_ms": percentile(samples, 99),
         "max_ms": max(samples),
+        "to_received_at_p50_ms": percentile(stamped, 50),
+        "to_received_at_p99_ms": percentile(stamped, 99),
         "samples": len(samples),
         "achieved_rate": float(summary["achieved_rate"]),
     }
