@@ -19,6 +19,7 @@ from bench import bigstore, machine, report
 from bench.broker import BenchError, BrokerLink, BrokerUnreachable
 from bench.scenarios import FULL, QUICK, SCENARIOS, Context, Sizes, describe
 from bench.trial import Sample
+from contract.publishing import DEFAULT_LINGER
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # Settings the deployables read from the environment that change what is measured; reported when set.
@@ -52,9 +53,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latency-linger",
         type=float,
-        default=0.05,
+        default=DEFAULT_LINGER,
         metavar="S",
-        help="the latency run's publisher linger in seconds (default 0.05, the publisher CLI's default)",
+        help=f"the latency run's publisher linger in seconds (default {DEFAULT_LINGER:g}, "
+        "the publisher CLI's default)",
     )
     p.add_argument("--output", type=Path, metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--seed", type=int, default=42, help="load seed, the same for every run (default 42)")

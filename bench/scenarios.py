@@ -21,12 +21,13 @@ from api.queries import encode_cursor
 from bench.broker import BenchError, BrokerLink
 from bench.child import Child
 from bench.trial import DUPLICATES, Run, expect_outcome
+from contract.publishing import DEFAULT_LINGER
 
 SHIM_EVENTS_PER_REQUEST = 500
 SHIM_CONCURRENCY = 4
 BASELINE_CONCURRENCY = 8
 LATENCY_SAMPLE_EVERY = 50
-# The publisher CLI's defaults: envelopes of up to 100 events of one topic, sent after a linger of 50 ms.
+# The publisher CLI's defaults: envelopes of up to 100 events of one topic, sent after a linger of 20 ms.
 # The clock starts when an event is handed to the publisher, so the linger is part of what is measured.
 LATENCY_ENVELOPE = 100
 QUERY_WARMUP = 20
@@ -63,7 +64,7 @@ class Context:
     timeout: float
     big_store: Path | None = None  # built once, before the rounds, when a scale scenario runs
     info: dict[str, Any] = field(default_factory=dict)  # what a repetition reports beside its figures
-    latency_linger: float = 0.05  # the publisher CLI's default
+    latency_linger: float = DEFAULT_LINGER  # the publisher CLI's default
 
     def run(self, tag: str) -> Run:
         return Run(self.link, self.workdir, tag, self.timeout)

@@ -7,12 +7,12 @@ from typing import Annotated
 from pydantic import Field
 
 from contract.config import CommonSettings
-from contract.publishing import PublishOptions
+from contract.publishing import DEFAULT_LINGER, PublishOptions
 
 
 class PublisherSettings(CommonSettings):
     envelope_size: Annotated[int, Field(ge=1, le=10_000)] = 100
-    linger: Annotated[float, Field(ge=0, le=60)] = 0.05
+    linger: Annotated[float, Field(ge=0, le=60)] = DEFAULT_LINGER
     max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 256
     confirm_timeout: Annotated[float, Field(gt=0)] = 5.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
