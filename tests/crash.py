@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
@@ -49,12 +50,13 @@ class Workload:
             *("--topics", str(self.topics), "--seed", str(self.seed)),
         ]
 
+    @cached_property
     def events(self) -> list[Event]:
         return generate(self.count, self.duplicates, self.topics, self.seed).events
 
-    @property
+    @cached_property
     def unique(self) -> int:
-        return len({item.key() for item in self.events()})
+        return len({item.key() for item in self.events})
 
 
 @dataclass

@@ -190,7 +190,7 @@ async def test_api_killed_right_after_answering_a_publish_loses_none_of_it(
 ) -> None:
     deployment = procs.deployment
     checked = Checked(procs, Workload(2000, seed=4, duplicates=0.0))
-    events = checked.workload.events()
+    events = checked.workload.events
     # No consumer yet: the 2,000 events exist only in the broker when the api dies.
     _, api = await start_pipeline(procs, amqp, with_consumer=False)
     body = wire.encode(events)
@@ -405,7 +405,6 @@ async def test_poison_messages_mixed_into_the_stream_are_dead_lettered_and_delay
         await eventually(lambda i=i: checked.confirmed_lines() >= i * total // poison, 120, 0.005)
         await exchange.publish(aio_pika.Message(POISON[i % len(POISON)]), routing_key="demo.orders")
     await channel.close()
-    assert publisher.alive or checked.confirmed_lines() >= total
 
     assert publisher.wait(budget(300)) == 0, publisher.output()
     await checked.settle(amqp)
