@@ -10,9 +10,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
+from api import health, routes
 from api.broker import BrokerLink
+from api.deps import State
 from api.queries import StoreReader
-from api.routes import OPENAPI_MODELS, State, router
 from api.settings import ApiSettings
 
 DESCRIPTION = """
@@ -39,7 +40,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             reader.close()
 
     app = FastAPI(title="Event aggregator", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.include_router(router)
+    app.include_router(routes.router)
+    app.include_router(health.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -47,7 +49,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in OPENAPI_MODELS:
+            for model in routes.OPENAPI_MODELS:
                 extra = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
                 components.update(extra.pop("$defs", {}))
                 components[model.__name__] = extra

@@ -1,26 +1,21 @@
-"""HTTP routes: publish (confirmed before it answers), events, one event, stats, health."""
+"""HTTP routes: publish (confirmed before it answers), events, one event, stats."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import sqlite3
-import time
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.broker import BrokerLink, BrokerUnavailable, Depths
+from api.broker import BrokerUnavailable
+from api.deps import StateDep, require_publish_key, require_read_key
+from api.health import consumer_info
 from api.models import (
-    ComponentHealth,
-    ConsumerInfo,
     ErrorMessage,
     EventsWrapper,
-    Health,
     PublishAccepted,
     QueueInfo,
     Stats,
@@ -28,8 +23,7 @@ from api.models import (
     ValidationFailed,
 )
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
-from api.queries import BadCursor, StoreReader, consumer_state, decode_cursor, row_json
-from api.settings import ApiSettings
+from api.queries import BadCursor, consumer_state, decode_cursor, row_json
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
 
@@ -38,52 +32,6 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 _JSON_TYPES = ("application/json",)
-
-
-class State:
-    """What the routes share; built by the app's lifespan."""
-
-    def __init__(self, settings: ApiSettings, reader: StoreReader, broker: BrokerLink) -> None:
-        self.settings = settings
-        self.reader = reader
-        self.broker = broker
-        self.started = time.monotonic()
-        self.started_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-    def uptime(self) -> float:
-        return round(time.monotonic() - self.started, 3)
-
-
-async def state(request: Request) -> State:
-    value: State = request.app.state.api
-    return value
-
-
-# The dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in its
-# thread pool, and two thread hops per request cost more than everything else a small GET does.
-StateDep = Annotated[State, Depends(state)]
-
-
-def _key_ok(request: Request, expected: str) -> bool:
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-
-async def require_publish_key(request: Request, st: StateDep) -> None:
-    if st.settings.api_key and not _key_ok(request, st.settings.api_key):
-        raise HTTPException(
-            401, "missing or wrong API key (send it as X-API-Key)", headers={"WWW-Authenticate": "Bearer"}
-        )
-
-
-async def require_read_key(request: Request, st: StateDep) -> None:
-    if st.settings.api_key and st.settings.api_key_reads and not _key_ok(request, st.settings.api_key):
-        raise HTTPException(
-            401, "missing or wrong API key (send it as X-API-Key)", headers={"WWW-Authenticate": "Bearer"}
-        )
 
 
 _PUBLISH_BODY = {
@@ -266,91 +214,10 @@ async def stats(st: StateDep) -> Stats:
         store="ok" if snapshot.store == "ok" else "missing",
         queue=QueueInfo(name=topology.queue, messages=depths.queue, consumers=depths.consumers),
         dead_letter_queue=QueueInfo(name=topology.dead_letter_queue, messages=depths.dead_letter_queue),
-        consumer=_consumer(
+        consumer=consumer_info(
             snapshot.consumer, depths, st.settings.consumer_stall_seconds, consumer_state(st.settings.db_path)
         ),
     )
-
-
-def _consumer(
-    values: dict[str, str], depths: Depths, stall_seconds: float, reported: dict[str, Any] | None = None
-) -> ConsumerInfo:
-    status = _consumer_status(values.get("last_commit_at"), depths, stall_seconds)
-    detail = None
-    if reported and reported.get("state") == "store_failing":
-        status, detail = "stalled", f"store failing since {reported.get('since')}: {reported.get('detail')}"
-    return ConsumerInfo(
-        status=status,
-        detail=detail,
-        started_at=values.get("started_at"),
-        last_commit_at=values.get("last_commit_at"),
-        journal_mode=values.get("journal_mode"),
-        synchronous=values.get("synchronous"),
-    )
-
-
-def _consumer_status(
-    last_commit_at: str | None, depths: Depths, stall_seconds: float
-) -> Literal["ok", "idle", "stalled", "absent", "unknown"]:
-    # The consumer cannot write its own distress into a store that is failing, so health is inferred from
-    # what the api can see: messages waiting in the queue, consumers attached, and the last commit's age.
-    if depths.queue is None:
-        return "unknown"
-    age = None
-    if last_commit_at is not None:
-        age = (datetime.now(UTC) - datetime.fromisoformat(last_commit_at)).total_seconds()
-    recent = age is not None and age <= stall_seconds
-    if depths.queue > 0 and not depths.consumers:
-        return "absent"
-    if depths.queue > 0 and not recent:
-        return "stalled"
-    return "ok" if recent else "idle"
-
-
-@router.get(
-    "/health",
-    response_model=Health,
-    summary="Can the api serve? Store, broker and consumer reported separately",
-    description="200 `healthy`, or 200 `degraded` when messages wait but the consumer is stalled (not "
-    "committing, e.g. retrying a failing store) or absent; 503 `unhealthy` when the store exists but cannot "
-    "be read. Broker reachability never makes the api unhealthy: reads keep working without it.",
-    responses={503: {"model": Health, "description": "the store exists but cannot be read"}},
-)
-async def health(st: StateDep) -> Health | JSONResponse:
-    depths = await st.broker.depths()
-    reported = consumer_state(st.settings.db_path)
-    consumer = _consumer({}, depths, st.settings.consumer_stall_seconds, reported)
-    try:
-        store_status = await anyio.to_thread.run_sync(st.reader.check)
-        store = ComponentHealth(
-            status="ok" if store_status == "ok" else "missing",
-            detail=None if store_status == "ok" else "the consumer has not created it yet",
-        )
-        if store_status == "ok":
-            snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
-            consumer = _consumer(snapshot.consumer, depths, st.settings.consumer_stall_seconds, reported)
-    except sqlite3.Error as exc:
-        store = ComponentHealth(status="error", detail=f"{type(exc).__name__}: {exc}")
-    broker = (
-        ComponentHealth(status="connected")
-        if st.broker.connected()
-        else ComponentHealth(status="unreachable", detail=st.broker.problem())
-    )
-    status: Literal["healthy", "degraded", "unhealthy"] = "healthy"
-    if consumer.status in ("stalled", "absent"):
-        status = "degraded"
-    if store.status == "error":
-        status = "unhealthy"
-    body = Health(
-        status=status,
-        store=store,
-        broker=broker,
-        consumer=consumer,
-        uptime_seconds=st.uptime(),
-    )
-    if body.status == "unhealthy":
-        return JSONResponse(body.model_dump(mode="json"), status_code=503)
-    return body
 
 
 # Referenced from the publish request body schema in the OpenAPI document.

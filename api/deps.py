@@ -1,0 +1,60 @@
+"""What the routes share: the app state (settings, store reader, broker link, start) and the key checks."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from api.broker import BrokerLink
+from api.queries import StoreReader
+from api.settings import ApiSettings
+
+
+class State:
+    """Built by the app's lifespan; one per app."""
+
+    def __init__(self, settings: ApiSettings, reader: StoreReader, broker: BrokerLink) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.broker = broker
+        self.started = time.monotonic()
+        self.started_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+    def uptime(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+
+async def state(request: Request) -> State:
+    value: State = request.app.state.api
+    return value
+
+
+# The dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in its
+# thread pool, and two thread hops per request cost more than everything else a small GET does.
+StateDep = Annotated[State, Depends(state)]
+
+
+def _key_ok(request: Request, expected: str) -> bool:
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def require_publish_key(request: Request, st: StateDep) -> None:
+    if st.settings.api_key and not _key_ok(request, st.settings.api_key):
+        raise HTTPException(
+            401, "missing or wrong API key (send it as X-API-Key)", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+async def require_read_key(request: Request, st: StateDep) -> None:
+    if st.settings.api_key and st.settings.api_key_reads and not _key_ok(request, st.settings.api_key):
+        raise HTTPException(
+            401, "missing or wrong API key (send it as X-API-Key)", headers={"WWW-Authenticate": "Bearer"}
+        )

@@ -1,0 +1,99 @@
+"""Health: GET /health, and how the consumer's state is inferred from the store and the queue."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.broker import Depths
+from api.deps import StateDep
+from api.models import ComponentHealth, ConsumerInfo, Health
+from api.queries import consumer_state
+
+router = APIRouter()
+
+
+def consumer_info(
+    values: dict[str, str], depths: Depths, stall_seconds: float, reported: dict[str, Any] | None = None
+) -> ConsumerInfo:
+    status = _consumer_status(values.get("last_commit_at"), depths, stall_seconds)
+    detail = None
+    if reported and reported.get("state") == "store_failing":
+        status, detail = "stalled", f"store failing since {reported.get('since')}: {reported.get('detail')}"
+    return ConsumerInfo(
+        status=status,
+        detail=detail,
+        started_at=values.get("started_at"),
+        last_commit_at=values.get("last_commit_at"),
+        journal_mode=values.get("journal_mode"),
+        synchronous=values.get("synchronous"),
+    )
+
+
+def _consumer_status(
+    last_commit_at: str | None, depths: Depths, stall_seconds: float
+) -> Literal["ok", "idle", "stalled", "absent", "unknown"]:
+    # The consumer cannot write its own distress into a store that is failing, so health is inferred from
+    # what the api can see: messages waiting in the queue, consumers attached, and the last commit's age.
+    if depths.queue is None:
+        return "unknown"
+    age = None
+    if last_commit_at is not None:
+        age = (datetime.now(UTC) - datetime.fromisoformat(last_commit_at)).total_seconds()
+    recent = age is not None and age <= stall_seconds
+    if depths.queue > 0 and not depths.consumers:
+        return "absent"
+    if depths.queue > 0 and not recent:
+        return "stalled"
+    return "ok" if recent else "idle"
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    summary="Can the api serve? Store, broker and consumer reported separately",
+    description="200 `healthy`, or 200 `degraded` when messages wait but the consumer is stalled (not "
+    "committing, e.g. retrying a failing store) or absent; 503 `unhealthy` when the store exists but cannot "
+    "be read. Broker reachability never makes the api unhealthy: reads keep working without it.",
+    responses={503: {"model": Health, "description": "the store exists but cannot be read"}},
+)
+async def health(st: StateDep) -> Health | JSONResponse:
+    depths = await st.broker.depths()
+    reported = consumer_state(st.settings.db_path)
+    consumer = consumer_info({}, depths, st.settings.consumer_stall_seconds, reported)
+    try:
+        store_status = await anyio.to_thread.run_sync(st.reader.check)
+        store = ComponentHealth(
+            status="ok" if store_status == "ok" else "missing",
+            detail=None if store_status == "ok" else "the consumer has not created it yet",
+        )
+        if store_status == "ok":
+            snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
+            consumer = consumer_info(snapshot.consumer, depths, st.settings.consumer_stall_seconds, reported)
+    except sqlite3.Error as exc:
+        store = ComponentHealth(status="error", detail=f"{type(exc).__name__}: {exc}")
+    broker = (
+        ComponentHealth(status="connected")
+        if st.broker.connected()
+        else ComponentHealth(status="unreachable", detail=st.broker.problem())
+    )
+    status: Literal["healthy", "degraded", "unhealthy"] = "healthy"
+    if consumer.status in ("stalled", "absent"):
+        status = "degraded"
+    if store.status == "error":
+        status = "unhealthy"
+    body = Health(
+        status=status,
+        store=store,
+        broker=broker,
+        consumer=consumer,
+        uptime_seconds=st.uptime(),
+    )
+    if body.status == "unhealthy":
+        return JSONResponse(body.model_dump(mode="json"), status_code=503)
+    return body
