@@ -76,9 +76,11 @@ def _ratio(results: Results, a: str, b: str, key: str = "events_per_second") -> 
 def targets(results: Results) -> list[Target]:
     out: list[Target] = []
 
-    def ratio(name: str, a: str, b: str, goal: float) -> None:
-        value, detail = _ratio(results, a, b)
-        out.append(Target(name, value, goal, False, "x", detail))
+    def ratio(
+        name: str, a: str, b: str, goal: float, key: str = "events_per_second", at_most: bool = False
+    ) -> None:
+        value, detail = _ratio(results, a, b, key)
+        out.append(Target(name, value, goal, at_most, "x", detail))
 
     def limit(name: str, scenario: str, key: str, goal: float, unit: str) -> None:
         out.append(Target(name, results.median(scenario, key), goal, True, unit))
@@ -88,6 +90,11 @@ def targets(results: Results) -> list[Target]:
     ratio("envelopes of 100 end to end / baseline", "e2e_envelopes", "baseline", 50.0)
     ratio("HTTP shim / envelopes of 100 (AMQP path)", "shim", "e2e_envelopes", 0.5)
     ratio("ingest with store pre-filled / empty store", "ingest_at_scale", "e2e_envelopes", 0.8)
+    ratio("publisher CLI single-event / pika publisher", "publisher_single", "pika_publisher", 1.0)
+    ratio("POST /publish, 1 topic per event / pika publisher", "shim_topics", "pika_publisher", 0.7)
+    ratio(
+        "sequential POST p50 / pika round trip p50", "shim_sequential", "pika_roundtrip", 1.5, "p50_ms", True
+    )
     limit("GET /events p99 at scale (worst kind)", "queries", "events_worst_p99_ms", 20.0, "ms")
     limit("GET /stats p99 at scale", "queries", "stats_p99_ms", 10.0, "ms")
     limit("consumer peak RSS draining the backlog", "backlog", "peak_rss_mb", 150.0, "MiB")
@@ -102,6 +109,11 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "ceiling": [("events_per_second", "events/s", "{:,.0f}".format)],
     "baseline": [("events_per_second", "events/s", "{:,.0f}".format)],
     "shim": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "pika_publisher": [("events_per_second", "messages/s", "{:,.0f}".format)],
+    "publisher_single": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "shim_topics": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "pika_roundtrip": [("p50_ms", "p50 ms", "{:.2f}".format), ("p99_ms", "p99 ms", "{:.2f}".format)],
+    "shim_sequential": [("p50_ms", "p50 ms", "{:.2f}".format), ("p99_ms", "p99 ms", "{:.2f}".format)],
     "ingest_at_scale": [("events_per_second", "events/s", "{:,.0f}".format)],
     "latency": [("p50_ms", "p50 ms", "{:.1f}".format), ("p99_ms", "p99 ms", "{:.1f}".format)],
     "queries": [
@@ -129,6 +141,11 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "ceiling": f"{sizes.count:,} messages",
         "baseline": f"{sizes.baseline_count:,} events",
         "shim": f"{sizes.count:,} events",
+        "pika_publisher": f"{sizes.publish_count:,} messages",
+        "publisher_single": f"{sizes.publish_count:,} events",
+        "shim_topics": f"{sizes.shim_topics:,} events",
+        "pika_roundtrip": f"{sizes.sequential_requests:,} messages",
+        "shim_sequential": f"{sizes.sequential_requests:,} requests",
         "ingest_at_scale": f"{sizes.count:,} onto {sizes.stored:,}",
         "latency": f"{sizes.latency_rate:,.0f}/s for {sizes.latency_seconds:g}s",
         "queries": f"{sizes.stored:,} stored, {sizes.query_requests} each",

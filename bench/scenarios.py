@@ -42,6 +42,9 @@ class Sizes:
     stored: int = 1_000_000
     query_requests: int = 300  # per kind of request, per repetition
     backlog: int = 200_000
+    publish_count: int = 20_000  # publish-only runs: the publisher CLI and the pika reference
+    shim_topics: int = 10_000  # events (and topics) in the one many-topics POST
+    sequential_requests: int = 1_000  # single-event POSTs (and pika round trips), one at a time
 
 
 FULL = Sizes()
@@ -52,6 +55,9 @@ QUICK = Sizes(  # only checks that everything works: start-up dominates every fi
     stored=10_000,
     query_requests=20,
     backlog=2_000,
+    publish_count=1_000,
+    shim_topics=500,
+    sequential_requests=50,
 )
 
 
@@ -181,6 +187,59 @@ async def shim(ctx: Context, tag: str) -> dict[str, float]:
         expect_outcome(before, run.counters(), count)
         await run.stop_cleanly(consumer)
     return _rate(count, done - float(summary["first_publish_at"]))
+
+
+async def pika_publisher(ctx: Context, tag: str) -> dict[str, float]:
+    """The reference for publishing single-event messages: pika, 256 unconfirmed at a time."""
+    count = ctx.sizes.publish_count
+    async with ctx.run(tag) as run:
+        await ctx.link.declare(run.topology)
+        publisher = await run.start("bench.pika_publisher", ["--count", str(count), "--seed", str(ctx.seed)])
+        summary = await run.finish(publisher, ctx.timeout)
+    return _rate(count, float(summary["last_confirm_at"]) - float(summary["first_publish_at"]))
+
+
+async def publisher_single(ctx: Context, tag: str) -> dict[str, float]:
+    """The publisher CLI, single-event messages, first publish to last confirm, no consumer."""
+    count = ctx.sizes.publish_count
+    async with ctx.run(tag) as run:
+        publisher = await run.start("publisher", publisher_args(count, 1, ctx.seed))
+        summary = await run.finish(publisher, ctx.timeout)
+    if int(summary["confirmed"]) != count:
+        raise BenchError(f"publisher confirmed {summary['confirmed']} of {count}: {summary['errors']}")
+    return _rate(count, float(summary["last_confirm_at"]) - float(summary["first_publish_at"]))
+
+
+async def pika_roundtrip(ctx: Context, tag: str) -> dict[str, float]:
+    """The reference for one publish at a time: pika BlockingConnection, publish and wait for the confirm."""
+    count = ctx.sizes.sequential_requests
+    async with ctx.run(tag) as run:
+        await ctx.link.declare(run.topology)
+        child = await run.start(
+            "bench.pika_publisher", ["--round-trip", "--count", str(count), "--seed", str(ctx.seed)]
+        )
+        summary = await run.finish(child, ctx.timeout)
+    return {"p50_ms": float(summary["p50_ms"]), "p99_ms": float(summary["p99_ms"])}
+
+
+async def _shim_client(ctx: Context, tag: str, mode: list[str]) -> dict[str, Any]:
+    async with ctx.run(tag) as run:
+        await ctx.link.declare(run.topology)
+        await run.start_api()
+        client = await run.start("bench.shim_client", ["--url", run.api_url, "--seed", str(ctx.seed), *mode])
+        return await run.finish(client, ctx.timeout)
+
+
+async def shim_topics(ctx: Context, tag: str) -> dict[str, float]:
+    """One POST /publish of events whose topics are all different, until the api answered (all confirmed)."""
+    summary = await _shim_client(ctx, tag, ["--topics", str(ctx.sizes.shim_topics)])
+    return {"events_per_second": float(summary["events_per_second"]), "seconds": float(summary["seconds"])}
+
+
+async def shim_sequential(ctx: Context, tag: str) -> dict[str, float]:
+    """One client posting single events one at a time: the time of a request, confirm included."""
+    summary = await _shim_client(ctx, tag, ["--sequential", str(ctx.sizes.sequential_requests)])
+    return {"p50_ms": float(summary["p50_ms"]), "p99_ms": float(summary["p99_ms"])}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -318,6 +377,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("ceiling", "ceiling: same publish, bare ack-only consumer", ceiling),
     Scenario("baseline", "BASELINE: HTTP POST per event, SQLite commit per event", baseline),
     Scenario("shim", "HTTP shim: POST /publish, 500 per request", shim),
+    Scenario("pika_publisher", "REFERENCE: pika publisher, 256 unconfirmed", pika_publisher),
+    Scenario("publisher_single", "publisher CLI, single-event messages, publish only", publisher_single),
+    Scenario("shim_topics", "HTTP shim: one POST, every event its own topic", shim_topics),
+    Scenario("pika_roundtrip", "REFERENCE: pika publish + wait for confirm", pika_roundtrip),
+    Scenario("shim_sequential", "HTTP shim: single-event POSTs one at a time", shim_sequential),
     Scenario("latency", "publish -> queryable at a steady rate", latency),
     Scenario("ingest_at_scale", "end to end, envelopes of 100, store pre-filled", ingest_at_scale, True),
     Scenario("queries", "GET /events, /stats at scale", queries, True),

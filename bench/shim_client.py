@@ -1,0 +1,101 @@
+"""`python -m bench.shim_client`: one HTTP client of the publish shim, for the per-message shim scenarios.
+
+* `--topics N`: one `POST /publish` of N events whose topics are all different (a real client's mixed
+  load: no two events can share a message); prints its events per second.
+* `--sequential N`: N single-event `POST /publish`, each sent when the previous one was answered; prints
+  the nearest-rank p50 and p99 of the request times in milliseconds (the first WARMUP not counted).
+
+The client is the standard library's `http.client` on one keep-alive connection: the least client-side
+time per request in Python, so what is measured is the server's. Bodies are serialised before the clock
+starts; any answer but 200 fails the run (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from publisher import load
+
+WARMUP = 20
+HEADERS = {"content-type": "application/json"}
+
+
+def events(count: int, seed: int, distinct_topics: bool) -> list[dict[str, Any]]:
+    items = [item.model_dump() for item in load.generate(count, 0.0, 8, seed).events]
+    if distinct_topics:
+        for index, item in enumerate(items):
+            item["topic"] = f"bench.topic{index}"
+    return items
+
+
+def post(connection: http.client.HTTPConnection, body: bytes) -> None:
+    connection.request("POST", "/publish", body=body, headers=HEADERS)
+    response = connection.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {answer[:300]!r}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def many_topics(connection: http.client.HTTPConnection, count: int, seed: int) -> dict[str, Any]:
+    body = json.dumps(events(count, seed, True)).encode()
+    started = time.perf_counter()
+    post(connection, body)
+    seconds = time.perf_counter() - started
+    return {"events": count, "seconds": seconds, "events_per_second": count / seconds}
+
+
+def sequential(connection: http.client.HTTPConnection, count: int, seed: int) -> dict[str, Any]:
+    bodies = [json.dumps(item).encode() for item in events(count + WARMUP, seed, False)]
+    timings: list[float] = []
+    for index, body in enumerate(bodies):
+        started = time.perf_counter()
+        post(connection, body)
+        if index >= WARMUP:
+            timings.append((time.perf_counter() - started) * 1000)
+    return {"requests": count, "p50_ms": percentile(timings, 50), "p99_ms": percentile(timings, 99)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.shim_client", description=__doc__)
+    p.add_argument("--url", required=True, help="the api's base URL")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--topics", type=int, metavar="N", help="one request of N events, N topics")
+    mode.add_argument("--sequential", type=int, metavar="N", help="N single-event requests, one at a time")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--timeout", type=float, default=60.0)
+    args = p.parse_args()
+    count = args.topics if args.topics is not None else args.sequential
+    if count < 1:
+        print("shim_client: need a count >= 1", file=sys.stderr)
+        return 2
+    where = urlsplit(args.url)
+    connection = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=args.timeout)
+    try:
+        if args.topics is not None:
+            result = many_topics(connection, count, args.seed)
+        else:
+            result = sequential(connection, count, args.seed)
+    except (OSError, RuntimeError, http.client.HTTPException) as exc:
+        print(f"shim_client: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
