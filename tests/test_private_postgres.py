@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.postgres import PostgresError, PrivatePostgres
+from tests.harness.private_postgres import PostgresError, PrivatePostgres
 
 
 def test_a_private_server_killed_with_sigkill_restarts_with_every_committed_row() -> None:
