@@ -1,4 +1,4 @@
-"""Health: GET /health, and how the consumer's state is inferred from the store and the queue."""
+"""Health and identity: GET /health (the consumer's state inferred from store and queue), GET /info."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api.broker import Depths
-from api.deps import StateDep
-from api.models import ComponentHealth, ConsumerInfo, Health
+from api.deps import StateDep, require_read_key
+from api.models import ComponentHealth, ConsumerInfo, Health, Info
 from api.queries import consumer_state
 
 router = APIRouter()
@@ -97,3 +97,24 @@ async def health(st: StateDep) -> Health | JSONResponse:
     if body.status == "unhealthy":
         return JSONResponse(body.model_dump(mode="json"), status_code=503)
     return body
+
+
+@router.get(
+    "/info",
+    response_model=Info,
+    summary="What this service is, how long it has run, how many events it holds",
+    dependencies=[Depends(require_read_key)],
+)
+async def info(request: Request, st: StateDep) -> Info:
+    snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
+    return Info(
+        version=request.app.version,
+        api_compat=st.settings.api_compat,
+        uptime_seconds=st.uptime(),
+        started_at=st.started_at,
+        # unique_processed moves in the same transaction as the events table, so it is the stored count.
+        total_unique_events=snapshot.counters["unique_processed"],
+        total_received=snapshot.counters["received"],
+        topics=len(snapshot.topic_counts),
+        store="ok" if snapshot.store == "ok" else "missing",
+    )

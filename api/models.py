@@ -30,13 +30,19 @@ class EventsWrapper(BaseModel):
 
 class PublishAccepted(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "accepted", "received": 2, "accepted": 2, "rejected": 0}]}
+        json_schema_extra={
+            "examples": [
+                {"status": "accepted", "received": 2, "accepted": 2, "rejected": 0, "enqueued": 2, "count": 2}
+            ]
+        }
     )
 
     status: Literal["accepted"] = "accepted"
-    received: int
-    accepted: int
+    received: int = Field(description="events in the request")
+    accepted: int = Field(description="events confirmed by the broker: all of them, or the answer is not 2xx")
     rejected: int = 0
+    enqueued: int = Field(description="the same as `accepted`, for clients that read this name")
+    count: int = Field(description="the same as `received`, for clients that read this name")
 
 
 class ErrorMessage(BaseModel):
@@ -86,7 +92,9 @@ class Stats(BaseModel):
                     "duplicate_dropped": 1000,
                     "invalid": 0,
                     "conflicts": 0,
-                    "topics": ["demo.auth", "demo.orders"],
+                    "unique_rate": 80.0,
+                    "duplicate_rate": 20.0,
+                    "topics": ["demo.orders", "demo.auth"],
                     "topic_counts": {"demo.auth": 1900, "demo.orders": 2100},
                     "uptime": 12.5,
                     "uptime_seconds": 12.5,
@@ -112,7 +120,13 @@ class Stats(BaseModel):
     duplicate_dropped: int
     invalid: int = Field(description="messages dead-lettered as invalid")
     conflicts: int = Field(description="duplicates whose content differed from the stored event")
-    topics: list[str]
+    unique_rate: float = Field(
+        description="unique_processed as a percentage of received, 2 decimals; 0 if none"
+    )
+    duplicate_rate: float = Field(
+        description="duplicate_dropped as a percentage of received, 2 decimals; 0 if none"
+    )
+    topics: list[str] = Field(description="topic names in the order they were first stored")
     topic_counts: dict[str, int] = Field(description="stored events per topic")
     uptime: float = Field(description="seconds since the api started")
     uptime_seconds: float
@@ -121,6 +135,36 @@ class Stats(BaseModel):
     queue: QueueInfo
     dead_letter_queue: QueueInfo
     consumer: ConsumerInfo
+
+
+class Info(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "service": "eventagg-api",
+                    "version": "0.1.0",
+                    "api_compat": "default",
+                    "uptime_seconds": 12.5,
+                    "started_at": "2026-11-22T10:00:00Z",
+                    "total_unique_events": 4000,
+                    "total_received": 5000,
+                    "topics": 8,
+                    "store": "ok",
+                }
+            ]
+        }
+    )
+
+    service: str = "eventagg-api"
+    version: str
+    api_compat: str = Field(description="the API_COMPAT profile that shapes the answers")
+    uptime_seconds: float = Field(description="seconds since the api started")
+    started_at: str
+    total_unique_events: int = Field(description="the number of stored events")
+    total_received: int = Field(description="`received` of /stats")
+    topics: int = Field(description="how many topics have stored events")
+    store: Literal["ok", "missing"]
 
 
 class ComponentHealth(BaseModel):

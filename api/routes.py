@@ -64,24 +64,45 @@ _PUBLISH_BODY = {
 }
 
 
+_PUBLISH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorMessage, "description": "API key required and missing or wrong"},
+    413: {"model": ErrorMessage, "description": "body, event count or a payload over the limit"},
+    415: {"model": ErrorMessage, "description": "not application/json"},
+    422: {
+        "model": ValidationFailed,
+        "description": "malformed JSON or an invalid event; nothing published",
+    },
+    503: {
+        "model": ErrorMessage,
+        "description": "broker unreachable or no confirm in time; safe to re-send",
+    },
+}
+
+_PUBLISH_DESCRIPTION = (
+    'The body is one event, an array of events, `{"events": [...]}` or `{"events": {...}}`. The whole '
+    "request is validated first: any invalid event gives 422 and nothing is published. Unknown top-level "
+    "fields of an event are accepted and not stored."
+)
+
+
 @router.post(
     "/publish",
     response_model=PublishAccepted,
     summary="Publish events; answers only after the broker confirmed every one",
+    description=_PUBLISH_DESCRIPTION,
     openapi_extra={"requestBody": _PUBLISH_BODY},
-    responses={
-        401: {"model": ErrorMessage, "description": "API key required and missing or wrong"},
-        413: {"model": ErrorMessage, "description": "body, event count or a payload over the limit"},
-        415: {"model": ErrorMessage, "description": "not application/json"},
-        422: {
-            "model": ValidationFailed,
-            "description": "malformed JSON or an invalid event; nothing published",
-        },
-        503: {
-            "model": ErrorMessage,
-            "description": "broker unreachable or no confirm in time; safe to re-send",
-        },
-    },
+    responses=_PUBLISH_RESPONSES,
+    dependencies=[Depends(require_publish_key)],
+)
+@router.post(
+    "/events",
+    response_model=PublishAccepted,
+    summary="Alias of POST /publish",
+    description="The same as `POST /publish`: the same body shapes, limits, errors and answers. "
+    + _PUBLISH_DESCRIPTION,
+    operation_id="publish_alias_events_post",
+    openapi_extra={"requestBody": _PUBLISH_BODY},
+    responses=_PUBLISH_RESPONSES,
     dependencies=[Depends(require_publish_key)],
 )
 async def publish(request: Request, st: StateDep) -> PublishAccepted | JSONResponse:
@@ -116,7 +137,8 @@ async def publish(request: Request, st: StateDep) -> PublishAccepted | JSONRespo
                 f"the broker did not confirm the events ({exc}); re-send the request "
                 "(duplicates are dropped by the consumer)",
             ) from exc
-    return PublishAccepted(received=len(events), accepted=len(events), rejected=0)
+    n = len(events)
+    return PublishAccepted(received=n, accepted=n, rejected=0, enqueued=n, count=n)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -204,8 +226,11 @@ async def stats(st: StateDep) -> Stats:
     depths = await st.broker.depths()
     topology = st.settings.topology()
     uptime = st.uptime()
+    received = snapshot.counters["received"]
     return Stats(
         **snapshot.counters,
+        unique_rate=_percent(snapshot.counters["unique_processed"], received),
+        duplicate_rate=_percent(snapshot.counters["duplicate_dropped"], received),
         topics=sorted(snapshot.topic_counts),
         topic_counts=snapshot.topic_counts,
         uptime=uptime,
@@ -218,6 +243,10 @@ async def stats(st: StateDep) -> Stats:
             snapshot.consumer, depths, st.settings.consumer_stall_seconds, consumer_state(st.settings.db_path)
         ),
     )
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100 * part / whole, 2) if whole else 0.0
 
 
 # Referenced from the publish request body schema in the OpenAPI document.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from contract.config import CommonSettings
+
+# The shapes of answers the api can give (api/compat.py); validation and guarantees are the same in all.
+Profile = Literal["default", "seed003", "seed004"]
+PROFILES: tuple[str, ...] = get_args(Profile)
 
 
 class ApiSettings(CommonSettings):
@@ -25,3 +29,12 @@ class ApiSettings(CommonSettings):
     reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
     # /health reports the consumer as stalled when messages wait and it has not committed for this long.
     consumer_stall_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Which earlier aggregator's answers to imitate (README, "HTTP API"); only shapes answers.
+    api_compat: Profile = "default"
+
+    @field_validator("api_compat", mode="before")
+    @classmethod
+    def _check_profile(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in PROFILES:
+            return value.strip().lower()
+        raise ValueError(f"API_COMPAT must be one of {', '.join(PROFILES)}; got {value!r}")

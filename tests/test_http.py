@@ -55,7 +55,8 @@ async def test_every_accepted_body_shape_is_published_and_confirmed(
 
     assert [a.status_code for a in answers] == [200] * 6
     assert [a.json() for a in answers] == [
-        {"status": "accepted", "received": n, "accepted": n, "rejected": 0} for n in (1, 2, 2, 1, 0, 0)
+        {"status": "accepted", "received": n, "accepted": n, "rejected": 0, "enqueued": n, "count": n}
+        for n in (1, 2, 2, 1, 0, 0)
     ]
     assert await settled(deployment, amqp, 6) == {
         "received": 6,
