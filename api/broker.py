@@ -9,16 +9,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
-import aio_pika
-import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
 from api.settings import ApiSettings
+from contract import amqp
+from contract.amqp import BROKER_ERRORS
 from contract.publishing import ConfirmingPublisher, PublishOptions
 from contract.topology import queue_depth
 
 log = logging.getLogger(__name__)
 
+
+# RuntimeError: aio-pika's own, from a connection that is closing while the probe runs.
+PROBE_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, RuntimeError)
 
 # How many TTLs old a good queue-depth reading may be and still be answered while a new one is taken.
 STALE_FACTOR = 5
@@ -73,38 +76,39 @@ class BrokerLink:
             confirm_timeout=s.publish_timeout,
             max_attempts=2,
         )
-        attempt = 0
         while True:
-            attempt += 1
-            connection: AbstractRobustConnection | None = None
+            connection = await amqp.connect(
+                s.amqp_urls(),
+                name="eventagg-api",
+                reconnect_interval=s.reconnect_interval,
+                timeout=s.publish_timeout,
+                on_error=self._failed,
+            )
+            if connection is None:
+                raise RuntimeError("amqp.connect gave up without a stop event or an attempt limit")
             try:
-                connection = await aio_pika.connect_robust(
-                    s.amqp_url,
-                    reconnect_interval=s.reconnect_interval,
-                    client_properties={"connection_name": "eventagg-api"},
-                    timeout=s.publish_timeout,
-                )
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._publisher = await ConfirmingPublisher.on_channel(channel, s.topology(), options)
                 break
-            except (ConnectionError, OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
-                if connection is not None:
-                    with suppress(Exception):
-                        await connection.close()
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if attempt == 1 or attempt % 30 == 0:
-                    log.warning(
-                        "broker unreachable url=%s attempt=%d error=%s; publish answers 503 until it is back",
-                        s.safe_amqp_url(),
-                        attempt,
-                        self.last_error,
-                    )
+            except BROKER_ERRORS as exc:
+                # Connected, but the topology could not be declared (a node without the queue's majority).
+                with suppress(Exception):
+                    await connection.close()
+                self._failed(exc)
+                log.warning(
+                    "broker connected but not usable node=%s error=%s; publish answers 503 until it is",
+                    connection.node,
+                    self.last_error,
+                )
                 await asyncio.sleep(s.reconnect_interval)
-        # From here on the robust connection reconnects (and restores the channel) by itself.
+        # From here on the robust connection reconnects (and restores the channel) by itself, moving
+        # between the nodes of AMQP_URL.
         self._connection = connection
         self._ready.set()
         self.last_error = None
-        log.info("connected to the broker url=%s", s.safe_amqp_url())
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {amqp.scrub(str(exc))}"
 
     def connected(self) -> bool:
         # `connected` is cleared while the robust connection is re-establishing itself after a loss.
@@ -168,6 +172,6 @@ class BrokerLink:
                     queue, consumers = await queue_depth(channel, topology.queue)
                     dead, _ = await queue_depth(channel, topology.dead_letter_queue)
             return Depths(queue, dead, None, consumers)
-        except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+        except PROBE_ERRORS as exc:
             log.warning("queue depth probe failed error=%s: %s", type(exc).__name__, exc)
             return Depths(None, None, f"{type(exc).__name__}: {exc}")

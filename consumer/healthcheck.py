@@ -6,9 +6,9 @@ Three facts, each read inside the container (no curl, no extra broker connection
 2. the pid in it is a live `python -m consumer` that started before the file was written. The file lives on
    the store volume and outlives containers, so one left by a killed consumer must not count, even though
    the new consumer may well have the same pid;
-3. that process holds an established TCP connection to the broker in AMQP_URL. `consuming` is written when
-   the store works, not when the broker does; the socket is what shows the consumer is connected, and the
-   AMQP heartbeat makes the broker drop it when the consumer stops answering.
+3. that process holds an established TCP connection to one of the broker nodes in AMQP_URL. `consuming` is
+   written when the store works, not when the broker does; the socket is what shows the consumer is
+   connected, and the AMQP heartbeat makes the broker drop it when the consumer stops answering.
 
 Linux only (it reads /proc), which is what the image runs on.
 """
@@ -55,10 +55,12 @@ def check(settings: ConsumerSettings) -> str:
         raise Unhealthy(f"the consumer that wrote {path} (pid {pid}) is not running")
     if started > written + CLOCK_SLACK:
         raise Unhealthy(f"{path} was written by an earlier consumer than pid {pid}")
-    host, port = _broker_address(settings.amqp_url)
-    if not _connected(pid, host, port):
-        raise Unhealthy(f"consumer pid {pid} has no connection to the broker at {host}:{port}")
-    return f"consuming since {since}, pid {pid}, connected to {host}:{port}"
+    nodes = [_broker_address(url) for url in settings.amqp_urls()]
+    connected = next((node for node in nodes if _connected(pid, *node)), None)
+    if connected is None:
+        where = ", ".join(f"{host}:{port}" for host, port in nodes)
+        raise Unhealthy(f"consumer pid {pid} has no connection to the broker at {where}")
+    return f"consuming since {since}, pid {pid}, connected to {connected[0]}:{connected[1]}"
 
 
 def _start_time(pid: int) -> float | None:

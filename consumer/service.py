@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer.batcher import Inbox
@@ -21,6 +20,7 @@ from consumer.handler import Decoded, decode_batch, settle
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.store import BatchResult, Store, utc_now
+from contract import amqp
 from contract.event import Limits
 from contract.topology import declare
 
@@ -136,31 +136,19 @@ async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | 
 async def _connect(
     settings: ConsumerSettings, stop: asyncio.Event
 ) -> AsyncIterator[AbstractRobustConnection | None]:
-    """A robust connection; the first attempt is retried too, so the consumer may start before the broker."""
-    attempt = 0
-    while not stop.is_set():
-        attempt += 1
-        try:
-            connection = await aio_pika.connect_robust(
-                settings.amqp_url,
-                reconnect_interval=settings.reconnect_interval,
-                client_properties={"connection_name": "eventagg-consumer"},
-            )
-        except (ConnectionError, OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
-            log.warning(
-                "broker unreachable url=%s attempt=%d error=%s; retrying in %.1fs",
-                settings.safe_amqp_url(),
-                attempt,
-                exc,
-                settings.reconnect_interval,
-            )
-            await _sleep_unless(stop, settings.reconnect_interval)
-            continue
-        log.info("connected url=%s", settings.safe_amqp_url())
-        async with connection:
-            yield connection
+    """A robust connection to one of the broker's nodes; the first connect is retried until `stop`, so the
+    consumer may start before the broker, and the connection fails over between the nodes after that."""
+    connection = await amqp.connect(
+        settings.amqp_urls(),
+        name="eventagg-consumer",
+        reconnect_interval=settings.reconnect_interval,
+        stop=stop,
+    )
+    if connection is None:
+        yield None
         return
-    yield None
+    async with connection:
+        yield connection
 
 
 async def _consume(

@@ -6,11 +6,11 @@ import logging
 import sys
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.amqp import parse_urls, redact, redact_all
 from contract.event import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Limits
 from contract.topology import Topology
 
@@ -18,8 +18,10 @@ from contract.topology import Topology
 class CommonSettings(BaseSettings):
     """Read from the environment (`AMQP_URL`, `DB_PATH`, ...); tests construct it directly."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    # Errors must not echo their input: AMQP_URL carries passwords. Our own messages say what was wrong.
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True)
 
+    # One URL, or one per node of a cluster separated by commas; clients fail over between them.
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     db_path: Path = Path("./data/events.db")
     amqp_exchange: Annotated[str, Field(min_length=1, max_length=255)] = "events"
@@ -31,8 +33,7 @@ class CommonSettings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("amqp", "amqps"):
-            raise ValueError(f"AMQP_URL must start with amqp:// or amqps://, got {redact(value)!r}")
+        parse_urls(value)  # BrokerUrlError is a ValueError, with every URL in it redacted
         return value
 
     @field_validator("log_level")
@@ -49,17 +50,15 @@ class CommonSettings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(max_payload_bytes=self.max_payload_bytes, max_message_bytes=self.max_message_bytes)
 
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker nodes of AMQP_URL, in the order given."""
+        return parse_urls(self.amqp_url)
+
     def safe_amqp_url(self) -> str:
-        return redact(self.amqp_url)
+        return redact_all(self.amqp_urls())
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+__all__ = ["CommonSettings", "configure_logging", "redact"]
 
 
 def configure_logging(level: str) -> None:

@@ -15,6 +15,8 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from contract import event as wire
+from contract.amqp import connect as amqp_connect
+from contract.amqp import parse_urls
 from contract.event import Event
 from contract.topology import Topology, declare
 
@@ -89,9 +91,12 @@ class ConfirmingPublisher:
         *,
         connection_name: str = "eventagg-publisher",
     ) -> AsyncIterator[ConfirmingPublisher]:
-        connection = await aio_pika.connect_robust(
-            url, client_properties={"connection_name": connection_name}
-        )
+        # Each node of the URL list once, from a random one: a publisher that cannot reach any says so
+        # instead of waiting; once connected it fails over between the nodes by itself.
+        urls = parse_urls(url)
+        connection = await amqp_connect(urls, name=connection_name, attempts=len(urls))
+        if connection is None:
+            raise RuntimeError("amqp.connect returned no connection without a stop event")
         async with connection, cls.open(connection, topology, options) as publisher:
             yield publisher
 

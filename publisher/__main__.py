@@ -11,10 +11,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import aiormq
 import httpx
 from pydantic import ValidationError
 
+from contract.amqp import BROKER_ERRORS
 from contract.config import configure_logging
 from contract.event import Event
 from contract.publishing import OnConfirmed, PublishFailed
@@ -26,6 +26,8 @@ from publisher.transport import Batch, Transport, open_transport
 from publisher.verify import Verifier, VerifyError
 
 log = logging.getLogger("publisher")
+
+UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_ERRORS, httpx.TransportError)
 
 EXIT_OK, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_BAD_LINES, EXIT_VERIFY = 0, 1, 2, 3, 4
 
@@ -227,7 +229,7 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
     except PublishFailed as exc:
         report.errors.append(str(exc))
         sent = []
-    except (ConnectionError, OSError, aiormq.exceptions.AMQPError, httpx.TransportError) as exc:
+    except UNREACHABLE as exc:
         where = settings.safe_amqp_url() if args.via == "amqp" else settings.api_url
         print(f"publisher: cannot reach {where}: {exc}; nothing was published", file=sys.stderr)
         return EXIT_UNCONFIRMED
