@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,21 @@ log = logging.getLogger(__name__)
 # does not count either, because the consumer keeps the failed batch in hand and retries it instead of
 # requeueing it.
 DELIVERY_LIMIT = 1_000_000
+
+# Replicas of each quorum queue: every node, up to three. Left unset, RabbitMQ places a member on every node
+# of the cluster, so on five or seven nodes each publish waits for fsyncs on a majority of five or seven and
+# replication traffic grows with them, while three members already survive the loss of any one node (and
+# keep the queue available while one is restarted), the failure this product is built to ride out. RabbitMQ
+# takes the smaller of this and the cluster's size, so a single node or a pair gets all of its nodes.
+# It only applies when a queue is created: a node added later gets no member (`rabbitmq-queues grow`).
+QUORUM_REPLICAS = 3
+GROUP_SIZE = "x-quorum-initial-group-size"
+# RabbitMQ (3.10 at least) refuses a redeclare whose group size differs from the queue's, including a queue
+# declared without one, i.e. by a version of this product from before it was chosen; the refusal names the
+# current value, which is then the one to declare with.
+_INEQUIVALENT_GROUP_SIZE = re.compile(
+    rf"inequivalent arg '{GROUP_SIZE}'.* but current is (?:none|the value '(\d+)'|'(\d+)')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +57,18 @@ class Topology:
             dead_letter_queue=f"{exchange}.dead",
         )
 
+    replicas: int = QUORUM_REPLICAS
+
     def queue_arguments(self) -> dict[str, Any]:
         return {
             "x-queue-type": "quorum",
+            GROUP_SIZE: self.replicas,
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-delivery-limit": self.delivery_limit,
         }
+
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "quorum", GROUP_SIZE: self.replicas}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +88,10 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
     dlx = await channel.declare_exchange(
         topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead = await channel.declare_queue(
-        topology.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dead_arguments = topology.dead_letter_queue_arguments()
+    dead = await _declare_quorum_queue(channel, topology.dead_letter_queue, dead_arguments)
     await dead.bind(dlx, routing_key="#")
-    queue = await channel.declare_queue(topology.queue, durable=True, arguments=topology.queue_arguments())
+    queue = await _declare_quorum_queue(channel, topology.queue, topology.queue_arguments())
     await queue.bind(exchange, routing_key=topology.binding_key)
     log.info(
         "topology declared exchange=%s queue=%s dead_letter_queue=%s",
@@ -78,6 +100,36 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
         topology.dead_letter_queue,
     )
     return Declared(exchange=exchange, queue=queue, dead_letter_queue=dead)
+
+
+async def _declare_quorum_queue(
+    channel: AbstractChannel, name: str, arguments: dict[str, Any]
+) -> AbstractQueue:
+    """Declare a quorum queue, keeping the replica count of one that exists already.
+
+    A refused declare closes its channel, so the arguments are tried on a throwaway channel first; the robust
+    channel then declares (and after a reconnect re-declares) the queue with the ones that were accepted.
+    """
+    underlay = await channel.get_underlay_channel()
+    probe = await underlay.connection.channel()
+    try:
+        await probe.queue_declare(name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        found = _INEQUIVALENT_GROUP_SIZE.search(str(exc))
+        if found is None:
+            raise
+        current = found.group(1) or found.group(2)
+        arguments = {key: value for key, value in arguments.items() if key != GROUP_SIZE}
+        if current is not None:
+            arguments[GROUP_SIZE] = int(current)
+        log.warning(
+            "queue=%s exists with %s; keeping it (its members change with rabbitmq-queues, not a declare)",
+            name,
+            f"{GROUP_SIZE}={current}" if current else f"no {GROUP_SIZE}",
+        )
+    else:
+        await probe.close()
+    return await channel.declare_queue(name, durable=True, arguments=arguments)
 
 
 async def queue_depth(channel: AbstractChannel, queue: str) -> tuple[int, int]:
