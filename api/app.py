@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 
 from api import health, routes
 from api.broker import BrokerLink
+from api.compat import RESPONSE_MODELS
 from api.deps import State
 from api.queries import StoreReader
 from api.settings import ApiSettings
@@ -49,7 +50,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in routes.OPENAPI_MODELS:
+            overrides = RESPONSE_MODELS[settings.api_compat]
+            for (path, method), shaped in overrides.items():
+                ref = {"$ref": f"#/components/schemas/{shaped.__name__}"}
+                schema["paths"][path][method]["responses"]["200"]["content"] = {
+                    "application/json": {"schema": ref}
+                }
+            models: list[Any] = [*routes.OPENAPI_MODELS, *overrides.values()]
+            for model in models:
                 extra = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
                 components.update(extra.pop("$defs", {}))
                 components[model.__name__] = extra

@@ -43,6 +43,46 @@ class PublishAccepted(BaseModel):
     rejected: int = 0
     enqueued: int = Field(description="the same as `accepted`, for clients that read this name")
     count: int = Field(description="the same as `received`, for clients that read this name")
+    # Only with ?wait=stored:
+    stored: int | None = Field(None, description="wait=stored: events of the request now committed")
+    new: int | None = Field(None, description="wait=stored: events this request stored")
+    duplicates: int | None = Field(None, description="wait=stored: events already stored by an earlier copy")
+    pending: int | None = Field(
+        None, description="wait=stored: events confirmed by the broker but not stored yet (HTTP 202)"
+    )
+
+
+class PublishDetails(BaseModel):
+    accepted: int = Field(description="events published; with wait=stored, events this request stored")
+    rejected: int = Field(description="with wait=stored, events already stored (immediate duplicates)")
+    duplicates_immediate: int
+    pending: int | None = Field(None, description="wait=stored: confirmed but not stored yet (HTTP 202)")
+
+
+class PublishSeed004(BaseModel):
+    """The publish answer under API_COMPAT=seed004."""
+
+    status: Literal["success"] = "success"
+    message: str = Field(description="`Processed N events`")
+    details: PublishDetails
+
+
+class EventsWrapped(BaseModel):
+    """GET /events under API_COMPAT=seed003."""
+
+    events: list[StoredEvent]
+
+
+class StoredEventSeed004(StoredEvent):
+    processed_at: str = Field(description="the same as received_at")
+
+
+class EventsPageSeed004(BaseModel):
+    """GET /events under API_COMPAT=seed004: newest first."""
+
+    status: Literal["success"] = "success"
+    count: int = Field(description="events in this answer")
+    events: list[StoredEventSeed004]
 
 
 class ErrorMessage(BaseModel):
@@ -195,3 +235,15 @@ class Health(BaseModel):
     broker: ComponentHealth
     consumer: ConsumerInfo
     uptime_seconds: float
+
+
+class StatsSeed003(Stats):
+    """/stats under API_COMPAT=seed003: `uptime` in milliseconds."""
+
+    uptime: int = Field(description="milliseconds since the api started")
+
+
+class StatsSeed004(Stats):
+    """/stats under API_COMPAT=seed004: `topics` maps each topic to its stored events."""
+
+    topics: dict[str, int] = Field(description="stored events per topic")  # type: ignore[assignment]

@@ -22,6 +22,10 @@ class BadCursor(ValueError):
     pass
 
 
+# The largest SQLite integer: a descending page with no cursor starts below it, i.e. at the newest event.
+NEWEST = 2**63 - 1
+
+
 def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
 
@@ -137,14 +141,16 @@ class StoreReader:
                     return None
                 raise
 
-    def page(self, topic: str | None, limit: int, after: int) -> Page:
-        where = "seq > ?"
+    def page(self, topic: str | None, limit: int, after: int, descending: bool = False) -> Page:
+        """Events after the cursor's seq in store order, or before it newest first (`descending`)."""
+        where = "seq < ?" if descending else "seq > ?"
         params: list[Any] = [after]
         if topic is not None:
             where += " AND topic = ?"
             params.append(topic)
+        order = "seq DESC" if descending else "seq"
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT ?", (*params, limit + 1)
+            f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT ?", (*params, limit + 1)
         )
         rows = rows or []
         more = len(rows) > limit

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse
 
 from api.broker import BrokerUnavailable
+from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
 from api.deps import StateDep, require_publish_key, require_read_key
 from api.health import consumer_info
 from api.models import (
@@ -23,7 +24,7 @@ from api.models import (
     ValidationFailed,
 )
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
-from api.queries import BadCursor, consumer_state, decode_cursor, row_json
+from api.queries import NEWEST, BadCursor, consumer_state, decode_cursor, row_json
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
 
@@ -105,7 +106,7 @@ _PUBLISH_DESCRIPTION = (
     responses=_PUBLISH_RESPONSES,
     dependencies=[Depends(require_publish_key)],
 )
-async def publish(request: Request, st: StateDep) -> PublishAccepted | JSONResponse:
+async def publish(request: Request, st: StateDep) -> JSONResponse:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
         raise HTTPException(415, f"content type must be application/json, got {content_type!r}")
@@ -137,8 +138,7 @@ async def publish(request: Request, st: StateDep) -> PublishAccepted | JSONRespo
                 f"the broker did not confirm the events ({exc}); re-send the request "
                 "(duplicates are dropped by the consumer)",
             ) from exc
-    n = len(events)
-    return PublishAccepted(received=n, accepted=n, rejected=0, enqueued=n, count=n)
+    return JSONResponse(publish_body(st.settings.api_compat, PublishOutcome(received=len(events))))
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -181,20 +181,21 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
     after: Annotated[str | None, Query(description="cursor from the previous page's Link header")] = None,
 ) -> Response:
+    descending = events_descending(st.settings.api_compat)
     try:
-        start = decode_cursor(after) if after else 0
+        start = decode_cursor(after) if after else (NEWEST if descending else 0)
     except BadCursor as exc:
         return JSONResponse(
             {"detail": [{"type": "value_error", "loc": ["query", "after"], "msg": str(exc), "input": after}]},
             status_code=422,
         )
-    page = await anyio.to_thread.run_sync(st.reader.page, topic, limit, start)
+    page = await anyio.to_thread.run_sync(st.reader.page, topic, limit, start, descending)
     headers = {}
     if page.next_cursor is not None:
         url = request.url.include_query_params(after=page.next_cursor, limit=limit)
         headers["Link"] = f'<{url}>; rel="next"'
     # Built from the stored JSON directly (see queries.row_json); response_model still documents it.
-    return Response(page.json(), media_type="application/json", headers=headers)
+    return Response(events_body(st.settings.api_compat, page), media_type="application/json", headers=headers)
 
 
 @router.get(
@@ -221,13 +222,13 @@ async def get_event(
     summary="Exact counters from the store",
     dependencies=[Depends(require_read_key)],
 )
-async def stats(st: StateDep) -> Stats:
+async def stats(st: StateDep) -> JSONResponse:
     snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
     depths = await st.broker.depths()
     topology = st.settings.topology()
     uptime = st.uptime()
     received = snapshot.counters["received"]
-    return Stats(
+    body = Stats(
         **snapshot.counters,
         unique_rate=_percent(snapshot.counters["unique_processed"], received),
         duplicate_rate=_percent(snapshot.counters["duplicate_dropped"], received),
@@ -243,6 +244,7 @@ async def stats(st: StateDep) -> Stats:
             snapshot.consumer, depths, st.settings.consumer_stall_seconds, consumer_state(st.settings.db_path)
         ),
     )
+    return JSONResponse(stats_body(st.settings.api_compat, body))
 
 
 def _percent(part: int, whole: int) -> float:
