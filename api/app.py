@@ -14,6 +14,9 @@ from api import health, routes
 from api.broker import BrokerLink
 from api.compat import RESPONSE_MODELS
 from api.deps import State
+from api.docs import serve_docs
+from api.metrics import ApiMetrics, HttpMetricsMiddleware
+from api.metrics import router as metrics_router
 from api.queries import StoreReader
 from api.settings import ApiSettings
 
@@ -40,9 +43,20 @@ def create_app(settings: ApiSettings) -> FastAPI:
         finally:
             reader.close()
 
-    app = FastAPI(title="Event aggregator", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Event aggregator",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.include_router(routes.router)
     app.include_router(health.router)
+    app.include_router(metrics_router)
+    serve_docs(app)
+    app.state.metrics = ApiMetrics()
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Annotated, Any
 
 import anyio
@@ -14,6 +15,7 @@ from api.broker import BrokerUnavailable
 from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
 from api.deps import StateDep, require_publish_key, require_read_key
 from api.health import consumer_info
+from api.metrics import metrics_of
 from api.models import (
     ErrorMessage,
     EventsWrapper,
@@ -118,14 +120,19 @@ async def publish(request: Request, st: StateDep) -> JSONResponse:
     except PayloadTooLarge as exc:
         raise HTTPException(413, str(exc)) from exc
     if events:
+        metrics = metrics_of(request)
         try:
             with anyio.fail_after(st.settings.publish_timeout):
                 publisher = await st.broker.publisher()
+                started = time.perf_counter()
                 await publisher.publish(events)
+                metrics.publish_confirmed(len(events), time.perf_counter() - started)
         except TimeoutError as exc:
+            unreachable = not st.broker.connected()
+            metrics.publish_unavailable.labels("unreachable" if unreachable else "timeout").inc()
             reason = (
                 f"the broker is unreachable ({st.broker.problem()})"
-                if not st.broker.connected()
+                if unreachable
                 else f"the broker did not confirm within {st.settings.publish_timeout:g}s"
             )
             raise HTTPException(
@@ -133,6 +140,7 @@ async def publish(request: Request, st: StateDep) -> JSONResponse:
             ) from exc
         except (BrokerUnavailable, PublishFailed) as exc:
             log.warning("publish failed events=%d error=%s", len(events), exc)
+            metrics.publish_unavailable.labels("not_confirmed").inc()
             raise HTTPException(
                 503,
                 f"the broker did not confirm the events ({exc}); re-send the request "
