@@ -1,0 +1,125 @@
+"""GET /metrics against real processes: the store's counters, depths, HTTP and publish metrics, exactly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aio_pika
+import httpx
+from aio_pika.abc import AbstractRobustConnection
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.pipeline import COUNTERS, settled, start_pipeline, stats
+from tests.probes import queue_depth
+from tests.processes import Deployment, Processes, api_get, free_port
+from tests.waiting import eventually
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(deployment: Deployment) -> Samples:
+    response = api_get(deployment, "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def event(event_id: str, topic: str) -> dict[str, Any]:
+    return {"topic": topic, "event_id": event_id, "timestamp": "2026-05-01T08:00:00Z", "source": "metrics"}
+
+
+async def test_metrics_report_the_store_counters_depths_and_traffic_exactly(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    body = [event("m-1", "metrics.a"), event("m-2", "metrics.a"), event("m-3", "metrics.b")]
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as client:
+        assert client.post("/publish", json=body).status_code == 200
+        assert client.post("/publish", json=body[:1]).status_code == 200  # a re-send: one duplicate
+        assert client.post("/publish", json=[{"topic": "metrics.a"}]).status_code == 422
+        assert client.get("/events/metrics.a/m-1").status_code == 200
+        assert client.get("/events/metrics.a/nope").status_code == 404
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    await exchange.publish(aio_pika.Message(b"{not json"), "metrics.a")
+    await channel.close()
+    assert await settled(deployment, amqp, 5) == {
+        "received": 5,
+        "unique_processed": 3,
+        "duplicate_dropped": 1,
+        "invalid": 1,
+        "conflicts": 0,
+    }
+
+    async def dead_lettered() -> bool:
+        return await queue_depth(amqp, deployment.dead_letter_queue) == 1
+
+    await eventually(dead_lettered, 30, message="the invalid message dead-lettered")
+    # The api caches depths for BROKER_PROBE_TTL; wait until its reading shows the dead letter too.
+    await eventually(lambda: stats(deployment)["dead_letter_queue"]["messages"] == 1, 30, message="depth")
+    samples = scrape(deployment)
+    current = stats(deployment)
+
+    assert {name: samples[(f"eventagg_{name}_total", ())] for name in COUNTERS} == {
+        name: current[name] for name in COUNTERS
+    }
+    assert {
+        dict(labels)["topic"]: value
+        for (name, labels), value in samples.items()
+        if name == "eventagg_topic_unique_processed_total"
+    } == {"metrics.a": 2, "metrics.b": 1}
+    assert samples[("eventagg_store_up", ())] == 1
+    assert samples[("eventagg_broker_up", ())] == 1
+    assert samples[("eventagg_queue_messages", (("queue", deployment.queue),))] == 0
+    assert samples[("eventagg_queue_consumers", (("queue", deployment.queue),))] == 1
+    assert samples[("eventagg_dead_letter_messages", (("queue", deployment.dead_letter_queue),))] == 1
+    assert 0 <= samples[("eventagg_consumer_last_commit_age_seconds", ())] < 60
+    # The shim: two confirmed requests of 3 and 1 events, none unavailable.
+    assert samples[("eventagg_publish_confirm_seconds_count", ())] == 2
+    assert samples[("eventagg_publish_confirmed_events_total", ())] == 4
+    assert not [name for name, _ in samples if name == "eventagg_publish_unavailable_total"]
+    # HTTP traffic by route template (not raw path) and status.
+    requests = {
+        (dict(labels)["method"], dict(labels)["route"], dict(labels)["status"]): value
+        for (name, labels), value in samples.items()
+        if name == "eventagg_http_requests_total"
+    }
+    assert requests[("POST", "/publish", "200")] == 2
+    assert requests[("POST", "/publish", "422")] == 1
+    assert requests[("GET", "/events/{topic}/{event_id:path}", "200")] == 1
+    assert requests[("GET", "/events/{topic}/{event_id:path}", "404")] == 1
+    route_labels = (("method", "POST"), ("route", "/publish"))
+    assert samples[("eventagg_http_request_duration_seconds_count", route_labels)] == 3
+    assert samples[("eventagg_http_request_duration_seconds_bucket", (("le", "+Inf"), *route_labels))] == 3
+
+
+async def test_metrics_count_publish_503s_and_leave_out_depths_while_the_broker_is_unreachable(
+    procs: Processes,
+) -> None:
+    deployment = procs.deployment
+    procs.api(AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/", PUBLISH_TIMEOUT="0.5")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as client:
+        for index in range(2):
+            assert (
+                client.post("/publish", content=json.dumps(event(f"d-{index}", "m.down"))).status_code == 503
+            )
+        assert client.get("/no/such/path").status_code == 404
+
+    samples = scrape(deployment)
+
+    assert samples[("eventagg_publish_unavailable_total", (("reason", "unreachable"),))] == 2
+    assert samples[("eventagg_broker_up", ())] == 0
+    assert samples[("eventagg_store_up", ())] == 0
+    assert {name: samples[(f"eventagg_{name}_total", ())] for name in COUNTERS} == dict.fromkeys(COUNTERS, 0)
+    names = {name for name, _ in samples}
+    assert not names & {"eventagg_queue_messages", "eventagg_dead_letter_messages"}
+    assert "eventagg_consumer_last_commit_age_seconds" not in names
+    unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
+    assert samples[("eventagg_http_requests_total", unmatched)] == 1
