@@ -23,7 +23,7 @@ def cli() -> int:
     except ValidationError as exc:
         print(f"api: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     log.info(
         "api starting port=%d db_path=%s exchange=%s url=%s publish_key=%s",
         settings.api_port,
@@ -38,6 +38,8 @@ def cli() -> int:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=settings.log_level == "DEBUG",
+        # uvicorn's own logging config formats its loggers itself; for JSON they go through ours instead.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     server = _Server(config)
     server.run()

@@ -31,7 +31,7 @@ def cli() -> int:
     except ValidationError as exc:
         print(f"consumer: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         faults = Faults.from_env()
     except ValueError as exc:

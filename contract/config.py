@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.amqp import parse_urls, redact, redact_all
 from contract.event import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Limits
+from contract.logs import formatter
 from contract.topology import Topology
 
 
@@ -27,6 +28,8 @@ class CommonSettings(BaseSettings):
     amqp_exchange: Annotated[str, Field(min_length=1, max_length=255)] = "events"
     amqp_queue: Annotated[str, Field(min_length=1, max_length=255)] = "events.aggregator"
     log_level: str = "INFO"
+    # `json`: one JSON object per line (time, level, logger, message and the message's key=value fields).
+    log_format: Literal["text", "json"] = "text"
     max_payload_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PAYLOAD_BYTES
     max_message_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_MESSAGE_BYTES
 
@@ -61,12 +64,10 @@ class CommonSettings(BaseSettings):
 __all__ = ["CommonSettings", "configure_logging", "redact"]
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])
     # aiormq/aio-pika log every reconnect attempt with a traceback at WARNING; ours say it once, better.
     logging.getLogger("aiormq").setLevel(max(logging.getLevelName(level), logging.ERROR))
     logging.getLogger("aio_pika").setLevel(max(logging.getLevelName(level), logging.ERROR))

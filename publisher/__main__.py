@@ -297,7 +297,7 @@ def cli(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"publisher: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.file and args.file != "-" and not Path(args.file).is_file():
         print(f"publisher: no such file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
