@@ -12,16 +12,23 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from api.settings import ApiSettings
+from contract.cli import describe, parse_args
 from contract.config import configure_logging
 
 log = logging.getLogger("api")
 
 
-def cli() -> int:
+DESCRIPTION = """The aggregator's HTTP api: reads the store (GET /events, /stats, /dashboard, /metrics) and
+publishes through the broker with confirms (POST /publish). Configured by environment variables; /docs is
+its manual."""
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parse_args("python -m api", DESCRIPTION, ApiSettings, argv)
     try:
         settings = ApiSettings()
     except ValidationError as exc:
-        print(f"api: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"api: invalid configuration:\n{describe(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     log.info(

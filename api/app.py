@@ -15,6 +15,7 @@ from api.broker import BrokerLink
 from api.compat import RESPONSE_MODELS
 from api.deps import State
 from api.docs import serve_docs
+from api.errors import bound_validation_errors
 from api.metrics import ApiMetrics, HttpMetricsMiddleware
 from api.metrics import router as metrics_router
 from api.queries import StoreReader
@@ -56,6 +57,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(dashboard.router)
     serve_docs(app)
+    bound_validation_errors(app)
     app.state.metrics = ApiMetrics()
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from fastapi.responses import JSONResponse
 from api.broker import BrokerUnavailable
 from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
 from api.deps import StateDep, require_publish_key, require_read_key
+from api.errors import jsonable_errors
 from api.health import consumer_info
 from api.metrics import metrics_of
 from api.models import (
@@ -116,7 +116,7 @@ async def publish(request: Request, st: StateDep) -> JSONResponse:
     try:
         events = parse_body(raw, st.settings.limits(), st.settings.max_events_per_request)
     except RequestInvalid as exc:
-        return JSONResponse({"detail": _jsonable(exc.errors)}, status_code=422)
+        return JSONResponse({"detail": jsonable_errors(exc.errors)}, status_code=422)
     except PayloadTooLarge as exc:
         raise HTTPException(413, str(exc)) from exc
     if events:
@@ -162,19 +162,6 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # Inputs may hold anything JSON can; keep them, but never let a non-serialisable value turn 422 into 500.
-    out = []
-    for error in errors:
-        value = error.get("input")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            value = repr(value)
-        out.append({**error, "input": value})
-    return out
-
-
 @router.get(
     "/events",
     response_model=list[StoredEvent],
@@ -193,10 +180,8 @@ async def list_events(
     try:
         start = decode_cursor(after) if after else (NEWEST if descending else 0)
     except BadCursor as exc:
-        return JSONResponse(
-            {"detail": [{"type": "value_error", "loc": ["query", "after"], "msg": str(exc), "input": after}]},
-            status_code=422,
-        )
+        error = {"type": "value_error", "loc": ["query", "after"], "msg": str(exc), "input": after}
+        return JSONResponse({"detail": jsonable_errors([error])}, status_code=422)
     page = await anyio.to_thread.run_sync(st.reader.page, topic, limit, start, descending)
     headers = {}
     if page.next_cursor is not None:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from consumer.faults import Faults
 from consumer.service import run
 from consumer.settings import ConsumerSettings
+from contract.cli import describe, parse_args
 from contract.config import configure_logging
 
 log = logging.getLogger("consumer")
@@ -25,11 +26,17 @@ async def main(settings: ConsumerSettings, faults: Faults) -> None:
     await run(settings, stop, faults)
 
 
-def cli() -> int:
+DESCRIPTION = """The aggregator's consumer: takes events from the queue, stores each (topic, event_id) once
+in one transaction per batch, then acks. The only writer of the store. Configured by environment variables;
+stops cleanly on SIGTERM or Ctrl-C."""
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parse_args("python -m consumer", DESCRIPTION, ConsumerSettings, argv)
     try:
         settings = ConsumerSettings()
     except ValidationError as exc:
-        print(f"consumer: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"consumer: invalid configuration:\n{describe(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:

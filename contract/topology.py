@@ -93,7 +93,8 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
     await dead.bind(dlx, routing_key="#")
     queue = await _declare_quorum_queue(channel, topology.queue, topology.queue_arguments())
     await queue.bind(exchange, routing_key=topology.binding_key)
-    log.info(
+    # DEBUG: every publisher run declares too, and an INFO line there is noise in front of its report.
+    log.debug(
         "topology declared exchange=%s queue=%s dead_letter_queue=%s",
         topology.exchange,
         topology.queue,

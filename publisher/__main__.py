@@ -15,6 +15,7 @@ import httpx
 from pydantic import ValidationError
 
 from contract.amqp import BROKER_ERRORS
+from contract.cli import describe
 from contract.config import configure_logging
 from contract.event import Event
 from contract.publishing import OnConfirmed, PublishFailed
@@ -123,15 +124,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings an option may override, and the option; the environment variable is the field's name.
+OPTIONS = {
+    "envelope_size": "--envelope-size",
+    "linger": "--linger",
+    "max_in_flight": "--max-in-flight",
+    "confirm_timeout": "--confirm-timeout",
+    "api_url": "--url",
+}
+
+
+def _option_values(args: argparse.Namespace) -> dict[str, object]:
+    values = {field: getattr(args, option[2:].replace("-", "_")) for field, option in OPTIONS.items()}
+    return {field: value for field, value in values.items() if value is not None}
+
+
+def given_options(args: argparse.Namespace) -> dict[str, str]:
+    return {field: OPTIONS[field] for field in _option_values(args)}
+
+
 def build_settings(args: argparse.Namespace) -> PublisherSettings:
-    overrides = {
-        "envelope_size": args.envelope_size,
-        "linger": args.linger,
-        "max_in_flight": args.max_in_flight,
-        "confirm_timeout": args.confirm_timeout,
-        "api_url": args.url,
-    }
-    return PublisherSettings(**{k: v for k, v in overrides.items() if v is not None})
+    return PublisherSettings(**_option_values(args))  # type: ignore[arg-type]
 
 
 def generated_load(args: argparse.Namespace) -> load.Load:
@@ -295,9 +308,13 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         settings = build_settings(args)
     except ValidationError as exc:
-        print(f"publisher: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"publisher: invalid configuration:\n{describe(exc, given_options(args))}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format)
+    # A run's output is its report; "connected to the broker" at every start is detail there, not news
+    # (reconnects and failures are WARNING and still show).
+    if logging.getLogger().level >= logging.INFO:
+        logging.getLogger("contract.amqp").setLevel(logging.WARNING)
     if args.file and args.file != "-" and not Path(args.file).is_file():
         print(f"publisher: no such file: {args.file}", file=sys.stderr)
         return EXIT_USAGE

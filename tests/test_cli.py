@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from tests.probes import consumer_count
-from tests.processes import Processes, api_get
+from tests.processes import REPO, Processes, api_get
 from tests.waiting import eventually
 
 
@@ -70,3 +78,103 @@ async def test_logs_stay_human_readable_by_default(procs: Processes, amqp: Abstr
     starting = next(line for line in lines if " consumer starting " in line)
     assert " INFO consumer consumer starting db_path=" in starting
     assert not any(line.startswith("{") for line in lines)
+
+
+def run(module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("module", ["consumer", "api"])
+def test_help_prints_usage_and_the_environment_and_connects_nowhere(module: str, tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        # A broker address that only counts: nothing may connect to it while --help runs.
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        db_path = tmp_path / "store" / "events.db"
+        done = run(module, "--help", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}/", DB_PATH=str(db_path))
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {module} [-h]")
+    variables = {line.split()[0] for line in done.stdout.splitlines() if re.match(r"  [A-Z][A-Z_]+ ", line)}
+    assert {"AMQP_URL", "DB_PATH", "AMQP_EXCHANGE", "AMQP_QUEUE", "LOG_LEVEL", "LOG_FORMAT"} <= variables
+    assert ("BATCH_SIZE" in variables) == (module == "consumer")
+    assert ("API_PORT" in variables) == (module == "api")
+    assert not db_path.parent.exists()
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize("module", ["consumer", "api", "publisher"])
+def test_a_bad_environment_variable_is_named_as_the_variable(module: str) -> None:
+    done = run(module, LOG_FORMAT="yaml", MAX_PAYLOAD_BYTES="0", AMQP_URL="http://user:s3cret@host/")
+
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"{module}: invalid configuration:"
+    assert "  LOG_FORMAT: Input should be 'text' or 'json' (got 'yaml')" in lines
+    assert "  MAX_PAYLOAD_BYTES: Input should be greater than 0 (got '0')" in lines
+    assert any(line.startswith("  AMQP_URL: ") for line in lines)
+    assert "s3cret" not in done.stderr
+    assert "log_format" not in done.stderr and "max_payload_bytes" not in done.stderr
+
+
+def test_an_option_that_overrides_a_variable_is_named_too() -> None:
+    done = run("publisher", "--envelope-size", "0")
+
+    assert done.returncode == 2
+    assert "  ENVELOPE_SIZE (here --envelope-size): Input should be greater than or equal to 1" in done.stderr
+
+
+async def test_a_422_echoes_only_a_bounded_prefix_of_the_input(procs: Processes) -> None:
+    deployment = procs.deployment
+    procs.api()
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+    huge = "x" * 100_000
+    event = {"topic": "t", "event_id": "e", "timestamp": "2026-05-01T08:00:00Z", "source": huge}
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as client:
+        answers = [
+            client.post("/publish", json=[event]),
+            client.post("/publish", json={"events": huge}),
+            client.post("/publish", json=[{**event, "source": "s", "payload": [huge]}]),
+            client.get("/events", params={"topic": huge[:5000]}),
+            client.get("/events", params={"after": huge[:5000]}),
+        ]
+
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        assert len(answer.content) < 1_500, answer.text[:300]
+        for item in answer.json()["detail"]:
+            assert set(item) == {"type", "loc", "msg", "input"}
+            echoed = item["input"]
+            assert isinstance(echoed, str) and echoed.startswith(("x" * 50, '["xxxxx')), item
+            assert echoed.endswith("characters, truncated)"), item
+    locations = [[item["loc"] for item in answer.json()["detail"]] for answer in answers]
+    assert locations == [
+        [["body", 0, "source"]],
+        [["body", "events"]],
+        [["body", 0, "payload"]],
+        [["query", "topic"]],
+        [["query", "after"]],
+    ]
+
+
+async def test_a_publisher_run_prints_its_report_and_no_log_lines_at_info(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    summary = procs.publish("--count", "10", "--seed", "3")
+
+    assert summary["exit_code"] == 0
+    assert [line[:1] for line in procs.all[-1].output().splitlines()] == ["{"]
+    debug = procs.publish("--count", "10", "--seed", "3", LOG_LEVEL="DEBUG")
+    assert debug["exit_code"] == 0
+    assert " DEBUG contract.topology topology declared exchange=" in procs.all[-1].output()

@@ -1,0 +1,54 @@
+"""422 answers: FastAPI-style items (`type`, `loc`, `msg`, `input`) whose echo of the input is bounded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+# Enough of the offending value to recognise it; a client that sent 30 MiB does not get 30 MiB back.
+ECHO_LIMIT = 200
+
+
+def bounded(value: Any) -> Any:
+    """The value itself when its JSON is short; otherwise a prefix of that JSON (or of the string), marked."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError):
+        # Anything JSON cannot hold is shown as Python sees it, so a 422 never turns into a 500.
+        text = repr(value)
+        value = text
+    if len(text) <= ECHO_LIMIT:
+        return value
+    return f"{text[:ECHO_LIMIT]}... ({len(text)} characters, truncated)"
+
+
+def jsonable_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for error in errors:
+        msg = str(error.get("msg", ""))
+        if len(msg) > 2 * ECHO_LIMIT:  # a message may quote the input too (a bad cursor's does)
+            msg = msg[: 2 * ECHO_LIMIT] + "... (truncated)"
+        out.append(
+            {
+                "type": error.get("type"),
+                "loc": error.get("loc"),
+                "msg": msg,
+                "input": bounded(error.get("input")),
+            }
+        )
+    return out
+
+
+async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": jsonable_errors(list(errors))}, status_code=422)
+
+
+def bound_validation_errors(app: FastAPI) -> None:
+    """FastAPI's own 422s (query, path and header parameters) echo the input in full; these do not."""
+    app.add_exception_handler(RequestValidationError, _request_invalid)
