@@ -64,6 +64,8 @@ class BrokerLink:
                     task.cancel()
                     with suppress(asyncio.CancelledError):
                         await task
+            if self._publisher is not None:
+                await self._publisher.close()
             if self._connection is not None:
                 with suppress(Exception):
                     await self._connection.close()
@@ -87,8 +89,7 @@ class BrokerLink:
             if connection is None:
                 raise RuntimeError("amqp.connect gave up without a stop event or an attempt limit")
             try:
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                self._publisher = await ConfirmingPublisher.on_channel(channel, s.topology(), options)
+                self._publisher = await ConfirmingPublisher.start(connection, s.topology(), options)
                 break
             except BROKER_ERRORS as exc:
                 # Connected, but the topology could not be declared (a node without the queue's majority).
@@ -101,8 +102,8 @@ class BrokerLink:
                     self.last_error,
                 )
                 await asyncio.sleep(s.reconnect_interval)
-        # From here on the robust connection reconnects (and restores the channel) by itself, moving
-        # between the nodes of AMQP_URL.
+        # From here on the robust connection reconnects by itself, moving between the nodes of AMQP_URL,
+        # and the publisher opens a new channel on it whenever its channel went away.
         self._connection = connection
         self._ready.set()
         self.last_error = None

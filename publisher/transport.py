@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
 from contract.event import Event
-from contract.publishing import ConfirmingPublisher, InFlight, OnConfirmed, PublishFailed
+from contract.publishing import ConfirmingPublisher, OnConfirmed, PublishFailed
 from publisher.settings import PublisherSettings
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,58 @@ class HttpTransport:
                 "publish request failed, re-sending reason=%s attempts_left=%d", reason, attempts - attempt
             )
             await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+
+
+class InFlight:
+    """Requests running as tasks, bounded by a shared semaphore; tallies what was confirmed and what failed.
+
+    A task per request is fine here: a request carries up to HTTP_EVENTS_PER_REQUEST events."""
+
+    def __init__(self, slots: asyncio.Semaphore, on_confirmed: OnConfirmed | None = None) -> None:
+        self._slots = slots
+        self._on_confirmed = on_confirmed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.confirmed = 0
+        self.failed: list[Event] = []
+        self.reasons: list[str] = []
+
+    async def start(self, events: list[Event], send: Callable[[list[Event]], Awaitable[None]]) -> None:
+        # Acquire before creating the task: this is the back-pressure that bounds unconfirmed sends.
+        await self._slots.acquire()
+        self.spawn(self._deliver(events, send))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Wait for every send; raise PublishFailed naming every event that was not confirmed."""
+        try:
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        except BaseException:
+            # Cancelled (a caller's deadline): stop re-sending in the background; what was not confirmed
+            # is the caller's to re-send.
+            for task in self._tasks:
+                task.cancel()
+            raise
+        if self.failed:
+            raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
+
+    async def _deliver(self, events: list[Event], send: Callable[[list[Event]], Awaitable[None]]) -> None:
+        try:
+            await send(events)
+        except PublishFailed as exc:
+            log.error("giving up on events=%d reason=%s", len(events), exc.reason)
+            self.failed.extend(events)
+            self.reasons.append(exc.reason)
+        else:
+            self.confirmed += len(events)
+            if self._on_confirmed is not None:
+                self._on_confirmed(events)
+        finally:
+            self._slots.release()
 
 
 class HttpBatch:
