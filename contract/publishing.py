@@ -340,6 +340,7 @@ class ConfirmingPublisher(Settler):
         self._no_lane_since: float | None = None
         self._lanes_without_ack = 0
         self._closed = False
+        self.channels_opened = 0
         self._topology_channel: AbstractChannel | None = None
         self.problem: str | None = None  # why the last channel went away, for logs and errors
 
@@ -441,6 +442,11 @@ class ConfirmingPublisher(Settler):
         elif not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages written on the current channel and not yet settled."""
+        return 0 if self._lane is None else len(self._lane.unsettled)
 
     async def room(self) -> None:
         """Wait while a window's worth of messages is queued and not yet written (back-pressure)."""
@@ -583,6 +589,7 @@ class ConfirmingPublisher(Settler):
         frame_max = transport.connection.connection_tune.frame_max or 131_072  # 0 means no limit
         lane = Lane(self, raw.number, self.exchange, frame_max)
         lane.channel = raw
+        self.channels_opened += 1
         # This lane keeps its own tag -> message map, so the channel's confirm and return frames come here
         # rather than to aiormq, which would look for a future per message.
         raw._on_confirm_frame = lane.on_confirm_frame  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""A TCP proxy in a thread whose broker-to-client direction can be frozen: a broker that stops answering."""
+"""A TCP proxy in a thread whose broker-to-client direction can be frozen (a broker that stops answering) and
+whose open connections can be cut (a network that drops them) while it keeps accepting new ones."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class FreezableProxy:
         self._loop = asyncio.new_event_loop()
         self._flowing = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self.port = 0
         self._thread = threading.Thread(target=self._run, name="proxy", daemon=True)
@@ -31,6 +33,8 @@ class FreezableProxy:
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         broker_reader, broker_writer = await asyncio.open_connection(*self._target)
+        pair = {client_writer, broker_writer}
+        self._writers |= pair
 
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gated: bool) -> None:
             try:
@@ -44,9 +48,12 @@ class FreezableProxy:
             finally:
                 writer.close()
 
-        await asyncio.gather(
-            pump(client_reader, broker_writer, False), pump(broker_reader, client_writer, True)
-        )
+        try:
+            await asyncio.gather(
+                pump(client_reader, broker_writer, False), pump(broker_reader, client_writer, True)
+            )
+        finally:
+            self._writers -= pair
 
     def start(self) -> FreezableProxy:
         self._thread.start()
@@ -61,6 +68,15 @@ class FreezableProxy:
             yield
         finally:
             self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def cut(self) -> None:
+        """Reset every connection open now, both sides, as a failed network would; new ones still work."""
+
+        def abort_all() -> None:
+            for writer in list(self._writers):
+                writer.transport.abort()
+
+        self._loop.call_soon_threadsafe(abort_all)
 
     def close(self) -> None:
         async def shutdown() -> None:
