@@ -14,6 +14,7 @@ from api.app import create_app
 from api.settings import ApiSettings
 from contract.cli import describe, parse_args
 from contract.config import configure_logging
+from store import StoreConfigError, locate
 
 log = logging.getLogger("api")
 
@@ -30,11 +31,16 @@ def cli(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"api: invalid configuration:\n{describe(exc)}", file=sys.stderr)
         return 2
+    try:
+        store = locate(settings).describe()
+    except StoreConfigError as exc:
+        print(f"api: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     log.info(
-        "api starting port=%d db_path=%s exchange=%s url=%s publish_key=%s",
+        "api starting port=%d store=%s exchange=%s url=%s publish_key=%s",
         settings.api_port,
-        settings.db_path,
+        store,
         settings.amqp_exchange,
         settings.safe_amqp_url(),
         "set" if settings.api_key else "off",

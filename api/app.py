@@ -18,8 +18,8 @@ from api.docs import serve_docs
 from api.errors import bound_validation_errors
 from api.metrics import ApiMetrics, HttpMetricsMiddleware
 from api.metrics import router as metrics_router
-from api.queries import StoreReader
 from api.settings import ApiSettings
+from store import open_reader
 
 DESCRIPTION = """
 Crash-safe event aggregator. Every event takes effect exactly once: `(topic, event_id)` is the dedup key,
@@ -35,14 +35,14 @@ counters are exact and survive restarts.
 def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reader = StoreReader(settings.db_path)
+        reader = open_reader(settings)
         broker = BrokerLink(settings)
         try:
             async with broker.running():
                 app.state.api = State(settings, reader, broker)
                 yield
         finally:
-            reader.close()
+            await reader.close()
 
     app = FastAPI(
         title="Event aggregator",

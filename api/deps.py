@@ -10,14 +10,14 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from api.broker import BrokerLink
-from api.queries import StoreReader
 from api.settings import ApiSettings
+from store import Reader
 
 
 class State:
     """Built by the app's lifespan; one per app."""
 
-    def __init__(self, settings: ApiSettings, reader: StoreReader, broker: BrokerLink) -> None:
+    def __init__(self, settings: ApiSettings, reader: Reader, broker: BrokerLink) -> None:
         self.settings = settings
         self.reader = reader
         self.broker = broker

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api.broker import Depths
 from api.deps import StateDep, require_read_key
-from api.models import ComponentHealth, ConsumerInfo, Health, Info
+from api.models import ComponentHealth, ConsumerInfo, Health, Info, StoreInfo
 from api.queries import consumer_state
+from store import Durability, StoreError
 
 router = APIRouter()
+
+
+def store_info(durability: Durability) -> StoreInfo:
+    return StoreInfo(
+        backend=durability.backend,
+        durable=durability.durable,
+        settings=durability.settings,
+        warning=durability.warning,
+    )
 
 
 def consumer_info(
@@ -66,17 +74,19 @@ async def health(st: StateDep) -> Health | JSONResponse:
     depths = await st.broker.depths()
     reported = consumer_state(st.settings.db_path)
     consumer = consumer_info({}, depths, st.settings.consumer_stall_seconds, reported)
+    backend = StoreInfo(backend=st.reader.backend)
     try:
-        store_status = await anyio.to_thread.run_sync(st.reader.check)
+        store_status = await st.reader.check()
         store = ComponentHealth(
             status="ok" if store_status == "ok" else "missing",
             detail=None if store_status == "ok" else "the consumer has not created it yet",
         )
         if store_status == "ok":
-            snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
+            snapshot = await st.reader.snapshot()
             consumer = consumer_info(snapshot.consumer, depths, st.settings.consumer_stall_seconds, reported)
-    except sqlite3.Error as exc:
-        store = ComponentHealth(status="error", detail=f"{type(exc).__name__}: {exc}")
+            backend = store_info(snapshot.durability)
+    except StoreError as exc:
+        store = ComponentHealth(status="error", detail=str(exc))
     broker = (
         ComponentHealth(status="connected")
         if st.broker.connected()
@@ -92,6 +102,7 @@ async def health(st: StateDep) -> Health | JSONResponse:
         store=store,
         broker=broker,
         consumer=consumer,
+        store_info=backend,
         uptime_seconds=st.uptime(),
     )
     if body.status == "unhealthy":
@@ -106,7 +117,7 @@ async def health(st: StateDep) -> Health | JSONResponse:
     dependencies=[Depends(require_read_key)],
 )
 async def info(request: Request, st: StateDep) -> Info:
-    snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
+    snapshot = await st.reader.snapshot()
     return Info(
         version=request.app.version,
         api_compat=st.settings.api_compat,

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -236,7 +235,7 @@ router = APIRouter()
     dependencies=[Depends(require_read_key)],
 )
 async def metrics(request: Request, st: StateDep) -> Response:
-    snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
+    snapshot = await st.reader.snapshot()
     depths = await st.broker.depths()
     topology = st.settings.topology()
     scrape = Scrape(

@@ -122,6 +122,19 @@ class QueueInfo(BaseModel):
     messages: int | None = Field(description="ready messages, exact; null while the broker is unreachable")
 
 
+class StoreInfo(BaseModel):
+    backend: Literal["sqlite", "postgresql"] = Field(
+        description="sqlite (DB_PATH) or postgresql (DATABASE_URL)"
+    )
+    durable: bool | None = Field(
+        None,
+        description="whether a commit survives power loss: SQLite journal_mode=wal with synchronous=FULL, "
+        "PostgreSQL fsync=on with synchronous_commit not off; null until the consumer has recorded it",
+    )
+    settings: dict[str, str] = Field(default_factory=dict, description="the writer's settings behind it")
+    warning: str | None = Field(None, description="what is wrong when it is not durable")
+
+
 class Stats(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -172,6 +185,7 @@ class Stats(BaseModel):
     uptime_seconds: float
     started_at: str
     store: Literal["ok", "missing"] = Field(description="missing until the consumer has created the store")
+    store_info: StoreInfo
     queue: QueueInfo
     dead_letter_queue: QueueInfo
     consumer: ConsumerInfo
@@ -234,6 +248,7 @@ class Health(BaseModel):
     store: ComponentHealth
     broker: ComponentHealth
     consumer: ConsumerInfo
+    store_info: StoreInfo
     uptime_seconds: float
 
 

@@ -14,7 +14,7 @@ from api.broker import BrokerUnavailable
 from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
 from api.deps import StateDep, require_publish_key, require_read_key
 from api.errors import jsonable_errors
-from api.health import consumer_info
+from api.health import consumer_info, store_info
 from api.metrics import metrics_of
 from api.models import (
     ErrorMessage,
@@ -26,7 +26,7 @@ from api.models import (
     ValidationFailed,
 )
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
-from api.queries import NEWEST, BadCursor, consumer_state, decode_cursor, row_json
+from api.queries import NEWEST, BadCursor, Page, consumer_state, decode_cursor, row_json
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
 
@@ -182,7 +182,7 @@ async def list_events(
     except BadCursor as exc:
         error = {"type": "value_error", "loc": ["query", "after"], "msg": str(exc), "input": after}
         return JSONResponse({"detail": jsonable_errors([error])}, status_code=422)
-    page = await anyio.to_thread.run_sync(st.reader.page, topic, limit, start, descending)
+    page = Page.of(await st.reader.page(topic, limit, start, descending))
     headers = {}
     if page.next_cursor is not None:
         url = request.url.include_query_params(after=page.next_cursor, limit=limit)
@@ -203,7 +203,7 @@ async def get_event(
     topic: Annotated[str, Path(pattern=TOPIC_PATTERN)],
     event_id: Annotated[str, Path(min_length=1, max_length=255, description="may contain '/'")],
 ) -> Response:
-    found = await anyio.to_thread.run_sync(st.reader.event_row, topic, event_id)
+    found = await st.reader.event_row(topic, event_id)
     if found is None:
         raise HTTPException(404, f"no event {event_id!r} stored under topic {topic!r}")
     return Response(row_json(found).encode(), media_type="application/json")
@@ -216,7 +216,7 @@ async def get_event(
     dependencies=[Depends(require_read_key)],
 )
 async def stats(st: StateDep) -> JSONResponse:
-    snapshot = await anyio.to_thread.run_sync(st.reader.snapshot)
+    snapshot = await st.reader.snapshot()
     depths = await st.broker.depths()
     topology = st.settings.topology()
     uptime = st.uptime()
@@ -231,6 +231,7 @@ async def stats(st: StateDep) -> JSONResponse:
         uptime_seconds=uptime,
         started_at=st.started_at,
         store="ok" if snapshot.store == "ok" else "missing",
+        store_info=store_info(snapshot.durability),
         queue=QueueInfo(name=topology.queue, messages=depths.queue, consumers=depths.consumers),
         dead_letter_queue=QueueInfo(name=topology.dead_letter_queue, messages=depths.dead_letter_queue),
         consumer=consumer_info(

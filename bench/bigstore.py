@@ -1,6 +1,6 @@
 """A store already holding many events, built fast: written directly with the product's schema module.
 
-The rows go in through `contract.schema.open_writer` (the consumer's own DDL, indexes and pragmas), in
+The store is created by the SQLite backend's own writer (its DDL, indexes and migrations); the rows go in
 transactions of 50,000 rows with `synchronous=OFF` for the build only, then checkpointed. Events look like
 the load generator's (8 topics, random UUID ids, a small payload) so the indexes have the shape real traffic
 gives them, and the counters and per-topic counts agree with the rows, as the consumer would have left them.
@@ -8,6 +8,7 @@ gives them, and the counters and per-topic counts agree with the rows, as the co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sqlite3
@@ -16,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from contract import schema
+from store.sqlite import SqliteWriter
 
 TOPICS = ("orders", "payments", "auth", "search", "billing", "shipping", "inventory", "email")
 CHUNK = 50_000
@@ -46,7 +47,8 @@ def _rows(count: int, seed: int, topics: Counter[str]) -> Iterator[tuple[str, st
 
 def build(path: Path, count: int, seed: int = 1) -> None:
     """Write `count` events into a new store at `path`."""
-    conn = schema.open_writer(path)
+    asyncio.run(_create(path))
+    conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous = OFF")  # the build only; the consumer reopens it with FULL
         conn.execute("PRAGMA cache_size = -262144")
@@ -66,11 +68,19 @@ def build(path: Path, count: int, seed: int = 1) -> None:
         conn.execute("BEGIN IMMEDIATE")
         for name in ("received", "unique_processed"):
             conn.execute("UPDATE counters SET value = ? WHERE name = ?", (count, name))
-        conn.executemany("INSERT INTO topics (topic, count) VALUES (?, ?)", topics.items())
+        conn.execute(
+            "INSERT INTO topics (topic, count, first_seq) SELECT topic, COUNT(*), MIN(seq) FROM events"
+            " WHERE true GROUP BY topic"
+        )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+
+
+async def _create(path: Path) -> None:
+    writer = await SqliteWriter.open(path)
+    await writer.close()
 
 
 def stored(path: Path) -> int:

@@ -23,7 +23,6 @@ import httpx
 
 from bench.broker import BenchError, BrokerLink, fresh_topology
 from bench.child import Child
-from contract import schema
 
 DUPLICATES = 0.2
 POLL_INTERVAL = 0.005
@@ -189,7 +188,9 @@ class Run:
 
     def reader(self) -> sqlite3.Connection:
         if self._reader is None:
-            self._reader = schema.open_reader(self.db_path)
+            uri = f"{self.db_path.resolve().as_uri()}?mode=ro"
+            self._reader = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout = 5000")
         return self._reader
 
     def counters(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ from consumer.service import run
 from consumer.settings import ConsumerSettings
 from contract.cli import describe, parse_args
 from contract.config import configure_logging
+from store import StoreConfigError, locate
 
 log = logging.getLogger("consumer")
 
@@ -44,14 +45,18 @@ def cli(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"consumer: {exc}", file=sys.stderr)
         return 2
-    log.info(
-        "consumer starting db_path=%s queue=%s exchange=%s url=%s",
-        settings.db_path,
-        settings.amqp_queue,
-        settings.amqp_exchange,
-        settings.safe_amqp_url(),
-    )
-    asyncio.run(main(settings, faults))
+    try:
+        log.info(
+            "consumer starting store=%s queue=%s exchange=%s url=%s",
+            locate(settings).describe(),
+            settings.amqp_queue,
+            settings.amqp_exchange,
+            settings.safe_amqp_url(),
+        )
+        asyncio.run(main(settings, faults))
+    except StoreConfigError as exc:  # one line naming the variable to fix, no traceback
+        print(f"consumer: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

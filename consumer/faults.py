@@ -4,18 +4,19 @@
   anything of that batch is acked. This makes the narrowest window of the design (committed, not acked)
   reachable on purpose: the broker redelivers the batch and the dedup key must absorb it.
 - `EVENTAGG_FAULT_COMMIT=KIND:PATH`: while the file PATH exists, every batch transaction fails just before
-  COMMIT with the error SQLite gives for KIND: `ioerror` (disk I/O error) or `full` (database or disk is
-  full). The rows already written in that transaction are rolled back, as with a real failure.
+  COMMIT with an OSError carrying SQLite's text for KIND: `ioerror` (disk I/O error) or `full` (database or
+  disk is full). Both backends call the hook inside the transaction, so the rows already written in it are
+  rolled back, as with a real failure.
 
 These are not settings: they exist to prove the crash guarantees and are logged loudly when active.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 KILL_AFTER_COMMIT = "EVENTAGG_FAULT_KILL_AFTER_COMMIT"
 COMMIT = "EVENTAGG_FAULT_COMMIT"
-ERRORS = {"ioerror": "disk I/O error", "full": "database or disk is full"}
+ERRORS = {"ioerror": (errno.EIO, "disk I/O error"), "full": (errno.ENOSPC, "database or disk is full")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +58,9 @@ class Faults:
         return self.kill_after_commit is not None or self.commit_flag is not None
 
     def before_commit(self) -> None:
-        """Called inside the batch transaction, on the store thread, right before COMMIT."""
+        """Called inside the batch transaction right before COMMIT; the store rolls the batch back."""
         if self.commit_flag is not None and self.commit_error is not None and self.commit_flag.exists():
-            raise sqlite3.OperationalError(ERRORS[self.commit_error])
+            raise OSError(*ERRORS[self.commit_error])
 
     def after_commit(self, commits: int) -> None:
         """Called after a batch committed and before it is settled with the broker."""

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
@@ -19,14 +16,13 @@ from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, settle
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
-from consumer.store import BatchResult, Store, utc_now
+from consumer.storage import Storage
 from contract import amqp
 from contract.event import Limits
 from contract.topology import declare
+from store import BatchResult
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # How long shutdown waits on the broker (consumer cancel, channel close) before giving up on it.
 SHUTDOWN_BROKER_TIMEOUT = 5.0
@@ -51,82 +47,20 @@ class Summary:
         )
 
 
-class StoreWorker:
-    """Runs every store call on one dedicated thread: sqlite3 connections belong to a thread, and the commit's
-    fsync must not block the event loop that keeps receiving deliveries."""
-
-    def __init__(self, settings: ConsumerSettings, status: StatusFile, faults: Faults) -> None:
-        self._settings = settings
-        self._status = status
-        self._faults = faults
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._store: Store | None = None
-
-    async def call(self, fn: Callable[[Store], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, fn)
-
-    async def call_with_retry(
-        self, fn: Callable[[Store], T], stop: asyncio.Event, summary: Summary
-    ) -> T | None:
-        """Retry a store call with capped exponential backoff until it succeeds or we are told to stop.
-
-        The batch stays in hand, unacked, meanwhile: requeueing it would count against the quorum queue's
-        delivery limit, and dead-lettering a valid event because the disk is full is never acceptable.
-        Returns None when stopped first.
-        """
-        delay = self._settings.retry_initial
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = await self.call(fn)
-            except (sqlite3.Error, OSError) as exc:  # OSError: the directory cannot be created or read
-                summary.commit_failures += 1
-                self._status.set("store_failing", f"{type(exc).__name__}: {exc}")
-                log.warning(
-                    "store unavailable, consumption paused attempt=%d error=%s; retrying in %.1fs",
-                    attempt,
-                    exc,
-                    delay,
-                )
-            else:
-                self._status.set("consuming")
-                return result
-            if await _sleep_unless(stop, delay):
-                log.error("stopping while the store is failing; the batch in hand is left for redelivery")
-                return None
-            delay = min(delay * 2, self._settings.retry_max)
-
-    def _run(self, fn: Callable[[Store], T]) -> T:
-        if self._store is None:
-            hook = self._faults.before_commit if self._faults.commit_flag else None
-            self._store = Store.open(self._settings.db_path, hook)
-        return fn(self._store)
-
-    async def close(self) -> None:
-        def _close(store: Store) -> None:
-            store.close()
-
-        if self._store is not None:
-            await self.call(_close)
-        self._executor.shutdown(wait=True)
-
-
 async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | None = None) -> Summary:
     """Consume until `stop` is set; returns the run's summary. Store and broker outages are waited out."""
     faults = faults or Faults()
     summary = Summary()
     status = StatusFile(settings.db_path)
     status.set("starting")
-    worker = StoreWorker(settings, status, faults)
+    storage = Storage(settings, status, faults)
     try:
-        await worker.call_with_retry(lambda s: s.record_start(utc_now()), stop, summary)
-        async with _connect(settings, stop) as connection:
-            if connection is not None:
-                await _consume(connection, worker, settings, stop, summary, faults)
+        if await storage.start(stop, summary):
+            async with _connect(settings, stop) as connection:
+                if connection is not None:
+                    await _consume(connection, storage, settings, stop, summary, faults)
     finally:
-        await worker.close()
+        await storage.close()
         status.set("stopped", summary.line())
     log.info("consumer stopped %s", summary.line())
     return summary
@@ -153,7 +87,7 @@ async def _connect(
 
 async def _consume(
     connection: AbstractRobustConnection,
-    worker: StoreWorker,
+    storage: Storage,
     settings: ConsumerSettings,
     stop: asyncio.Event,
     summary: Summary,
@@ -175,7 +109,7 @@ async def _consume(
     while not stop.is_set():
         messages = await inbox.next_batch(settings.batch_size, settings.batch_wait, stop)
         if messages:
-            await _process(messages, worker, stop, summary, limits, faults)
+            await _process(messages, storage, stop, summary, limits, faults)
     # Stop taking deliveries first, then finish what already arrived, so nothing is left half-done.
     try:
         # Bounded: while the broker is down a robust channel would wait for the reconnect forever.
@@ -185,7 +119,7 @@ async def _consume(
         log.warning("could not cancel the consumer error=%s", type(exc).__name__)
     remaining = inbox.drain()
     for start in range(0, len(remaining), settings.batch_size):
-        await _process(remaining[start : start + settings.batch_size], worker, stop, summary, limits, faults)
+        await _process(remaining[start : start + settings.batch_size], storage, stop, summary, limits, faults)
     try:
         async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
             await channel.close()
@@ -195,7 +129,7 @@ async def _consume(
 
 async def _process(
     messages: list[AbstractIncomingMessage],
-    worker: StoreWorker,
+    storage: Storage,
     stop: asyncio.Event,
     summary: Summary,
     limits: Limits,
@@ -203,7 +137,7 @@ async def _process(
 ) -> None:
     batch: list[Decoded] = decode_batch(messages, limits)
     payload = [item.events for item in batch]
-    result = await worker.call_with_retry(lambda s: s.apply(payload), stop, summary)
+    result = await storage.apply_with_retry(payload, stop, summary)
     if result is None:
         return  # stopping while the store is failing: nothing acked, the broker redelivers the batch
     summary.totals.add(result)
@@ -217,12 +151,3 @@ async def _process(
         result.received,
         result.unique_processed,
     )
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait `seconds` or until stop is set; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True

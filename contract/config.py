@@ -25,6 +25,8 @@ class CommonSettings(BaseSettings):
     # One URL, or one per node of a cluster separated by commas; clients fail over between them.
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     db_path: Path = Path("./data/events.db")
+    # postgresql://... selects the PostgreSQL store and wins over DB_PATH (store/__init__.py checks it).
+    database_url: str | None = None
     amqp_exchange: Annotated[str, Field(min_length=1, max_length=255)] = "events"
     amqp_queue: Annotated[str, Field(min_length=1, max_length=255)] = "events.aggregator"
     log_level: str = "INFO"

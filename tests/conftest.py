@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from tests import crash
 from tests.broker import Broker, BrokerError, find_broker
+from tests.harness.postgres import PostgresUnavailable, session_database
 from tests.processes import Deployment, Processes
 
 
@@ -28,6 +29,18 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield found
     finally:
         found.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of a PostgreSQL database made for this test session and dropped after it."""
+    try:
+        with session_database() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no PostgreSQL for the test suite: {exc}")
+        pytest.skip(f"no PostgreSQL for the test suite: {exc}")
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ class Deployment:
     logs: Path
     api_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # postgresql://... runs the consumer and the api on PostgreSQL (DATABASE_URL); None: SQLite at db_path.
+    database_url: str | None = None
 
     @property
     def dead_letter_queue(self) -> str:
@@ -45,7 +47,8 @@ class Deployment:
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {
-            **os.environ,
+            # A DATABASE_URL of the machine's own must not move a test onto another store.
+            **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
             "AMQP_URL": self.amqp_url,
             "AMQP_EXCHANGE": self.exchange,
             "AMQP_QUEUE": self.queue,
@@ -55,6 +58,7 @@ class Deployment:
             "API_URL": self.api_url,
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            **({"DATABASE_URL": self.database_url} if self.database_url else {}),
             **self.extra_env,
             **overrides,
         }

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from consumer.faults import COMMIT, KILL_AFTER_COMMIT, Faults
-from consumer.store import Store
 from contract.event import Event
+from store import StoreError
+from store.sqlite import SqliteWriter
 
 EVENT = Event(topic="t", event_id="1", timestamp="2026-01-01T00:00:00Z", source="s")
 
@@ -38,18 +38,20 @@ def test_bad_values_are_refused_with_the_variable_named(environ: dict[str, str],
 @pytest.mark.parametrize(
     ("kind", "error"), [("ioerror", "disk I/O error"), ("full", "database or disk is full")]
 )
-def test_a_commit_fails_while_the_flag_exists_and_leaves_no_trace(
+async def test_a_commit_fails_while_the_flag_exists_and_leaves_no_trace(
     tmp_path: Path, kind: str, error: str
 ) -> None:
     flag = tmp_path / "flag"
     faults = Faults.from_env({COMMIT: f"{kind}:{flag}", KILL_AFTER_COMMIT: "3"})
     assert (faults.kill_after_commit, faults.commit_error) == (3, kind)
-    store = Store.open(tmp_path / "events.db", faults.before_commit)
-    flag.touch()
-    with pytest.raises(sqlite3.OperationalError, match=error):
-        store.apply([[EVENT]])
-    assert store.counters()["received"] == 0
-    flag.unlink()
-    assert store.apply([[EVENT]]).unique_processed == 1
-    assert store.counters()["received"] == 1
-    store.close()
+    store = await SqliteWriter.open(tmp_path / "events.db", faults.before_commit)
+    try:
+        flag.touch()
+        with pytest.raises(StoreError, match=error):
+            await store.apply([[EVENT]])
+        assert (await store.counters())["received"] == 0
+        flag.unlink()
+        assert (await store.apply([[EVENT]])).unique_processed == 1
+        assert (await store.counters())["received"] == 1
+    finally:
+        await store.close()

@@ -1,0 +1,105 @@
+"""The store both deployables use: `open_writer`/`open_reader` pick the backend from the settings' URL.
+
+`DATABASE_URL=postgresql://...` (or `postgres://`) selects PostgreSQL and wins over `DB_PATH`; otherwise
+the store is the SQLite file at `DB_PATH`. Imports only `contract/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from contract.config import redact
+from store.base import (
+    BatchResult,
+    Durability,
+    Message,
+    Page,
+    Reader,
+    Row,
+    Snapshot,
+    StoreConfigError,
+    StoreError,
+    Writer,
+    utc_now,
+)
+
+__all__ = [
+    "BatchResult",
+    "Durability",
+    "Location",
+    "Message",
+    "Page",
+    "Reader",
+    "Row",
+    "Snapshot",
+    "StoreConfigError",
+    "StoreError",
+    "Writer",
+    "locate",
+    "open_reader",
+    "open_writer",
+    "utc_now",
+]
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class StoreSettings(Protocol):
+    @property
+    def db_path(self) -> Path: ...
+
+    @property
+    def database_url(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    backend: str  # "sqlite" | "postgresql"
+    db_path: Path
+    url: str | None = None
+
+    def describe(self) -> str:
+        """Where the store is, for logs: the URL without its password, or the file."""
+        return f"DATABASE_URL={redact(self.url)}" if self.url else f"DB_PATH={self.db_path}"
+
+
+def locate(settings: StoreSettings) -> Location:
+    """The backend the settings select; StoreConfigError (one line, naming DATABASE_URL) if unknown."""
+    url = (settings.database_url or "").strip()
+    if not url:
+        return Location("sqlite", settings.db_path)
+    scheme = urlsplit(url).scheme
+    if scheme in POSTGRES_SCHEMES:
+        return Location("postgresql", settings.db_path, url)
+    raise StoreConfigError(
+        f"DATABASE_URL must start with postgresql:// or postgres:// (unset it to use the SQLite file at "
+        f"DB_PATH), got {redact(url)!r}"
+    )
+
+
+async def open_writer(settings: StoreSettings, before_commit: Callable[[], None] | None = None) -> Writer:
+    """Open (and migrate) the store for the consumer. StoreError to retry, StoreConfigError to give up."""
+    location = locate(settings)
+    if location.url is not None:
+        from store.postgres import PostgresWriter
+
+        return await PostgresWriter.open(location.url, before_commit)
+    from store.sqlite import SqliteWriter
+
+    return await SqliteWriter.open(location.db_path, before_commit)
+
+
+def open_reader(settings: StoreSettings) -> Reader:
+    """The api's reader; it connects on first use, so the api starts before the store exists."""
+    location = locate(settings)
+    if location.url is not None:
+        from store.postgres import PostgresReader
+
+        return PostgresReader(location.url)
+    from store.sqlite import SqliteReader
+
+    return SqliteReader(location.db_path)

@@ -1,0 +1,179 @@
+"""The store interface both deployables use: BatchResult, the Writer and Reader protocols, their errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from contract.event import Event, content_hash
+from contract.schema import COUNTERS
+
+Backend = Literal["sqlite", "postgresql"]
+
+# A batch as the consumer hands it over: one entry per message, None for an invalid one (counted once).
+Message = list[Event] | None
+
+# An event row as both backends return it: seq, topic, event_id, timestamp, source, payload (JSON text as
+# the consumer serialised it), received_at. The api splices the payload text in verbatim, so the JSON it
+# answers is byte-identical whichever backend stored the row.
+Row = tuple[int, str, str, str, str, str, str]
+COLUMNS = "seq, topic, event_id, timestamp, source, payload, received_at"
+
+
+class StoreError(Exception):
+    """The store cannot be used right now (I/O error, full disk, locked, unreachable); worth retrying."""
+
+
+class StoreConfigError(StoreError):
+    """The store is misconfigured (bad URL, wrong password, no permission, second SQLite writer): fatal."""
+
+
+@dataclass(slots=True)
+class BatchResult:
+    received: int = 0
+    unique_processed: int = 0
+    duplicate_dropped: int = 0
+    invalid: int = 0
+    conflicts: int = 0
+
+    def add(self, other: BatchResult) -> None:
+        self.received += other.received
+        self.unique_processed += other.unique_processed
+        self.duplicate_dropped += other.duplicate_dropped
+        self.invalid += other.invalid
+        self.conflicts += other.conflicts
+
+    def deltas(self) -> list[tuple[str, int]]:
+        """The non-zero counter increments, always in COUNTERS order (PostgreSQL locks rows in this order)."""
+        return [(name, getattr(self, name)) for name in COUNTERS if getattr(self, name)]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[Row]
+    next_after: int | None  # the seq to continue from (exclusive), when more rows follow
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    backend: Backend
+    durable: bool | None  # None until the writer has recorded its settings
+    settings: dict[str, str] = field(default_factory=dict)
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    counters: dict[str, int]
+    topic_counts: dict[str, int]  # in the order the topics were first stored
+    consumer: dict[str, str]
+    store: str  # "ok" | "missing"
+    durability: Durability
+
+
+def empty_snapshot(backend: Backend) -> Snapshot:
+    return Snapshot(dict.fromkeys(COUNTERS, 0), {}, {}, "missing", Durability(backend, None))
+
+
+class Writer(Protocol):
+    backend: Backend
+
+    async def record_start(self, started_at: str) -> None: ...
+
+    async def apply(self, messages: Sequence[Message]) -> BatchResult:
+        """Apply a batch in ONE transaction; raises StoreError with nothing applied."""
+        ...
+
+    async def durability(self) -> Durability: ...
+
+    async def close(self) -> None: ...
+
+
+class Reader(Protocol):
+    backend: Backend
+
+    async def page(self, topic: str | None, limit: int, after: int, descending: bool = False) -> Page:
+        """Events after seq `after` in store order, or before it newest first (`descending`)."""
+        ...
+
+    async def event_row(self, topic: str, event_id: str) -> Row | None: ...
+
+    async def snapshot(self) -> Snapshot: ...
+
+    async def check(self) -> str:
+        """'ok', 'missing' (not created yet), or raises StoreError when the store cannot be read."""
+        ...
+
+    async def durability(self) -> Durability: ...
+
+    async def close(self) -> None: ...
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Sorted:
+    """A batch split in Python before it touches the store: the first copy of each key, in arrival order,
+    and every later copy of a key within the batch (each a duplicate of whatever ends up stored)."""
+
+    first: dict[tuple[str, str], Event]
+    repeats: list[Event]
+    result: BatchResult
+
+
+def sort_batch(messages: Sequence[Message]) -> Sorted:
+    first: dict[tuple[str, str], Event] = {}
+    repeats: list[Event] = []
+    result = BatchResult()
+    for events in messages:
+        if events is None:
+            result.invalid += 1
+            result.received += 1
+            continue
+        for item in events:
+            result.received += 1
+            key = (item.topic, item.event_id)
+            if key in first:
+                repeats.append(item)
+            else:
+                first[key] = item
+    return Sorted(first, repeats, result)
+
+
+def conflicts_with(timestamp: str, source: str, payload: str, item: Event) -> bool:
+    """Whether `item` differs in content from the stored copy (timestamp, source, payload JSON text)."""
+    if timestamp == item.timestamp and source == item.source and payload == item.payload_json():
+        return False  # a verbatim re-send, the common duplicate: no need to hash
+    stored: Any = json.loads(payload)
+    return bool(content_hash(timestamp, source, stored) != item.content_hash())
+
+
+def count_duplicates(
+    sorted_batch: Sorted, stored: dict[tuple[str, str], tuple[str, str, str]], inserted: set[tuple[str, str]]
+) -> None:
+    """Count duplicates and conflicts: a first copy that was not inserted duplicates the stored row; a repeat
+    duplicates the stored row, which is its batch's first copy when that one was inserted."""
+    result = sorted_batch.result
+    for key, item in sorted_batch.first.items():
+        if key in inserted:
+            result.unique_processed += 1
+            continue
+        result.duplicate_dropped += 1
+        if conflicts_with(*stored[key], item):
+            result.conflicts += 1
+    for item in sorted_batch.repeats:
+        key = (item.topic, item.event_id)
+        result.duplicate_dropped += 1
+        if key in inserted:
+            original = sorted_batch.first[key]
+            if original is not item and conflicts_with(
+                original.timestamp, original.source, original.payload_json(), item
+            ):
+                result.conflicts += 1
+        elif conflicts_with(*stored[key], item):
+            result.conflicts += 1

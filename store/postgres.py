@@ -1,0 +1,399 @@
+"""The PostgreSQL backend through asyncpg: DDL, migrations, writer (several may run at once), reader."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Final, cast
+
+import asyncpg
+
+from contract.config import redact
+from contract.schema import COUNTERS
+from store.base import (
+    COLUMNS,
+    Backend,
+    BatchResult,
+    Durability,
+    Message,
+    Page,
+    Row,
+    Snapshot,
+    StoreConfigError,
+    StoreError,
+    count_duplicates,
+    empty_snapshot,
+    sort_batch,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+BACKEND: Final = "postgresql"
+
+# Any advisory-lock key of this product: one for migrations, one for handing out seqs.
+_MIGRATION_LOCK = 0x65766167_00000001
+_SEQ_LOCK = 0x65766167_00000002
+
+# The same tables as SQLite's, with two additions for concurrent writers:
+# - `txid`, the writing transaction's id. Several consumers commit concurrently, so a batch holding seq 10
+#   can commit after one holding seq 11 is visible; a page read must not step past 10 before it exists.
+#   eventagg_allocate() hands out seqs and the transaction id together under a short advisory lock, so seq
+#   order is transaction-id order among writers; a reader then returns only rows whose transaction is older
+#   than the oldest transaction still running (pg_snapshot_xmin), and no later commit can land below them.
+# - The payload is TEXT, not jsonb: it stays byte-for-byte what the consumer serialised, as in SQLite, so
+#   the api's JSON is identical whichever backend stored the event.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE SEQUENCE events_seq AS bigint;
+    CREATE TABLE events (
+        seq          bigint PRIMARY KEY,
+        topic        text NOT NULL,
+        event_id     text NOT NULL,
+        timestamp    text NOT NULL,
+        source       text NOT NULL,
+        payload      text NOT NULL,
+        received_at  text NOT NULL,
+        txid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        UNIQUE (topic, event_id)
+    );
+    CREATE INDEX events_by_topic ON events (topic, seq);
+    CREATE TABLE counters (name text PRIMARY KEY, value bigint NOT NULL);
+    INSERT INTO counters (name, value) VALUES
+        ('received', 0), ('unique_processed', 0), ('duplicate_dropped', 0), ('invalid', 0), ('conflicts', 0);
+    CREATE TABLE topics (topic text PRIMARY KEY, count bigint NOT NULL, first_seq bigint);
+    CREATE TABLE consumer_state (key text PRIMARY KEY, value text NOT NULL);
+    CREATE FUNCTION eventagg_allocate(n integer) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+    BEGIN
+        -- A session lock, released at once: xid assignment and nextval happen in one order for all writers.
+        PERFORM pg_advisory_lock({_SEQ_LOCK});
+        BEGIN
+            PERFORM pg_current_xact_id();
+            RETURN QUERY SELECT nextval('events_seq') FROM generate_series(1, n);
+        EXCEPTION WHEN query_canceled OR OTHERS THEN
+            PERFORM pg_advisory_unlock({_SEQ_LOCK});
+            RAISE;
+        END;
+        PERFORM pg_advisory_unlock({_SEQ_LOCK});
+    END $$;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_INSERT = """
+    INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)
+    SELECT s, t, e, ts, src, p, $7::text
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+        AS u(s, t, e, ts, src, p)
+    ON CONFLICT (topic, event_id) DO NOTHING
+    RETURNING topic, event_id
+"""
+_STORED = """
+    SELECT topic, event_id, timestamp, source, payload FROM events
+    WHERE (topic, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+_TOPICS = """
+    INSERT INTO topics (topic, count, first_seq)
+    SELECT t, c, (SELECT MIN(seq) FROM events WHERE topic = t)
+    FROM unnest($1::text[], $2::bigint[]) AS u(t, c)
+    ORDER BY t
+    ON CONFLICT (topic) DO UPDATE SET count = topics.count + excluded.count
+"""
+_STATE = """
+    INSERT INTO consumer_state (key, value) VALUES ($1, $2)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+# Rows only from transactions older than every running one: nothing can commit below them any more.
+_SAFE = "txid < pg_snapshot_xmin(pg_current_snapshot())"
+
+# A batch that lost a deadlock or a serialization check is retried at once this many times (then the
+# consumer's own backoff takes over); the locks are taken in one order, so this should stay rare.
+_TRANSACTION_RETRIES = 5
+
+
+def _where(url: str) -> str:
+    return f"DATABASE_URL={redact(url)}"
+
+
+def _connect_error(url: str, exc: BaseException) -> StoreError:
+    """One line naming DATABASE_URL; configuration mistakes are StoreConfigError (the consumer exits)."""
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return StoreConfigError(f"{_where(url)}: wrong password ({exc})")
+    if isinstance(exc, (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)):
+        return StoreConfigError(f"{_where(url)}: {exc}")
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return StoreConfigError(f"{_where(url)}: no permission to create or use the store's tables ({exc})")
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return StoreError(f"cannot reach the database at {_where(url)}: {type(exc).__name__}: {exc}")
+    return StoreError(f"{_where(url)}: {type(exc).__name__}: {exc}")
+
+
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+async def _connect(url: str) -> Any:
+    try:
+        return await asyncpg.connect(url, timeout=10)
+    except _DB_ERRORS as exc:
+        raise _connect_error(url, exc) from exc
+
+
+async def migrate(conn: Any, url: str) -> None:
+    """Migrate under an advisory lock: consumers starting together migrate once, one after the other."""
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS eventagg_schema (version integer NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM eventagg_schema") or 0
+            if version > SCHEMA_VERSION:
+                raise StoreConfigError(
+                    f"{_where(url)}: store schema version {version} is newer than this program's "
+                    f"{SCHEMA_VERSION}"
+                )
+            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await conn.execute(script)
+                await conn.execute("INSERT INTO eventagg_schema (version) VALUES ($1)", target)
+                log.info("store migrated to schema version=%d", target)
+    except _DB_ERRORS as exc:
+        raise _connect_error(url, exc) from exc
+
+
+def durability_of(settings: dict[str, str]) -> Durability:
+    if not settings:
+        return Durability(BACKEND, None)
+    # Every synchronous_commit but `off` waits for the local WAL flush (on, local, remote_write,
+    # remote_apply); `off` can lose recent commits that were already acked.
+    durable = settings.get("synchronous_commit") != "off" and settings.get("fsync") == "on"
+    warning = None
+    if not durable:
+        warning = (
+            f"the writer runs synchronous_commit={settings.get('synchronous_commit')} "
+            f"fsync={settings.get('fsync')}: an acked commit may be lost on a crash; set "
+            "synchronous_commit=on and fsync=on"
+        )
+    return Durability(BACKEND, durable, settings, warning)
+
+
+class PostgresWriter:
+    """One consumer's connection; several consumers may write the same database at once."""
+
+    backend: Backend = BACKEND
+
+    def __init__(self, url: str, conn: Any, before_commit: Callable[[], None] | None) -> None:
+        self._url = url
+        self._conn: Any = conn
+        self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
+
+    @classmethod
+    async def open(cls, url: str, before_commit: Callable[[], None] | None = None) -> PostgresWriter:
+        conn = await _connect(url)
+        try:
+            await migrate(conn, url)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(url, conn, before_commit)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except _DB_ERRORS:
+                conn.terminate()
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await _connect(self._url)
+        return self._conn
+
+    async def _settings(self, conn: Any) -> dict[str, str]:
+        return {
+            "synchronous_commit": str(await conn.fetchval("SHOW synchronous_commit")),
+            "fsync": str(await conn.fetchval("SHOW fsync")),
+        }
+
+    async def durability(self) -> Durability:
+        try:
+            return durability_of(await self._settings(await self._connection()))
+        except _DB_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def record_start(self, started_at: str) -> None:
+        try:
+            conn = await self._connection()
+            settings = await self._settings(conn)
+            async with conn.transaction():
+                await conn.executemany(_STATE, [("started_at", started_at), *settings.items()])
+        except _DB_ERRORS as exc:
+            raise self._error(exc) from exc
+        report = durability_of(settings)
+        if report.warning:
+            log.warning("STORE NOT DURABLE: %s", report.warning)
+
+    def _error(self, exc: BaseException) -> StoreError:
+        if self._conn is not None and self._conn.is_closed():
+            self._conn = None
+        return StoreError(f"{_where(self._url)}: {type(exc).__name__}: {exc}")
+
+    async def apply(self, messages: Sequence[Message]) -> BatchResult:
+        """Apply a batch in ONE transaction; retried at once when it loses a deadlock or serialization check.
+
+        Raises StoreError with nothing applied; the caller must then ack nothing.
+        """
+        for attempt in range(1, _TRANSACTION_RETRIES + 1):
+            try:
+                return await self._apply(await self._connection(), messages)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                if attempt == _TRANSACTION_RETRIES:
+                    raise self._error(exc) from exc
+                log.warning(
+                    "batch rolled back by %s; retrying, %d attempts left",
+                    type(exc).__name__,
+                    _TRANSACTION_RETRIES - attempt,
+                )
+                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+            except _DB_ERRORS as exc:
+                raise self._error(exc) from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _apply(self, conn: Any, messages: Sequence[Message]) -> BatchResult:
+        batch = sort_batch(messages)
+        received_at = utc_now()
+        async with conn.transaction():
+            stored: dict[tuple[str, str], tuple[str, str, str]] = {}
+            inserted: set[tuple[str, str]] = set()
+            if batch.first:
+                # Seqs in arrival order (paging shows a batch as it came, as on SQLite) ...
+                seqs = await conn.fetch("SELECT eventagg_allocate($1)", len(batch.first))
+                numbered = sorted(
+                    zip((r[0] for r in seqs), batch.first.values(), strict=True),
+                    key=lambda pair: (pair[1].topic, pair[1].event_id),
+                )
+                # ... but inserted in key order: concurrent batches wait on each other's keys in one order,
+                # so two consumers holding the same keys cannot deadlock.
+                rows = await conn.fetch(
+                    _INSERT,
+                    [s for s, _ in numbered],
+                    [e.topic for _, e in numbered],
+                    [e.event_id for _, e in numbered],
+                    [e.timestamp for _, e in numbered],
+                    [e.source for _, e in numbered],
+                    [e.payload_json() for _, e in numbered],
+                    received_at,
+                )
+                inserted = {(r[0], r[1]) for r in rows}
+                existing = [key for key in batch.first if key not in inserted]
+                if existing:
+                    # What ON CONFLICT skipped is stored and committed (by an earlier batch or a concurrent
+                    # consumer, whose commit the insert waited for): this statement's snapshot sees it.
+                    for r in await conn.fetch(_STORED, [k[0] for k in existing], [k[1] for k in existing]):
+                        stored[(r[0], r[1])] = (r[2], r[3], r[4])
+            count_duplicates(batch, stored, inserted)
+            result = batch.result
+            per_topic = sorted(Counter(key[0] for key in inserted).items())
+            if per_topic:
+                await conn.execute(_TOPICS, [t for t, _ in per_topic], [n for _, n in per_topic])
+            # Counter rows in COUNTERS order, the same in every writer: no lock cycle between consumers.
+            await conn.executemany(
+                "UPDATE counters SET value = value + $1 WHERE name = $2",
+                [(delta, name) for name, delta in result.deltas()],
+            )
+            await conn.execute(_STATE, "last_commit_at", received_at)
+            if self._before_commit is not None:
+                self._before_commit()
+        return result
+
+    async def counters(self) -> dict[str, int]:
+        rows = await (await self._connection()).fetch("SELECT name, value FROM counters")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+
+class PostgresReader:
+    """A small connection pool, created on first use so the api starts before the database answers."""
+
+    backend: Backend = BACKEND
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _get_pool(self) -> Any:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    try:
+                        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=4, timeout=10)
+                    except _DB_ERRORS as exc:
+                        raise _connect_error(self._url, exc) from exc
+        return self._pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any] | None:
+        """Rows, or None while the consumer has not created the tables yet."""
+        pool = await self._get_pool()
+        try:
+            return cast(list[Any], await pool.fetch(sql, *args))
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+            return None
+        except _DB_ERRORS as exc:
+            raise _connect_error(self._url, exc) from exc
+
+    async def page(self, topic: str | None, limit: int, after: int, descending: bool = False) -> Page:
+        where = f"seq {'<' if descending else '>'} $1 AND {_SAFE}"
+        args: list[Any] = [after, limit + 1]
+        if topic is not None:
+            where += " AND topic = $3"
+            args.append(topic)
+        order = "seq DESC" if descending else "seq"
+        rows = await self._fetch(
+            f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT $2", *args
+        )
+        found = [cast(Row, tuple(r)) for r in rows or []]
+        more = len(found) > limit
+        found = found[:limit]
+        return Page(found, found[-1][0] if more else None)
+
+    async def event_row(self, topic: str, event_id: str) -> Row | None:
+        rows = await self._fetch(
+            f"SELECT {COLUMNS} FROM events WHERE topic = $1 AND event_id = $2", topic, event_id
+        )
+        return cast(Row, tuple(rows[0])) if rows else None
+
+    async def snapshot(self) -> Snapshot:
+        """Counters and per-topic counts in one REPEATABLE READ transaction, so they agree with each other."""
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                counters = await conn.fetch("SELECT name, value FROM counters")
+                topics = await conn.fetch("SELECT topic, count FROM topics ORDER BY first_seq, topic")
+                consumer = await conn.fetch("SELECT key, value FROM consumer_state")
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+            return empty_snapshot(BACKEND)
+        except _DB_ERRORS as exc:
+            raise _connect_error(self._url, exc) from exc
+        state = {str(r[0]): str(r[1]) for r in consumer}
+        values = {str(r[0]): int(r[1]) for r in counters}
+        recorded = {str(k): state[k] for k in ("synchronous_commit", "fsync") if k in state}
+        return Snapshot(
+            {name: values.get(name, 0) for name in COUNTERS},
+            {str(r[0]): int(r[1]) for r in topics},
+            state,
+            "ok",
+            durability_of(recorded),
+        )
+
+    async def check(self) -> str:
+        rows = await self._fetch("SELECT value FROM counters LIMIT 1")
+        return "missing" if rows is None else "ok"
+
+    async def durability(self) -> Durability:
+        return (await self.snapshot()).durability
