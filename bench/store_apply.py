@@ -1,0 +1,350 @@
+"""`python -m bench.store_apply`: the store's batch apply alone, without broker or processes.
+
+Times the same workload (single-event messages in batches, a share of them verbatim re-sends) through:
+- `per-event`: the first release's apply (one INSERT per event, one SELECT per duplicate) on a sqlite3
+  connection driven from a worker thread, as its StoreWorker did; kept here as the reference;
+- `set-based`: store.sqlite.SqliteWriter (aiosqlite, a handful of statements per batch);
+- with `--postgres URL`: store.postgres.PostgresWriter (asyncpg) and the same statements through psycopg 3
+  (installed separately: `pip install "psycopg[binary]"`), to choose the PostgreSQL driver.
+Each mode runs `--rounds` times on a fresh store (empty, or a copy of one pre-filled with `--prefill`
+events); the table gives the median. Ratios only mean something within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench import bigstore
+from contract.event import Event, content_hash
+from contract.schema import COUNTERS
+from store.base import BatchResult, Message, count_duplicates, sort_batch, utc_now
+from store.sqlite import SqliteWriter
+
+Batches = list[list[Message]]
+
+
+def workload(events: int, batch: int, dup_share: float, seed: int) -> Batches:
+    rng = random.Random(seed)
+    sent: list[Event] = []
+    messages: list[Message] = []
+    for i in range(events):
+        if sent and rng.random() < dup_share:
+            item = sent[rng.randrange(len(sent))]
+        else:
+            item = Event(
+                topic=f"demo.{('orders', 'payments', 'auth', 'search')[i % 4]}",
+                event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                timestamp="2026-11-22T10:15:00Z",
+                source=f"loadgen-{i % 4}",
+                payload={
+                    "seq": i,
+                    "level": "info",
+                    "message": f"event {i}",
+                    "latency_ms": rng.randrange(2000),
+                },
+            )
+            sent.append(item)
+        messages.append([item])
+    return [messages[i : i + batch] for i in range(0, len(messages), batch)]
+
+
+class PerEventStore:
+    """The first release's Store.apply, verbatim in its SQL: the reference the set-based apply replaces."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def apply(self, messages: Sequence[Message]) -> BatchResult:
+        result = BatchResult()
+        new_per_topic: Counter[str] = Counter()
+        received_at = utc_now()
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for events in messages:
+                if events is None:
+                    result.invalid += 1
+                    result.received += 1
+                    continue
+                for item in events:
+                    result.received += 1
+                    cur.execute(
+                        "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO NOTHING",
+                        (
+                            item.topic,
+                            item.event_id,
+                            item.timestamp,
+                            item.source,
+                            item.payload_json(),
+                            received_at,
+                        ),
+                    )
+                    if cur.rowcount == 1:
+                        result.unique_processed += 1
+                        new_per_topic[item.topic] += 1
+                        continue
+                    result.duplicate_dropped += 1
+                    stored = cur.execute(
+                        "SELECT timestamp, source, payload FROM events WHERE topic = ? AND event_id = ?",
+                        item.key(),
+                    ).fetchone()
+                    if content_hash(stored[0], stored[1], json.loads(stored[2])) != item.content_hash():
+                        result.conflicts += 1
+            cur.executemany(
+                "UPDATE counters SET value = value + ? WHERE name = ?",
+                [(getattr(result, name), name) for name in COUNTERS if getattr(result, name)],
+            )
+            cur.executemany(
+                "INSERT INTO topics (topic, count) VALUES (?, ?)"
+                " ON CONFLICT (topic) DO UPDATE SET count = count + excluded.count",
+                new_per_topic.items(),
+            )
+            cur.execute(
+                "INSERT INTO consumer_state (key, value) VALUES ('last_commit_at', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (received_at,),
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return result
+
+
+async def run_per_event(path: Path, batches: Batches) -> float:
+    executor = ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
+    writer = await SqliteWriter.open(path)  # the same file layout and pragmas
+    await writer.close()
+
+    def open_conn() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA wal_autocheckpoint = 20000")
+        return conn
+
+    conn = await loop.run_in_executor(executor, open_conn)
+    store = PerEventStore(conn)
+    started = time.perf_counter()
+    for batch in batches:
+        await loop.run_in_executor(executor, store.apply, batch)
+    elapsed = time.perf_counter() - started
+    await loop.run_in_executor(executor, conn.close)
+    executor.shutdown()
+    return elapsed
+
+
+async def run_set_based(path: Path, batches: Batches) -> float:
+    writer = await SqliteWriter.open(path)
+    started = time.perf_counter()
+    for batch in batches:
+        await writer.apply(batch)
+    elapsed = time.perf_counter() - started
+    await writer.close()
+    return elapsed
+
+
+async def run_asyncpg(url: str, batches: Batches) -> float:
+    from store.postgres import PostgresWriter
+
+    writer = await PostgresWriter.open(url)
+    started = time.perf_counter()
+    for batch in batches:
+        await writer.apply(batch)
+    elapsed = time.perf_counter() - started
+    await writer.close()
+    return elapsed
+
+
+async def run_psycopg(url: str, batches: Batches) -> float:
+    """PostgresWriter._apply's statements, one for one, through psycopg 3's async connection."""
+    import psycopg
+
+    from store import postgres
+
+    def pg(sql: str) -> str:  # asyncpg's $n placeholders in psycopg's named style
+        for n in range(9, 0, -1):
+            sql = sql.replace(f"${n}", f"%(p{n})s")
+        return sql
+
+    def named(*values: object) -> dict[str, object]:
+        return {f"p{n}": v for n, v in enumerate(values, start=1)}
+
+    insert, stored_sql, topics = pg(postgres._INSERT), pg(postgres._STORED), pg(postgres._TOPICS)
+    state = pg(postgres._STATE)
+    writer = await postgres.PostgresWriter.open(url)  # migrates
+    await writer.close()
+    base, _, schema = url.rpartition("search_path=")  # psycopg takes it as a server option, not in the URL
+    plain = base.rstrip("?&")
+    async with await psycopg.AsyncConnection.connect(plain, options=f"-c search_path={schema}") as conn:
+        started = time.perf_counter()
+        for messages in batches:
+            batch = sort_batch(messages)
+            received_at = utc_now()
+            async with conn.transaction(), conn.cursor() as cur:
+                stored: dict[tuple[str, str], tuple[str, str, str]] = {}
+                await cur.execute("SELECT eventagg_allocate(%s)", (len(batch.first),))
+                seqs = [r[0] for r in await cur.fetchall()]
+                numbered = sorted(
+                    zip(seqs, batch.first.values(), strict=True), key=lambda p: (p[1].topic, p[1].event_id)
+                )
+                await cur.execute(
+                    insert,
+                    named(
+                        [s for s, _ in numbered],
+                        [e.topic for _, e in numbered],
+                        [e.event_id for _, e in numbered],
+                        [e.timestamp for _, e in numbered],
+                        [e.source for _, e in numbered],
+                        [e.payload_json() for _, e in numbered],
+                        received_at,
+                    ),
+                )
+                inserted = {(r[0], r[1]) for r in await cur.fetchall()}
+                existing = [k for k in batch.first if k not in inserted]
+                if existing:
+                    await cur.execute(stored_sql, named([k[0] for k in existing], [k[1] for k in existing]))
+                    for r in await cur.fetchall():
+                        stored[(r[0], r[1])] = (r[2], r[3], r[4])
+                count_duplicates(batch, stored, inserted)
+                per_topic = sorted(Counter(k[0] for k in inserted).items())
+                if per_topic:
+                    await cur.execute(topics, named([t for t, _ in per_topic], [n for _, n in per_topic]))
+                await cur.executemany(
+                    "UPDATE counters SET value = value + %s WHERE name = %s",
+                    [(d, name) for name, d in batch.result.deltas()],
+                )
+                await cur.execute(state, named("last_commit_at", received_at))
+        return time.perf_counter() - started
+
+
+async def fresh_schema(url: str, prefill: int) -> str:
+    import asyncpg
+
+    from store.postgres import PostgresWriter
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {name}")
+    finally:
+        await conn.close()
+    scoped = f"{url}{'&' if '?' in url else '?'}search_path={name}"
+    if prefill:
+        writer = await PostgresWriter.open(scoped)
+        await writer.close()
+        conn = await asyncpg.connect(scoped)
+        try:
+            await conn.execute(
+                "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
+                " SELECT nextval('events_seq'), 'demo.orders', gen_random_uuid()::text,"
+                " '2026-01-01T00:00:00Z', 'prefill', '{\"n\":1}', '2026-01-01T00:00:00Z'"
+                " FROM generate_series(1, $1)",
+                prefill,
+            )
+            await conn.execute("VACUUM ANALYZE events")
+        finally:
+            await conn.close()
+    return scoped
+
+
+async def drop_schema(url: str, scoped: str) -> None:
+    import asyncpg
+
+    name = scoped.rsplit("search_path=", 1)[1]
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA {name} CASCADE")
+    finally:
+        await conn.close()
+
+
+def _remove_store(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    batches = workload(args.events, args.batch, args.dup, args.seed)
+    events = sum(len(b) for b in batches)
+    work = Path(tempfile.mkdtemp(prefix="store-apply-"))
+    template = work / "template.db"
+    if args.prefill:
+        bigstore.build(template, args.prefill)
+    sqlite_modes: dict[str, Callable[[Path, Batches], Awaitable[float]]] = {
+        "per-event": run_per_event,
+        "set-based": run_set_based,
+    }
+    pg_modes: dict[str, Callable[[str, Batches], Awaitable[float]]] = {
+        "asyncpg": run_asyncpg,
+        "psycopg": run_psycopg,
+    }
+    times: dict[str, list[float]] = {}
+    try:
+        for round_ in range(args.rounds):
+            for mode, fn in sqlite_modes.items():  # interleaved, so drift in the machine's load hits both
+                if args.only and mode not in args.only:
+                    continue
+                path = work / f"{mode}-{round_}.db"
+                if args.prefill:
+                    shutil.copy(template, path)
+                times.setdefault(mode, []).append(await fn(path, batches))
+                _remove_store(path)
+            if args.postgres:
+                for mode, pgfn in pg_modes.items():
+                    if args.only and mode not in args.only:
+                        continue
+                    scoped = await fresh_schema(args.postgres, args.prefill)
+                    try:
+                        times.setdefault(mode, []).append(await pgfn(scoped, batches))
+                    finally:
+                        await drop_schema(args.postgres, scoped)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"events={events} batches={len(batches)} batch={args.batch} dup={args.dup:g} prefill={args.prefill} "
+        f"rounds={args.rounds}"
+    )
+    reference = statistics.median(times[next(iter(times))])
+    for mode, values in times.items():
+        median = statistics.median(values)
+        runs = " ".join(f"{v:.2f}" for v in values)
+        print(
+            f"{mode:10s} median {median:7.2f}s  {events / median:9.0f} events/s  "
+            f"{reference / median:5.2f}x first  runs: {runs}"
+        )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=256, help="single-event messages per batch")
+    parser.add_argument(
+        "--dup", type=float, default=0.2, help="share of messages that re-send an earlier event"
+    )
+    parser.add_argument("--prefill", type=int, default=0, help="events already in the store")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--postgres", help="a PostgreSQL URL: also time the asyncpg and psycopg writers")
+    parser.add_argument("--only", nargs="*", help="modes to run (per-event set-based asyncpg psycopg)")
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
