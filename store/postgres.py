@@ -42,8 +42,8 @@ _SEQ_LOCK = 0x65766167_00000002
 # - `txid`, the writing transaction's id. Several consumers commit concurrently, so a batch holding seq 10
 #   can commit after one holding seq 11 is visible; a page read must not step past 10 before it exists.
 #   eventagg_allocate() hands out seqs and the transaction id together under a short advisory lock, so seq
-#   order is transaction-id order among writers; a reader then returns only rows whose transaction is older
-#   than the oldest transaction still running (pg_snapshot_xmin), and no later commit can land below them.
+#   order is transaction-id order among writers. A page then holds only rows whose transaction is older
+#   than every writer still running (see _watermark), and no later commit can land below them.
 # - The payload is TEXT, not jsonb: it stays byte-for-byte what the consumer serialised, as in SQLite, so
 #   the api's JSON is identical whichever backend stored the event.
 MIGRATIONS: tuple[str, ...] = (
@@ -107,7 +107,17 @@ _STATE = """
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 # Rows only from transactions older than every running one: nothing can commit below them any more.
-_SAFE = "txid < pg_snapshot_xmin(pg_current_snapshot())"
+_SAFE = "txid < $4::text::xid8"
+# The writers still running, as seen before the page's own snapshot is taken: the next transaction id to
+# be assigned and the 32-bit ids of this database's consumer sessions that hold one.
+_WRITERS = """
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text, array(
+        SELECT backend_xid::text FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = $1 AND backend_xid IS NOT NULL
+    )
+"""
+# How the consumers' sessions name themselves, so the readers can find the transactions still running.
+WRITER_APPLICATION = "eventagg-consumer"
 
 # A batch that lost a deadlock or a serialization check is retried at once this many times (then the
 # consumer's own backoff takes over); the locks are taken in one order, so this should stay rare.
@@ -126,6 +136,11 @@ def _connect_error(url: str, exc: BaseException) -> StoreError:
         return StoreConfigError(f"{_where(url)}: {exc}")
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return StoreConfigError(f"{_where(url)}: no permission to create or use the store's tables ({exc})")
+    if isinstance(exc, asyncpg.InvalidSchemaNameError):
+        return StoreConfigError(
+            f"{_where(url)}: no schema to create the store's tables in ({exc}); check search_path and the "
+            "role's USAGE and CREATE privileges on it"
+        )
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
         return StoreError(f"cannot reach the database at {_where(url)}: {type(exc).__name__}: {exc}")
     return StoreError(f"{_where(url)}: {type(exc).__name__}: {exc}")
@@ -136,7 +151,9 @@ _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.Ti
 
 async def _connect(url: str) -> Any:
     try:
-        return await asyncpg.connect(url, timeout=10)
+        return await asyncpg.connect(
+            url, timeout=10, server_settings={"application_name": WRITER_APPLICATION}
+        )
     except _DB_ERRORS as exc:
         raise _connect_error(url, exc) from exc
 
@@ -347,12 +364,35 @@ class PostgresReader:
         except _DB_ERRORS as exc:
             raise _connect_error(self._url, exc) from exc
 
+    async def _watermark(self) -> str:
+        """A transaction id below which every writer has finished: the oldest consumer transaction still
+        running, or the next id to be assigned when none runs.
+
+        Read in its own statement before the page's: a writer that gets its id after this moment gets a
+        larger one (and, through eventagg_allocate, larger seqs than every row below the watermark), and one
+        that finished before it is visible to the page's later snapshot. Only this database's consumer
+        sessions count, so unrelated long transactions on the server do not hold pages back.
+        """
+        rows = await self._fetch(_WRITERS, WRITER_APPLICATION)
+        if not rows:
+            raise StoreError(f"{_where(self._url)}: no answer from pg_stat_activity")
+        next_id = int(rows[0][0])
+        bound = next_id
+        for text in rows[0][1]:
+            # pg_stat_activity shows the 32-bit id; its epoch is next_id's, or the one before on wraparound.
+            full = (next_id >> 32 << 32) | int(text)
+            if full >= next_id:
+                full -= 1 << 32
+            bound = min(bound, full)
+        return str(bound)
+
     async def page(self, topic: str | None, limit: int, after: int, descending: bool = False) -> Page:
         where = f"seq {'<' if descending else '>'} $1 AND {_SAFE}"
-        args: list[Any] = [after, limit + 1]
+        args: list[Any] = [after, limit + 1, topic, await self._watermark()]
         if topic is not None:
-            where += " AND topic = $3"
-            args.append(topic)
+            where += " AND topic = $3::text"
+        else:
+            where += " AND $3::text IS NULL"
         order = "seq DESC" if descending else "seq"
         rows = await self._fetch(
             f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT $2", *args

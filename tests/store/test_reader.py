@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from api.queries import page_json, row_json
+from api.queries import Page as ApiPage
+from api.queries import row_json
 from contract.schema import COUNTERS
 from store import Page, Reader, Writer, open_reader, open_writer
 from tests.harness.stores import StoreSettings
@@ -17,7 +18,7 @@ def ids(page: Page) -> list[str]:
 
 
 def events(page: Page) -> list[dict[str, Any]]:
-    parsed: list[dict[str, Any]] = json.loads(page_json(page.rows))
+    parsed: list[dict[str, Any]] = json.loads(ApiPage.of(page).json())
     return parsed
 
 
