@@ -40,9 +40,13 @@ def compose_command() -> list[str]:
     pytest.skip(message)
 
 
-def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    *args: str, env: dict[str, str] | None = None, overrides: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """compose with compose.yaml and then each override file, as `-f` options in that order."""
+    files = [option for path in (COMPOSE_FILE, *overrides) for option in ("-f", str(path))]
     return subprocess.run(
-        [*compose_command(), "-f", str(COMPOSE_FILE), *args],
+        [*compose_command(), *files, *args],
         capture_output=True,
         text=True,
         env={**CLEAN_ENV, **(env or {})},
@@ -51,10 +55,10 @@ def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def compose_config(**env: str) -> dict[str, Any]:
-    """The compose file as compose resolves it (anchors merged, ports parsed), its variables interpolated
-    from `env` alone."""
-    result = run_compose("config", env=env)
+def compose_config(overrides: tuple[Path, ...] = (), **env: str) -> dict[str, Any]:
+    """The compose file (merged with `overrides`) as compose resolves it (anchors merged, ports parsed), its
+    variables interpolated from `env` alone."""
+    result = run_compose("config", env=env, overrides=overrides)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config

@@ -113,13 +113,29 @@ def test_compose_runs_broker_consumer_api_and_the_demo_publisher(config: dict[st
     ]
 
 
-def test_ports_are_amqp_management_ui_and_api_on_this_machine_by_default(config: dict[str, Any]) -> None:
+def test_ports_are_management_ui_and_api_on_this_machine_by_default(config: dict[str, Any]) -> None:
     svc = services(config)
-    assert published_ports(svc["rabbitmq"]) == {("127.0.0.1", 5672, 5672), ("127.0.0.1", 15672, 15672)}
+    # Not AMQP: the services reach the broker inside the compose network, and a published 5672 would fail
+    # `up` on a machine that already runs a RabbitMQ (tests/test_docker.py runs it on such a machine).
+    assert published_ports(svc["rabbitmq"]) == {("127.0.0.1", 15672, 15672)}
     assert published_ports(svc["api"]) == {("127.0.0.1", 8080, 8080)}
     assert published_ports(svc["consumer"]) == published_ports(svc["publisher"]) == set()
     assert svc["api"]["environment"]["API_PORT"] == "8080"
     assert Dockerfile.of("api").one("EXPOSE") == "8080"
+
+
+def test_amqp_is_published_only_with_the_amqp_override_on_the_port_asked_for() -> None:
+    amqp = REPO / "compose" / "compose.amqp.yaml"
+    svc = services(compose_config(overrides=(amqp,)))
+    assert published_ports(svc["rabbitmq"]) == {("127.0.0.1", 5672, 5672), ("127.0.0.1", 15672, 15672)}
+    assert published_ports(svc["api"]) == {("127.0.0.1", 8080, 8080)}
+    moved = services(compose_config(overrides=(amqp,), AMQP_PORT="5673", BIND_ADDRESS="0.0.0.0"))
+    assert published_ports(moved["rabbitmq"]) == {("0.0.0.0", 5673, 5672), ("0.0.0.0", 15672, 15672)}
+    # The override changes nothing else.
+    base = compose_config()
+    merged = compose_config(overrides=(amqp,))
+    merged["services"]["rabbitmq"]["ports"] = base["services"]["rabbitmq"]["ports"]
+    assert merged == base
 
 
 def test_broker_credentials_come_from_the_environment_with_defaults(config: dict[str, Any]) -> None:
