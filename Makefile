@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast crash bench up down lock clean
+.PHONY: install lint test test-fast test-docker crash bench up down lock clean
 
 install: $(STAMP)
 
@@ -28,7 +28,13 @@ test: install
 
 # Everything but the crash tests, for a quick loop while editing.
 test-fast: install
-	$(BIN)/python -m pytest -m "not crash" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not crash and not docker" $(PYTEST_ARGS)
+
+# The README's Docker commands on real engines (tests/test_docker.py, README "With Docker"): Compose v2 on
+# Engine 26 and docker-compose v1 on the host's engine, which it starts if installed but not running.
+# Stand-in base images where no registry answers; caches in /var/cache/eventagg-docker (EVENTAGG_DOCKER_CACHE).
+test-docker: install
+	$(BIN)/python -m pytest -m docker -s -p no:cacheprovider $(PYTEST_ARGS) tests/test_docker.py
 
 # The crash scenarios alone, bigger than in `make test`, ending with the crash checker's table.
 crash: install

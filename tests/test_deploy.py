@@ -24,7 +24,6 @@ from api.settings import ApiSettings
 from consumer.settings import ConsumerSettings
 from contract.topology import Topology
 from publisher.settings import PublisherSettings
-from tests.broker import RABBITMQ_SERVER, Broker, PrivateNode
 from tests.deploy import (
     COMPOSE_FILE,
     DEPLOYABLES,
@@ -242,23 +241,6 @@ def test_services_start_in_order_of_health_and_restart_unless_stopped(config: di
     }
 
 
-def test_broker_healthcheck_succeeds_against_a_running_node(config: dict[str, Any], broker: Broker) -> None:
-    if not isinstance(broker, PrivateNode):
-        pytest.skip(f"the suite's broker is {broker.description}; its CLI cannot reach it")
-    kind, program, *args = services(config)["rabbitmq"]["healthcheck"]["test"]
-    assert (kind, program) == ("CMD", "rabbitmq-diagnostics")
-    # In the container the CLI finds its node by the hostname; here it is told which one (-n), and gets the
-    # node's environment (its Erlang cookie) as the container's root user has it.
-    result = subprocess.run(
-        [str(RABBITMQ_SERVER.parent / program), "-n", broker.node_name, *args],
-        env=broker._environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_services_stop_gracefully_on_sigterm(config: dict[str, Any]) -> None:
     svc = services(config)
     for name in DEPLOYABLES:
@@ -471,7 +453,7 @@ def start_order(config: dict[str, Any]) -> list[str]:
     return order
 
 
-def test_images_started_like_compose_run_the_demo_and_keep_the_store_across_recreation(
+def test_images_started_like_compose_run_the_demo_with_their_healthchecks_passing(
     stack: Stack, config: dict[str, Any]
 ) -> None:
     order = start_order(config)
@@ -509,23 +491,7 @@ def test_images_started_like_compose_run_the_demo_and_keep_the_store_across_recr
         "invalid": 0,
     }
 
-    # `docker compose down`: SIGTERM to each; both exit 0 after their graceful shutdown.
-    consumer, api = running["consumer"], running["api"]
-    assert consumer.stop() == 0, consumer.output()
-    assert "consumer stopped messages=" in consumer.output()
-    assert stack.healthcheck(consumer).returncode == 1
-    assert api.stop() == 0, api.output()
-    assert stack.healthcheck(api).returncode != 0
-
-    # `docker compose up` again: new containers, the same volume, everything still there.
-    consumer, api = stack.container("consumer"), stack.container("api")
-    consumer.start()
-    api.start()
-    stack.wait_healthy(consumer)
-    stack.wait_healthy(api)
-    again = stats(stack.deployment)
-    assert (again["received"], again["unique_processed"]) == (DEMO_EVENTS, unique)
-    assert consumer.stop() == 0 and api.stop() == 0
+    # `down`, `up` again on the same volumes, and graceful stops: tests/test_docker.py, with real containers.
 
 
 def test_consumer_healthcheck_fails_without_a_broker_connection_or_with_a_stale_status(
