@@ -44,7 +44,7 @@ case "$KIND" in
         PACKAGES="postgresql-15 ca-certificates"
         CHANGES=(-c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
                  -c 'ENV LANG=C.UTF-8' -c 'ENV PGDATA=/var/lib/postgresql/data' -c 'EXPOSE 5432'
-                 -c 'VOLUME /var/lib/postgresql/data' -c 'STOPSIGNAL SIGINT'
+                 -c 'VOLUME /var/lib/postgresql/data'
                  -c 'ENTRYPOINT ["docker-entrypoint.sh"]' -c 'CMD ["postgres"]') ;;
     engine)
         SUITE=trixie
@@ -138,7 +138,13 @@ ENTRYPOINT
     mv "$TARBALL.part" "$TARBALL"
 fi
 
-docker import "${CHANGES[@]}" \
-    -c "LABEL org.eventagg.stand-in=\"$KIND from Debian packages (tests/harness/base-image.sh), not the registry's image\"" \
-    "$TARBALL" "$TAG" >/dev/null
+LABEL="LABEL org.eventagg.stand-in=\"$KIND from Debian packages (tests/harness/base-image.sh), not the registry's image\""
+if [ "$KIND" = postgres ]; then
+    # SIGINT is PostgreSQL's fast shutdown, and the official image's STOPSIGNAL (on SIGTERM the server waits for
+    # every client to disconnect). `docker import` cannot set it: a one-line build on the imported image does.
+    IMPORTED=$(docker import "${CHANGES[@]}" "$TARBALL")
+    printf 'FROM %s\nSTOPSIGNAL SIGINT\n%s\n' "$IMPORTED" "$LABEL" | docker build --quiet -t "$TAG" - >/dev/null
+else
+    docker import "${CHANGES[@]}" -c "$LABEL" "$TARBALL" "$TAG" >/dev/null
+fi
 echo "base-image.sh: imported $TAG (stand-in: $KIND from Debian packages)"
