@@ -24,7 +24,7 @@ from publisher.check import CheckError, ConfirmedLog, run_check
 from publisher.files import BadLine, read_ndjson
 from publisher.settings import PublisherSettings
 from publisher.transport import Batch, Transport, open_transport
-from publisher.verify import Verifier, VerifyError
+from publisher.verify import Verifier, VerifyError, api_problem
 
 log = logging.getLogger("publisher")
 
@@ -81,6 +81,27 @@ class Progress:
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
+
+
+class Status:
+    """What --verify is doing: one line on stderr (unless quiet), kept up to date in place on a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.live = quiet, sys.stderr.isatty() and not quiet
+
+    def start(self, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"verifying   {text}" + ("" if self.live else "\n"))
+            sys.stderr.flush()
+
+    def show(self, text: str) -> None:
+        if self.live:
+            sys.stderr.write(f"\r\033[Kverifying   {text}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.live:
+            sys.stderr.write("\r\033[K")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -216,7 +237,16 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
     report = Report()
     progress = Progress(None if args.file else args.count, enabled=sys.stderr.isatty() and not args.quiet)
     verifier = None
-    if args.verify or args.verify_all:
+    verifying = args.verify or args.verify_all
+    if args.via == "http" or verifying:
+        problem = await api_problem(settings.api_url)
+        if problem is not None:
+            print(
+                f"publisher: the api at {settings.api_url} is unreachable ({problem}); nothing was published",
+                file=sys.stderr,
+            )
+            return EXIT_UNCONFIRMED if args.via == "http" else EXIT_VERIFY
+    if verifying:
         verifier = Verifier(
             settings.api_url, args.verify_timeout, settings.api_key, None if args.verify_all else 1000
         )
@@ -259,7 +289,12 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         code = EXIT_UNCONFIRMED
     verified: dict[str, object] | None = None
     if verifier is not None and code != EXIT_UNCONFIRMED:
-        outcome = await verifier.check(sent, report.sent)
+        status = Status(args.quiet)
+        status.start(f"waiting until the api shows the events took effect (up to {args.verify_timeout:g}s)")
+        try:
+            outcome = await verifier.check(sent, report.sent, status.show)
+        finally:
+            status.close()
         verified = outcome.as_dict()
         if not outcome.ok:
             code = EXIT_VERIFY

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +18,27 @@ from contract.schema import COUNTERS
 
 class VerifyError(Exception):
     pass
+
+
+# How long to keep trying an api that does not answer at all before saying so: a few seconds, not the
+# whole --verify-timeout (that one is for the consumer to catch up with an api that answers).
+REACH_ATTEMPTS = 3
+REACH_TIMEOUT = 2.0
+
+
+async def api_problem(api_url: str) -> str | None:
+    """None when the api answers (any HTTP status), else why it cannot be reached."""
+    problem = None
+    async with httpx.AsyncClient(timeout=REACH_TIMEOUT) as client:
+        for attempt in range(REACH_ATTEMPTS):
+            try:
+                await client.get(f"{api_url.rstrip('/')}/health")
+                return None
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if attempt + 1 < REACH_ATTEMPTS:
+                await asyncio.sleep(0.5)
+    return problem
 
 
 @dataclass
@@ -64,7 +86,9 @@ class Verifier:
                         raise VerifyError(f"cannot read {self._url}/stats for --verify: {exc}") from exc
                 await asyncio.sleep(0.5)
 
-    async def check(self, sent: list[Event], sent_count: int) -> Outcome:
+    async def check(
+        self, sent: list[Event], sent_count: int, progress: Callable[[str], None] | None = None
+    ) -> Outcome:
         """Wait until the counters moved by at least what was sent, then look up the unique keys."""
         keys = list(dict.fromkeys(item.key() for item in sent))
         deadline = time.monotonic() + self._timeout
@@ -80,6 +104,8 @@ class Verifier:
                 # the consumer has (at least) taken our messages; others may publish at the same time.
                 if deltas and deltas["received"] >= sent_count:
                     break
+                if progress is not None:
+                    progress(f"consumer has taken {deltas.get('received', '?')} of {sent_count} events")
                 if time.monotonic() > deadline:
                     got = deltas.get("received", "unknown")
                     return Outcome(
@@ -93,6 +119,8 @@ class Verifier:
                 # One lookup per key costs a request each; a uniform sample bounds the time on big loads and
                 # still catches any systematic loss. --verify-all checks every key.
                 checked = random.sample(keys, self._sample)
+            if progress is not None:
+                progress(f"looking up {len(checked)} stored events")
             missing = await self._missing(client, checked)
         what = (
             f"all {len(keys)}" if len(checked) == len(keys) else f"a sample of {len(checked)} of {len(keys)}"

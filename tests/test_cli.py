@@ -8,15 +8,18 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
+from tests.pipeline import start_pipeline
 from tests.probes import consumer_count
-from tests.processes import REPO, Processes, api_get
+from tests.processes import REPO, Processes, api_get, free_port
 from tests.waiting import eventually
 
 
@@ -178,3 +181,43 @@ async def test_a_publisher_run_prints_its_report_and_no_log_lines_at_info(
     debug = procs.publish("--count", "10", "--seed", "3", LOG_LEVEL="DEBUG")
     assert debug["exit_code"] == 0
     assert " DEBUG contract.topology topology declared exchange=" in procs.all[-1].output()
+
+
+@pytest.mark.parametrize(("options", "code"), [(("--verify",), 4), (("--via", "http"), 1)])
+async def test_an_unreachable_api_is_named_within_seconds_and_nothing_is_published(
+    procs: Processes, amqp: AbstractRobustConnection, options: tuple[str, ...], code: int
+) -> None:
+    deployment = procs.deployment
+    dead = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    process = procs.start("publisher", "--count", "20", "--quiet", *options, API_URL=dead)
+
+    assert process.wait(30) == code
+    assert time.monotonic() - started < 15
+    output = process.output()
+    assert f"publisher: the api at {dead} is unreachable (ConnectError" in output
+    assert output.rstrip().endswith("nothing was published")
+    assert "broker" not in output
+    assert not await exchange_exists(amqp, deployment.exchange)
+
+
+async def exchange_exists(amqp: AbstractRobustConnection, name: str) -> bool:
+    channel = await amqp.channel()
+    try:
+        await channel.declare_exchange(name, passive=True)
+        return True
+    except aio_pika.exceptions.ChannelClosed:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def test_verify_says_what_it_is_doing(procs: Processes, amqp: AbstractRobustConnection) -> None:
+    await start_pipeline(procs, amqp)
+    process = procs.start("publisher", "--count", "200", "--seed", "5", "--verify")
+
+    assert process.wait(120) == 0
+    lines = process.output().splitlines()
+    assert "verifying   waiting until the api shows the events took effect (up to 60s)" in lines
+    assert lines[-1].startswith("verify      ok: all 160 unique events stored")
