@@ -26,9 +26,9 @@ lint: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Everything but the crash tests, for a quick loop while editing.
+# Everything but the crash, cluster and docker tests, for a quick loop while editing.
 test-fast: install
-	$(BIN)/python -m pytest -m "not crash and not docker" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not crash and not cluster and not docker" $(PYTEST_ARGS)
 
 # The README's Docker commands on real engines (tests/test_docker.py, README "With Docker"): Compose v2 on
 # Engine 26 and docker-compose v1 on the host's engine, which it starts if installed but not running.

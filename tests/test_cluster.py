@@ -1,0 +1,381 @@
+"""Fail-over on a real 3-node RabbitMQ cluster: kill -9 the node a client uses, the queue's leader, two nodes.
+
+Every deployable gets all three URLs. Each scenario streams a known workload, kills nodes while it runs,
+restarts them, and ends with the crash checker (`python -m publisher --check`): nothing confirmed lost,
+nothing unexpected, exact counters, nothing dead-lettered. What each fail-over cost (time from the kill to
+the client's next connection, events the publisher re-sent, deliveries beyond the workload) goes into the
+checker's table at the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import aio_pika
+import httpx
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from contract import amqp as broker_link
+from contract import event as wire
+from contract.event import Event
+from contract.topology import Topology, declare
+from tests.broker import RABBITMQ_SERVER
+from tests.crash import Checked, Workload
+from tests.harness.cluster import Cluster, ClusterNode
+from tests.pipeline import counters, past
+from tests.probes import consumer_count
+from tests.processes import Deployment, Process, Processes, api_get
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.cluster
+
+FAST = {"RECONNECT_INTERVAL": "0.5"}
+# A line of the log, whatever else the format puts in it: its time, and the port of the node connected to.
+CONNECTED = re.compile(
+    r"^.*?(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+).*connected to the broker node=\S+@127\.0\.0\.1:(\d+)/",
+    re.M,
+)
+RESENT = re.compile(r"publish not confirmed, re-sending events=(\d+)")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if not RABBITMQ_SERVER.exists():
+        reason = f"the cluster tests need the rabbitmq-server package ({RABBITMQ_SERVER})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    started = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def deployment(cluster: Cluster, tmp_path: Path) -> Deployment:
+    # A scenario that failed half-way may have left a node down; every scenario starts with all three.
+    for node in cluster.nodes:
+        if not node.running:
+            node.start()
+    name = f"c{uuid.uuid4().hex[:10]}"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    return Deployment(
+        amqp_url=cluster.amqp_url,
+        exchange=f"{name}.events",
+        queue=f"{name}.aggregator",
+        db_path=tmp_path / "store" / "events.db",
+        logs=logs,
+    )
+
+
+@pytest.fixture
+async def amqp(cluster: Cluster) -> AsyncIterator[AbstractRobustConnection]:
+    """The tests' own probe connection: it fails over like the deployables do."""
+    connection = await broker_link.connect(cluster.urls, name="tests", reconnect_interval=0.2, attempts=3)
+    assert connection is not None
+    async with connection:
+        yield connection
+
+
+def connections(process: Process) -> list[tuple[float, int]]:
+    """(epoch time, node port) of every connection the process made, from its log."""
+    return [
+        (datetime.fromisoformat(stamp.replace(",", ".")).timestamp(), int(port))
+        for stamp, port in CONNECTED.findall(process.output())
+    ]
+
+
+async def current_node(cluster: Cluster, process: Process) -> ClusterNode:
+    made = await eventually(lambda: connections(process), 30, message=f"{process.module} connected")
+    return cluster.node_at(made[-1][1])
+
+
+async def failed_over(cluster: Cluster, process: Process, killed: ClusterNode, at: float) -> float:
+    """Seconds from the kill until the process connected to another node."""
+
+    def moved() -> float | None:
+        later = [(when, port) for when, port in connections(process) if when >= at - 0.01]
+        return later[-1][0] - at if later and later[-1][1] != killed.port else None
+
+    took = await eventually(moved, 60, 0.05, message=f"{process.module} connected to another node")
+    assert float(took) >= 0
+    return float(took)
+
+
+async def extra_deliveries(deployment: Deployment, sent: int) -> int:
+    """Events the consumer received beyond those sent once: redeliveries, and re-sends that arrived twice."""
+    received = await eventually(
+        lambda: (n := counters(deployment)["received"]) >= sent and n, 30, message=f"{sent} received"
+    )
+    return int(received) - sent
+
+
+def resent(process: Process) -> int:
+    return sum(int(n) for n in RESENT.findall(process.output()))
+
+
+async def kill(node: ClusterNode) -> float:
+    at = time.time()
+    await asyncio.to_thread(node.kill)
+    return at
+
+
+async def restart_and_rejoin(cluster: Cluster, node: ClusterNode, *queues: str) -> None:
+    """Start a killed node on its data dir; it rejoins, and each queue has all three members online."""
+    await asyncio.to_thread(node.start)
+    everyone = frozenset(n.node_name for n in cluster.nodes)
+    for queue in queues:
+        await eventually(
+            lambda q=queue: asyncio.to_thread(lambda: cluster.queue_status(q).online == everyone),
+            60,
+            0.5,
+            message=f"{queue} back to 3 online members",
+        )
+
+
+async def declare_on(node: ClusterNode, deployment: Deployment) -> None:
+    """Declare the deployment's topology through `node`: a new quorum queue's leader is the node it was
+    declared on (RabbitMQ's default client-local leader locator), which puts the leader where a test wants."""
+    connection = await aio_pika.connect(node.url, timeout=10)
+    async with connection:
+        await declare(await connection.channel(), Topology.named(deployment.exchange, deployment.queue))
+    for queue in (deployment.queue, deployment.dead_letter_queue):
+        # RabbitMQ 3.10 loses a quorum queue this young to kill -9 (tests/broker.py, PrivateNode.start).
+        await asyncio.to_thread(node.wait_for_quorum_queue_registration, queue)
+
+
+async def start_on(
+    cluster: Cluster, procs: Processes, module: str, wanted: Callable[[ClusterNode], bool], **env: str
+) -> tuple[Process, ClusterNode]:
+    """Start the api or the consumer until its random first choice of node is one the scenario needs."""
+    for _ in range(12):
+        process = procs.start(module, **env)
+        node = await current_node(cluster, process)
+        if wanted(node):
+            return process, node
+        process.terminate()
+    raise AssertionError(f"twelve {module}s in a row chose a node the scenario cannot use")
+
+
+async def pipeline_around(
+    cluster: Cluster,
+    procs: Processes,
+    amqp: AbstractRobustConnection,
+    leader: ClusterNode,
+    *,
+    api_on_leader: bool | None = None,
+    consumer_on_leader: bool | None = None,
+    **consumer_env: str,
+) -> tuple[Process, Process]:
+    """The api and the consumer, each connected to the queue leader's node (True), to another one (False) or
+    to whichever it chose (None)."""
+    deployment = procs.deployment
+
+    def wanted(on_leader: bool | None) -> Callable[[ClusterNode], bool]:
+        return lambda node: on_leader is None or (node is leader) == on_leader
+
+    await declare_on(leader, deployment)
+    api, _ = await start_on(cluster, procs, "api", wanted(api_on_leader), **FAST, PUBLISH_TIMEOUT="2")
+    await eventually(
+        lambda: api_get(deployment, "/health").json()["broker"]["status"] == "connected", 30, message="api up"
+    )
+    consumer, _ = await start_on(
+        cluster, procs, "consumer", wanted(consumer_on_leader), **FAST, **consumer_env
+    )
+    await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
+    assert (await asyncio.to_thread(cluster.leader, deployment.queue)) is leader
+    return api, consumer
+
+
+async def test_killing_the_consumers_node_mid_stream_fails_over_and_loses_nothing(
+    cluster: Cluster, procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(20000, seed=1201))
+    # The leader elsewhere: this scenario is about the consumer's connection, the next one about the leader.
+    _, consumer = await pipeline_around(
+        cluster, procs, amqp, cluster.nodes[0], consumer_on_leader=False, BATCH_SIZE="50"
+    )
+    queues = (deployment.queue, deployment.dead_letter_queue)
+    publisher = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
+    await past(deployment, checked.workload.count // 6)
+
+    victim = await current_node(cluster, consumer)
+    at = await kill(victim)
+    assert publisher.alive, "the publisher finished before the kill; proves nothing"
+    took = await failed_over(cluster, consumer, victim, at)
+    rejoined = asyncio.create_task(restart_and_rejoin(cluster, victim, *queues))
+
+    assert publisher.wait(300) == 0, publisher.output()
+    await checked.settle(amqp, 180)
+    extra = await extra_deliveries(deployment, checked.workload.count)
+    await rejoined
+    # Clients keep working with the node back: the same workload again is stored once more, i.e. not at all.
+    again = checked.publish("--envelope-size", "100")
+    assert again.wait(120) == 0, again.output()
+    await checked.settle(amqp, 60)
+    await checked.check(
+        amqp,
+        "cluster: consumer's node kill -9",
+        f"fail-over {took:.2f}s, re-sent {resent(publisher)}, extra deliveries {extra}",
+    )
+
+
+async def test_killing_the_quorum_queue_leader_mid_stream_loses_nothing(
+    cluster: Cluster, procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(20000, seed=1202))
+    leader = cluster.nodes[1]
+    # The consumer elsewhere: it keeps its connection and its channel, and the queue moves under it.
+    _, consumer = await pipeline_around(
+        cluster, procs, amqp, leader, consumer_on_leader=False, BATCH_SIZE="50"
+    )
+    queues = (deployment.queue, deployment.dead_letter_queue)
+    publisher = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
+    await past(deployment, checked.workload.count // 6)
+
+    at = await kill(leader)
+    assert publisher.alive, "the publisher finished before the kill; proves nothing"
+    new_leader = await eventually(
+        lambda: asyncio.to_thread(lambda: cluster.queue_status(deployment.queue).leader != leader.node_name),
+        30,
+        0.2,
+        message="a new leader elected",
+    )
+    assert new_leader
+    elected = time.time() - at
+    rejoined = asyncio.create_task(restart_and_rejoin(cluster, leader, *queues))
+
+    assert publisher.wait(300) == 0, publisher.output()
+    await checked.settle(amqp, 180)
+    extra = await extra_deliveries(deployment, checked.workload.count)
+    await rejoined
+    assert len(connections(consumer)) == 1, "the consumer's node was not killed; it kept its connection"
+    await checked.check(
+        amqp,
+        "cluster: quorum leader kill -9",
+        f"new leader seen after {elected:.1f}s, re-sent {resent(publisher)}, extra deliveries {extra}",
+    )
+
+
+async def post_all(
+    client: httpx.AsyncClient, requests: list[list[Event]], answers: dict[int, int], concurrency: int
+) -> None:
+    """POST every request (a few at once), recording each one's status; the api publishes with confirms."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> None:
+        async with slots:
+            response = await client.post(
+                "/publish", content=wire.encode(requests[index]), headers={"content-type": "application/json"}
+            )
+            answers[index] = response.status_code
+
+    await asyncio.gather(*(one(i) for i in range(len(requests))))
+
+
+async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_a_re_send_stores_once(
+    cluster: Cluster, procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(6000, seed=1203, duplicates=0.0))
+    events = checked.workload.events
+    requests = [events[i : i + 50] for i in range(0, len(events), 50)]
+    # The harder case: the node the api loses also led the queue, so its new channel meets a new leader.
+    victim = cluster.nodes[2]
+    api, _ = await pipeline_around(cluster, procs, amqp, victim, api_on_leader=True)
+
+    answers: dict[int, int] = {}
+    async with httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as client:
+        stream = asyncio.create_task(post_all(client, requests, answers, concurrency=4))
+        await eventually(lambda: len(answers) >= len(requests) // 5, 60, 0.01, message="a fifth answered")
+        at = await kill(victim)
+        answered_before = len(answers)
+        await stream
+        assert answered_before < len(requests), "the stream ended before the kill; proves nothing"
+        took = await failed_over(cluster, api, victim, at)
+        assert set(answers.values()) <= {200, 503}, answers
+        first_answers = dict(answers)
+        for index, status in first_answers.items():
+            if status == 200:
+                checked.record_confirmed(requests[index])
+        # The client's re-send of every 503, as the api tells it to.
+        retry = {i: requests[i] for i, status in first_answers.items() if status == 503}
+        for batch in retry.values():
+            response = await client.post(
+                "/publish", content=wire.encode(batch), headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 200, response.text
+            checked.record_confirmed(batch)
+
+    rejoined = asyncio.create_task(
+        restart_and_rejoin(cluster, victim, deployment.queue, deployment.dead_letter_queue)
+    )
+    await checked.settle(amqp, 120)
+    extra = await extra_deliveries(deployment, checked.workload.count)
+    await rejoined
+    await checked.check(
+        amqp,
+        "cluster: api's node kill -9",
+        f"fail-over {took:.2f}s, {len(retry)} of {len(requests)} requests 503 and re-sent, "
+        f"extra deliveries {extra}",
+    )
+
+
+async def test_two_of_three_nodes_killed_publishes_fail_fast_and_everything_resumes_when_one_returns(
+    cluster: Cluster, procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    checked = Checked(procs, Workload(2000, seed=1204, duplicates=0.0))
+    # The api on a node about to die, which also leads the queue; the survivor is nodes[0].
+    victims = cluster.nodes[1:]
+    await pipeline_around(cluster, procs, amqp, victims[0], api_on_leader=True)
+    queues = (deployment.queue, deployment.dead_letter_queue)
+    first = checked.publish("--envelope-size", "10")
+    assert first.wait(120) == 0, first.output()
+    await checked.settle(amqp, 60)
+
+    # The queue keeps one member of three: no majority, so nothing can be confirmed.
+    for node in victims:
+        await kill(node)
+    body = wire.encode(checked.workload.events[:50])
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as client:
+        began = time.monotonic()
+        response = await client.post("/publish", content=body, headers=headers)
+        answered_in = time.monotonic() - began
+        assert response.status_code == 503, response.text
+        assert answered_in < 10, f"503 after {answered_in:.1f}s"
+
+        began = time.monotonic()
+        cli = checked.publish("--envelope-size", "10", CONFIRM_TIMEOUT="1", MAX_ATTEMPTS="2")
+        assert cli.wait(60) == 1, cli.output()
+        exited_in = time.monotonic() - began
+        assert "UNCONFIRMED" in cli.output() or "not confirmed" in cli.output(), cli.output()
+
+        # A majority again: everything resumes; the clients re-send what was refused.
+        await asyncio.to_thread(victims[0].start)
+        again = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
+        assert again.wait(120) == 0, again.output()
+        retry = await client.post("/publish", content=body, headers=headers)
+        assert retry.status_code == 200, retry.text
+
+    await restart_and_rejoin(cluster, victims[1], *queues)
+    await checked.settle(amqp, 120)
+    await checked.check(
+        amqp,
+        "cluster: 2 of 3 nodes kill -9",
+        f"503 in {answered_in:.1f}s, CLI exit 1 in {exited_in:.1f}s, resumed",
+    )
