@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import pathlib
+import re
 import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from tests.broker import (
     MARKER_VAR,
@@ -34,6 +36,12 @@ log = logging.getLogger(__name__)
 RABBITMQCTL = pathlib.Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 CLI_TIMEOUT = 60.0
 SIZE = 3
+# RabbitMQ 3.10's log lines for a quorum queue's election, on the new leader and on its followers.
+ELECTED = re.compile(
+    r"^(\S+ \S+) \[\w+\] <[\d.]+> queue '(.*)' in vhost '.*': "
+    r"(?:\w+ -> leader in term: \d+|detected a new leader .* in term \d+)",
+    re.M,
+)
 
 
 class ClusterNode(PrivateNode):
@@ -153,6 +161,17 @@ class Cluster:
     def leader(self, queue: str) -> ClusterNode:
         name = self.queue_status(queue).leader
         return next(node for node in self.nodes if node.node_name == name)
+
+    def elected_after(self, queue: str, after: float) -> float | None:
+        """When the first node logged a new leader of the queue after `after` (epoch seconds), if any did."""
+        times = []
+        for node in self.nodes:
+            text = node.log_file.read_text(errors="replace")
+            for stamp, name in ELECTED.findall(text):
+                when = datetime.fromisoformat(stamp).timestamp()
+                if name == queue and when > after:
+                    times.append(when)
+        return min(times, default=None)
 
     def wait_for_quorum_queue_registration(self, queue: str) -> None:
         """Every node has the queue in Ra's registry, so that no kill -9 can lose it (tests/broker.py)."""
