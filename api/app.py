@@ -16,6 +16,7 @@ from api.compat import RESPONSE_MODELS
 from api.deps import State
 from api.docs import serve_docs
 from api.errors import bound_validation_errors
+from api.formats import TIMESTAMP_PATTERN
 from api.metrics import ApiMetrics, HttpMetricsMiddleware
 from api.metrics import router as metrics_router
 from api.settings import ApiSettings
@@ -30,6 +31,20 @@ counters are exact and survive restarts.
 * `GET /events`, `GET /events/{topic}/{event_id}`, `GET /stats` read the store and keep working while the
   broker is down.
 """
+
+
+def _describe_event(event: dict[str, Any]) -> None:
+    """What the Event model accepts beyond its fields' types: the timestamp's form and unknown fields."""
+    event["additionalProperties"] = True
+    event["description"] = (
+        "One log event. Unknown top-level fields are accepted and not stored, as in the aggregators this "
+        "replaces; `payload` holds anything else worth keeping."
+    )
+    event["properties"]["timestamp"]["pattern"] = TIMESTAMP_PATTERN
+    event["properties"]["timestamp"]["description"] = (
+        "ISO 8601: a date, optionally a time (`T` or a space; minutes, seconds or microseconds) and `Z` or "
+        "an offset; no offset means UTC. Stored normalised to UTC with a `Z`."
+    )
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -78,6 +93,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 extra = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
                 components.update(extra.pop("$defs", {}))
                 components[model.__name__] = extra
+            _describe_event(components["Event"])
             app.openapi_schema = schema
         return app.openapi_schema
 

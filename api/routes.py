@@ -14,6 +14,7 @@ from api.broker import BrokerUnavailable
 from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
 from api.deps import StateDep, require_publish_key, require_read_key
 from api.errors import jsonable_errors
+from api.formats import CURSOR_PATTERN
 from api.health import consumer_info, store_info
 from api.metrics import metrics_of
 from api.models import (
@@ -174,7 +175,13 @@ async def list_events(
     st: StateDep,
     topic: Annotated[str | None, Query(description="only this topic", max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
-    after: Annotated[str | None, Query(description="cursor from the previous page's Link header")] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            description="cursor from the previous page's Link header (URL-safe base64 of `v1:<seq>`)",
+            json_schema_extra={"pattern": CURSOR_PATTERN},
+        ),
+    ] = None,
 ) -> Response:
     descending = events_descending(st.settings.api_compat)
     try:
