@@ -25,7 +25,8 @@ async def test_schemathesis_finds_no_server_error_and_no_rejected_valid_request(
     procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path, profile: str
 ) -> None:
     deployment = procs.deployment
-    await start_pipeline(procs, amqp, api_env={"API_COMPAT": profile})
+    # A generous confirm timeout: on a loaded machine a 503 "no confirm in time" is by design, not a finding.
+    await start_pipeline(procs, amqp, api_env={"API_COMPAT": profile, "PUBLISH_TIMEOUT": "30"})
     started = time.monotonic()
 
     run = await asyncio.to_thread(
@@ -41,6 +42,8 @@ async def test_schemathesis_finds_no_server_error_and_no_rejected_valid_request(
             "--workers",
             "1",
             "--no-color",
+            "--request-timeout",
+            "60",
             "--generation-database",
             ":memory:",
         ],
@@ -51,8 +54,10 @@ async def test_schemathesis_finds_no_server_error_and_no_rejected_valid_request(
     )
 
     report = run.stdout + run.stderr
-    assert run.returncode == 0, report[-6000:]
-    assert "No issues found" in report, report[-3000:]
+    # The failures' own lines, each cut short: a reproducing curl command can be megabytes of JSON.
+    failures = "\n".join(line[:400] for line in report.splitlines() if line.strip())
+    assert run.returncode == 0, failures[-8000:]
+    assert "No issues found" in report, failures[-3000:]
     cases = next((line.strip() for line in report.splitlines() if "generated" in line), "")
     print(f"schemathesis profile={profile}: {cases}; {time.monotonic() - started:.1f}s")
     api_log = "".join(p.output() for p in procs.all if p.module == "api")
