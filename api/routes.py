@@ -232,7 +232,7 @@ async def stats(st: StateDep) -> JSONResponse:
         **snapshot.counters,
         unique_rate=_percent(snapshot.counters["unique_processed"], received),
         duplicate_rate=_percent(snapshot.counters["duplicate_dropped"], received),
-        topics=sorted(snapshot.topic_counts),
+        topics=list(snapshot.topic_counts),  # in the order the topics were first stored
         topic_counts=snapshot.topic_counts,
         uptime=uptime,
         uptime_seconds=uptime,

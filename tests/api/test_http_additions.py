@@ -120,3 +120,19 @@ async def test_stats_rates_are_percentages_of_received_and_info_counts_the_store
     info = api_get(deployment, "/info").json()
     assert (info["total_unique_events"], info["total_received"], info["topics"]) == (4, 7, 2)
     assert info["total_unique_events"] == len(all_events(deployment))
+
+
+async def test_stats_lists_topics_in_the_order_they_were_first_stored(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+
+    # One request at a time, each settled before the next, so the first-seen order is known.
+    for received, topic in enumerate(["zulu.first", "alpha.second", "mike.third", "alpha.second"], start=1):
+        assert post(deployment, "/publish", event(f"{topic}-{received}", topic=topic)).status_code == 200
+        await settled(deployment, amqp, received)
+
+    stats = api_get(deployment, "/stats").json()
+    assert stats["topics"] == ["zulu.first", "alpha.second", "mike.third"]
+    assert list(stats["topic_counts"].items()) == [("zulu.first", 1), ("alpha.second", 2), ("mike.third", 1)]
