@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,7 @@ log = logging.getLogger("publisher")
 UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_ERRORS, httpx.TransportError)
 
 EXIT_OK, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_BAD_LINES, EXIT_VERIFY = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 @dataclass
@@ -176,7 +179,8 @@ def generated_load(args: argparse.Namespace) -> load.Load:
 async def send_load(
     transport: Transport, args: argparse.Namespace, report: Report, on_confirmed: OnConfirmed
 ) -> list[Event]:
-    generated = generated_load(args)
+    # In a thread: a big load takes seconds to generate, and Ctrl-C must be heard meanwhile.
+    generated = await asyncio.to_thread(generated_load, args)
     report.sent, report.unique, report.duplicates = (
         len(generated.events),
         generated.unique,
@@ -263,6 +267,32 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         progress.add(events)
 
     started = time.monotonic()
+
+    def interrupted() -> None:
+        # Ctrl-C: say so once and report what the broker confirmed, then leave at once. Waiting out the
+        # messages still in flight (their confirms, time-outs and re-sends) would take up to attempts x
+        # confirm timeout and only print warnings; whatever they were, re-sending is safe.
+        progress.close()
+        report.confirmed = progress.done
+        report.unconfirmed = max(report.sent - report.confirmed, 0)
+        report.elapsed = time.monotonic() - started
+        report.events_per_second = report.confirmed / report.elapsed if report.elapsed > 0 else 0.0
+        if confirmed_log is not None:
+            confirmed_log.close()
+        print(
+            f"publisher: interrupted; {report.confirmed} events confirmed, the rest may or may not have "
+            "arrived (re-sending them is safe: duplicates are dropped)",
+            file=sys.stderr,
+        )
+        if args.json:
+            print(json.dumps({**asdict(report), "verify": None, "exit_code": EXIT_INTERRUPTED}))
+        else:
+            print(report.text())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted)
     try:
         async with open_transport(args.via, settings) as transport:
             if args.file:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -221,3 +222,37 @@ async def test_verify_says_what_it_is_doing(procs: Processes, amqp: AbstractRobu
     lines = process.output().splitlines()
     assert "verifying   waiting until the api shows the events took effect (up to 60s)" in lines
     assert lines[-1].startswith("verify      ok: all 160 unique events stored")
+
+
+async def test_ctrl_c_of_the_publisher_prints_one_line_and_what_was_confirmed(
+    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    confirmed_log = tmp_path / "confirmed.jsonl"
+    process = procs.start(
+        "publisher",
+        "--count",
+        "300000",
+        "--quiet",
+        "--confirmed-log",
+        str(confirmed_log),
+        "--envelope-size",
+        "10",
+    )
+
+    def confirmed_lines() -> int:
+        return len(confirmed_log.read_text().splitlines()) if confirmed_log.exists() else 0
+
+    await eventually(lambda: confirmed_lines() >= 1000, 120, message="some events confirmed")
+    process.popen.send_signal(signal.SIGINT)
+
+    assert process.wait(15) == 130
+    lines = process.output().splitlines()
+    confirmed = confirmed_lines()
+    assert 1000 <= confirmed < 300_000
+    assert [line for line in lines if line.startswith("publisher:")] == [
+        f"publisher: interrupted; {confirmed} events confirmed, the rest may or may not have arrived "
+        "(re-sending them is safe: duplicates are dropped)"
+    ]
+    assert f"confirmed   {confirmed}" in lines
+    assert f"UNCONFIRMED {300_000 - confirmed}  (safe to re-send: the consumer deduplicates)" in lines
+    assert not [line for line in lines if " WARNING " in line or "Traceback" in line]
