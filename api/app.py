@@ -54,8 +54,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         broker = BrokerLink(settings)
         try:
             async with broker.running():
-                app.state.api = State(settings, reader, broker)
-                yield
+                app.state.api = state = State(settings, reader, broker)
+                try:
+                    yield
+                finally:
+                    await state.close()
         finally:
             await reader.close()
 

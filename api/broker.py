@@ -133,6 +133,14 @@ class BrokerLink:
         await self._connection.connected.wait()
         return self._publisher
 
+    async def connection(self) -> AbstractRobustConnection:
+        """The connection once the link is up, for ?wait=stored's own channel; waits like publisher()."""
+        await self._ready.wait()
+        if self._connection is None:
+            raise BrokerUnavailable("the broker link closed")
+        await self._connection.connected.wait()
+        return self._connection
+
     async def depths(self) -> Depths:
         """Exact queue depths by passive declare, cached briefly; never raises.
 

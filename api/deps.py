@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request
 
 from api.broker import BrokerLink
 from api.settings import ApiSettings
+from api.stored import ReceiptPublisher, ReceiptWatcher
 from store import Reader
 
 
@@ -23,6 +24,13 @@ class State:
         self.broker = broker
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        # ?wait=stored: its own confirm channel, and the one watcher of the store's receipts.
+        self.receipts = ReceiptPublisher(settings.topology(), settings.envelope_size)
+        self.watcher = ReceiptWatcher(reader)
+
+    async def close(self) -> None:
+        await self.watcher.close()
+        await self.receipts.close()
 
     def uptime(self) -> float:
         return round(time.monotonic() - self.started, 3)

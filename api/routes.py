@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -28,6 +28,8 @@ from api.models import (
 )
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
 from api.queries import NEWEST, BadCursor, Page, consumer_state, decode_cursor, row_json
+from api.stored import ReceiptsNotConfirmed
+from contract.amqp import BROKER_ERRORS
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
 
@@ -109,7 +111,18 @@ _PUBLISH_DESCRIPTION = (
     responses=_PUBLISH_RESPONSES,
     dependencies=[Depends(require_publish_key)],
 )
-async def publish(request: Request, st: StateDep) -> JSONResponse:
+async def publish(
+    request: Request,
+    st: StateDep,
+    wait: Annotated[
+        Literal["stored"] | None,
+        Query(
+            description="`stored`: answer only once every event is also committed in the store (200, with "
+            "`new` and `duplicates`), or 202 with `pending` if the store has not caught up within "
+            "PUBLISH_TIMEOUT"
+        ),
+    ] = None,
+) -> JSONResponse:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
         raise HTTPException(415, f"content type must be application/json, got {content_type!r}")
@@ -120,6 +133,8 @@ async def publish(request: Request, st: StateDep) -> JSONResponse:
         return JSONResponse({"detail": jsonable_errors(exc.errors)}, status_code=422)
     except PayloadTooLarge as exc:
         raise HTTPException(413, str(exc)) from exc
+    if wait == "stored":
+        return await _publish_stored(st, events)
     if events:
         metrics = metrics_of(request)
         try:
@@ -148,6 +163,42 @@ async def publish(request: Request, st: StateDep) -> JSONResponse:
                 "(duplicates are dropped by the consumer)",
             ) from exc
     return JSONResponse(publish_body(st.settings.api_compat, PublishOutcome(received=len(events))))
+
+
+_UNCONFIRMED: tuple[type[Exception], ...] = (BrokerUnavailable, ReceiptsNotConfirmed, *BROKER_ERRORS)
+
+
+async def _publish_stored(st: StateDep, events: list[Event]) -> JSONResponse:
+    """Publish with receipts and wait for the store; one deadline, PUBLISH_TIMEOUT, for both."""
+    timeout = st.settings.publish_timeout
+    deadline = time.monotonic() + timeout
+    envelopes = st.receipts.envelopes(events)
+    try:
+        with anyio.fail_after(timeout):
+            connection = await st.broker.connection()
+            await st.receipts.publish(connection, envelopes)
+    except TimeoutError as exc:
+        reason = (
+            f"the broker is unreachable ({st.broker.problem()})"
+            if not st.broker.connected()
+            else f"the broker did not confirm within {timeout:g}s"
+        )
+        raise HTTPException(
+            503, f"{reason}; re-send the request (duplicates are dropped by the consumer)"
+        ) from exc
+    except _UNCONFIRMED as exc:
+        log.warning("publish failed events=%d error=%s", len(events), exc)
+        raise HTTPException(
+            503,
+            f"the broker did not confirm the events ({exc}); re-send the request "
+            "(duplicates are dropped by the consumer)",
+        ) from exc
+    sizes = {receipt: len(group) for receipt, group in envelopes.items()}
+    waited = await st.watcher.wait(sizes, max(deadline - time.monotonic(), 0.0))
+    outcome = PublishOutcome(len(events), waited.new, waited.duplicates, waited.pending)
+    # 202: confirmed (durable in the broker), not in the store yet; it will be once the consumer catches up.
+    status = 202 if waited.pending else 200
+    return JSONResponse(publish_body(st.settings.api_compat, outcome), status_code=status)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

@@ -51,6 +51,17 @@ async def settle(batch: list[Decoded]) -> int:
     return lost
 
 
+# The header POST /publish?wait=stored sets on each message (api/stored.py); the store records its commit.
+RECEIPT_HEADER = "x-receipt"
+
+
+def receipt_of(message: AbstractIncomingMessage) -> str | None:
+    value = (message.headers or {}).get(RECEIPT_HEADER)
+    if isinstance(value, bytes):  # AMQP long strings arrive as bytes
+        value = value.decode(errors="replace")
+    return value if isinstance(value, str) and 0 < len(value) <= 255 else None
+
+
 def _tag(message: AbstractIncomingMessage) -> int:
     if message.delivery_tag is None:
         raise RuntimeError("a delivery without a delivery tag cannot be acknowledged")

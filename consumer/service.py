@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer.batcher import Inbox
 from consumer.faults import Faults
-from consumer.handler import Decoded, decode_batch, settle
+from consumer.handler import Decoded, decode_batch, receipt_of, settle
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
@@ -137,7 +137,9 @@ async def _process(
 ) -> None:
     batch: list[Decoded] = decode_batch(messages, limits)
     payload = [item.events for item in batch]
-    result = await storage.apply_with_retry(payload, stop, summary)
+    # A message published by POST /publish?wait=stored carries a receipt, recorded in the batch's commit.
+    receipts = [receipt_of(item.message) for item in batch]
+    result = await storage.apply_with_retry(payload, stop, summary, receipts if any(receipts) else None)
     if result is None:
         return  # stopping while the store is failing: nothing acked, the broker redelivers the batch
     summary.totals.add(result)

@@ -51,7 +51,11 @@ class Storage:
         return await self._with_retry(record, stop, summary) is not None
 
     async def apply_with_retry(
-        self, payload: list[Message], stop: asyncio.Event, summary: Summary
+        self,
+        payload: list[Message],
+        stop: asyncio.Event,
+        summary: Summary,
+        receipts: list[str | None] | None = None,
     ) -> BatchResult | None:
         """Apply one batch in one transaction, retried until it commits; None when stopped first.
 
@@ -60,7 +64,7 @@ class Storage:
         """
 
         async def apply(writer: Writer) -> BatchResult:
-            return await writer.apply(payload)
+            return await writer.apply(payload, receipts)
 
         return await self._with_retry(apply, stop, summary)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from contract.event import Event, content_hash
@@ -83,8 +83,11 @@ class Writer(Protocol):
 
     async def record_start(self, started_at: str) -> None: ...
 
-    async def apply(self, messages: Sequence[Message]) -> BatchResult:
-        """Apply a batch in ONE transaction; raises StoreError with nothing applied."""
+    async def apply(
+        self, messages: Sequence[Message], receipts: Sequence[str | None] | None = None
+    ) -> BatchResult:
+        """Apply a batch in ONE transaction; raises StoreError with nothing applied. `receipts`, one per
+        message (or None), records in the same transaction how many events each marked message stored."""
         ...
 
     async def durability(self) -> Durability: ...
@@ -109,7 +112,43 @@ class Reader(Protocol):
 
     async def durability(self) -> Durability: ...
 
+    async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """For each receipt found: (events its message stored, events of it already stored)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+# How long a receipt is kept: a request waits for its receipts at most PUBLISH_TIMEOUT (300 s at most).
+RECEIPT_TTL = timedelta(hours=1)
+
+
+def receipt_rows(
+    messages: Sequence[Message],
+    receipts: Sequence[str | None] | None,
+    batch: Sorted,
+    inserted: set[tuple[str, str]],
+) -> list[tuple[str, int, int]]:
+    """(receipt, new, duplicates) for each marked message, in receipt order (the lock order on PostgreSQL).
+
+    An event is new for exactly the message whose copy was inserted: the batch's first copy of its key
+    (by identity) when that key was inserted. A receipt seen twice in a batch (a re-sent message) keeps
+    its first message's figures, as the store keeps the first row.
+    """
+    if not receipts:
+        return []
+    rows: dict[str, tuple[str, int, int]] = {}
+    for events, receipt in zip(messages, receipts, strict=True):
+        if receipt is None or receipt in rows:
+            continue
+        events = events or []
+        new = sum(1 for e in events if (e.topic, e.event_id) in inserted and batch.first[e.key()] is e)
+        rows[receipt] = (receipt, new, len(events) - new)
+    return [rows[r] for r in sorted(rows)]
+
+
+def receipts_expired_before(now: datetime | None = None) -> str:
+    return ((now or datetime.now(UTC)) - RECEIPT_TTL).isoformat().replace("+00:00", "Z")
 
 
 def utc_now() -> str:

@@ -26,6 +26,8 @@ from store.base import (
     StoreError,
     count_duplicates,
     empty_snapshot,
+    receipt_rows,
+    receipts_expired_before,
     sort_batch,
     utc_now,
 )
@@ -80,6 +82,14 @@ MIGRATIONS: tuple[str, ...] = (
         PERFORM pg_advisory_unlock({_SEQ_LOCK});
     END $$;
     """,
+    # POST /publish?wait=stored: which marked messages are committed, and how many of their events each
+    # stored (store/base.py receipt_rows); kept an hour.
+    """
+    CREATE TABLE receipts (
+        receipt text PRIMARY KEY, new bigint NOT NULL, duplicates bigint NOT NULL, committed_at text NOT NULL
+    );
+    CREATE INDEX receipts_by_time ON receipts (committed_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -101,6 +111,12 @@ _TOPICS = """
     FROM unnest($1::text[], $2::bigint[]) AS u(t, c)
     ORDER BY t
     ON CONFLICT (topic) DO UPDATE SET count = topics.count + excluded.count
+"""
+_RECEIPTS = """
+    INSERT INTO receipts (receipt, new, duplicates, committed_at)
+    SELECT r, n, d, $4::text FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(r, n, d)
+    ORDER BY r
+    ON CONFLICT (receipt) DO NOTHING
 """
 _STATE = """
     INSERT INTO consumer_state (key, value) VALUES ($1, $2)
@@ -256,14 +272,16 @@ class PostgresWriter:
             self._conn = None
         return StoreError(f"{_where(self._url)}: {type(exc).__name__}: {exc}")
 
-    async def apply(self, messages: Sequence[Message]) -> BatchResult:
+    async def apply(
+        self, messages: Sequence[Message], receipts: Sequence[str | None] | None = None
+    ) -> BatchResult:
         """Apply a batch in ONE transaction; retried at once when it loses a deadlock or serialization check.
 
         Raises StoreError with nothing applied; the caller must then ack nothing.
         """
         for attempt in range(1, _TRANSACTION_RETRIES + 1):
             try:
-                return await self._apply(await self._connection(), messages)
+                return await self._apply(await self._connection(), messages, receipts)
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                 if attempt == _TRANSACTION_RETRIES:
                     raise self._error(exc) from exc
@@ -277,7 +295,9 @@ class PostgresWriter:
                 raise self._error(exc) from exc
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def _apply(self, conn: Any, messages: Sequence[Message]) -> BatchResult:
+    async def _apply(
+        self, conn: Any, messages: Sequence[Message], receipts: Sequence[str | None] | None
+    ) -> BatchResult:
         batch = sort_batch(messages)
         received_at = utc_now()
         async with conn.transaction():
@@ -311,6 +331,16 @@ class PostgresWriter:
                         stored[(r[0], r[1])] = (r[2], r[3], r[4])
             count_duplicates(batch, stored, inserted)
             result = batch.result
+            marked = receipt_rows(messages, receipts, batch, inserted)
+            if marked:
+                await conn.execute(
+                    _RECEIPTS,
+                    [r[0] for r in marked],
+                    [r[1] for r in marked],
+                    [r[2] for r in marked],
+                    received_at,
+                )
+                await conn.execute("DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before())
             per_topic = sorted(Counter(key[0] for key in inserted).items())
             if per_topic:
                 await conn.execute(_TOPICS, [t for t, _ in per_topic], [n for _, n in per_topic])
@@ -430,6 +460,14 @@ class PostgresReader:
             "ok",
             durability_of(recorded),
         )
+
+    async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if not ids:
+            return {}
+        rows = await self._fetch(
+            "SELECT receipt, new, duplicates FROM receipts WHERE receipt = ANY($1::text[])", list(ids)
+        )
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows or []}
 
     async def check(self) -> str:
         rows = await self._fetch("SELECT value FROM counters LIMIT 1")

@@ -28,6 +28,8 @@ from store.base import (
     StoreError,
     count_duplicates,
     empty_snapshot,
+    receipt_rows,
+    receipts_expired_before,
     sort_batch,
     utc_now,
 )
@@ -64,6 +66,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE topics ADD COLUMN first_seq INTEGER;
     UPDATE topics SET first_seq = (SELECT MIN(seq) FROM events WHERE events.topic = topics.topic);
+    """,
+    # POST /publish?wait=stored: which marked messages are committed, and how many of their events each
+    # stored (store/base.py receipt_rows); kept an hour.
+    """
+    CREATE TABLE receipts (
+        receipt TEXT PRIMARY KEY, new INTEGER NOT NULL, duplicates INTEGER NOT NULL,
+        committed_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX receipts_by_time ON receipts (committed_at);
     """,
 )
 
@@ -236,7 +247,9 @@ class SqliteWriter:
         if report.warning:
             log.warning("STORE NOT DURABLE: %s", report.warning)
 
-    async def apply(self, messages: Sequence[Message]) -> BatchResult:
+    async def apply(
+        self, messages: Sequence[Message], receipts: Sequence[str | None] | None = None
+    ) -> BatchResult:
         """Apply a batch in ONE transaction, set-based: a handful of statements whatever the batch size.
 
         Raises StoreError with nothing applied; the caller must then ack nothing.
@@ -263,8 +276,19 @@ class SqliteWriter:
                     raise StoreError(
                         f"inserted {cur.rowcount} of {len(new)} new events; store changed under us"
                     )
-            count_duplicates(batch, stored, {(e.topic, e.event_id) for e in new})
+            inserted = {(e.topic, e.event_id) for e in new}
+            count_duplicates(batch, stored, inserted)
             result = batch.result
+            marked = receipt_rows(messages, receipts, batch, inserted)
+            if marked:
+                await self._conn.executemany(
+                    "INSERT INTO receipts (receipt, new, duplicates, committed_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (receipt) DO NOTHING",
+                    [(*row, received_at) for row in marked],
+                )
+                await self._conn.execute(
+                    "DELETE FROM receipts WHERE committed_at < ?", (receipts_expired_before(),)
+                )
             await self._conn.executemany(
                 "UPDATE counters SET value = value + ? WHERE name = ?",
                 [(delta, name) for name, delta in result.deltas()],
@@ -390,6 +414,15 @@ class SqliteReader:
             "ok",
             _recorded(state),
         )
+
+    async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self._query(
+            f"SELECT receipt, new, duplicates FROM receipts WHERE receipt IN ({marks})", list(ids)
+        )
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows or []}
 
     async def check(self) -> str:
         rows = await self._query("SELECT value FROM counters LIMIT 1")

@@ -70,7 +70,7 @@ async def test_opening_creates_the_store_its_directory_and_its_tables(
 ) -> None:
     conn = raw(path)
     try:
-        assert table_names(conn) == {"events", "counters", "topics", "consumer_state"}
+        assert table_names(conn) == {"events", "counters", "topics", "consumer_state", "receipts"}
         assert dict(conn.execute("SELECT name, value FROM counters").fetchall()) == dict.fromkeys(COUNTERS, 0)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,0 +1,138 @@
+"""POST /publish?wait=stored against the real broker and consumer: it answers once the request's own
+messages are committed, with exactly how many events it stored and how many were stored already."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from tests.pipeline import counters, start_pipeline
+from tests.processes import Deployment, Processes, all_events, api_get
+from tests.waiting import eventually
+
+STORED_FIRST = [("wait.a", "a"), ("wait.a", "b"), ("wait.b", "c")]
+COUNTERS_ZERO = {"received": 0, "unique_processed": 0, "duplicate_dropped": 0, "invalid": 0, "conflicts": 0}
+
+
+def event(event_id: str, topic: str = "wait.a") -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": "2026-05-01T08:00:00Z",
+        "source": "waiting-client",
+        "payload": {"id": event_id},
+    }
+
+
+def post(deployment: Deployment, path: str, body: Any) -> httpx.Response:
+    with httpx.Client(base_url=deployment.api_url, timeout=60) as client:
+        return client.post(path, params={"wait": "stored"}, content=json.dumps(body).encode())
+
+
+def answer(profile: str, n: int, new: int, duplicates: int, pending: int = 0) -> dict[str, Any]:
+    if profile == "seed004":
+        details: dict[str, Any] = {
+            "accepted": new,
+            "rejected": duplicates,
+            "duplicates_immediate": duplicates,
+        }
+        message = f"Processed {n} events"
+        if pending:
+            details["pending"] = pending
+            message += f"; {pending} confirmed by the broker but not stored yet"
+        return {"status": "success", "message": message, "details": details}
+    return {
+        "status": "accepted",
+        "received": n,
+        "accepted": n,
+        "rejected": 0,
+        "enqueued": n,
+        "count": n,
+        "stored": n - pending,
+        "new": new,
+        "duplicates": duplicates,
+        "pending": pending,
+    }
+
+
+def expect(**changes: int) -> dict[str, int]:
+    return {**COUNTERS_ZERO, **changes}
+
+
+@pytest.mark.parametrize("profile", ["default", "seed003", "seed004"])
+async def test_a_waiting_publish_answers_with_its_events_already_stored_and_counted(
+    procs: Processes, amqp: AbstractRobustConnection, profile: str
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp, api_env={"API_COMPAT": profile})
+
+    first = post(deployment, "/publish", [event("a"), event("b"), event("c", "wait.b")])
+    # No waiting on the test's side: the answer itself means stored and counted.
+    assert (first.status_code, first.json()) == (200, answer(profile, 3, new=3, duplicates=0))
+    assert counters(deployment) == expect(received=3, unique_processed=3)
+    found = [api_get(deployment, f"/events/{t}/{i}").status_code for t, i in STORED_FIRST]
+    assert found == [200, 200, 200]
+    assert api_get(deployment, "/info").json()["total_unique_events"] == 3
+
+    again = post(deployment, "/events", {"events": [event("a"), event("d", "wait.b"), event("d", "wait.b")]})
+    assert (again.status_code, again.json()) == (200, answer(profile, 3, new=1, duplicates=2))
+    assert counters(deployment) == expect(received=6, unique_processed=4, duplicate_dropped=2)
+
+    empty = post(deployment, "/publish", [])
+    assert (empty.status_code, empty.json()) == (200, answer(profile, 0, new=0, duplicates=0))
+    invalid = post(deployment, "/publish", [event("e"), {**event("f"), "timestamp": "soon"}])
+    assert invalid.status_code == 422
+    assert counters(deployment) == expect(received=6, unique_processed=4, duplicate_dropped=2)
+
+
+async def test_twenty_identical_waiting_publishes_report_exactly_nineteen_duplicates(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    body = json.dumps([event("the-one")]).encode()
+
+    async with httpx.AsyncClient(base_url=deployment.api_url, timeout=60) as client:
+        replies = await asyncio.gather(
+            *(client.post("/publish", params={"wait": "stored"}, content=body) for _ in range(20))
+        )
+        # The moment the last reply is in, every copy is already counted.
+        stats = (await client.get("/stats")).json()
+
+    assert [r.status_code for r in replies] == [200] * 20
+    bodies = [r.json() for r in replies]
+    assert sum(b["new"] for b in bodies) == 1
+    assert sum(b["duplicates"] for b in bodies) == 19
+    assert sorted((b["new"], b["duplicates"], b["pending"]) for b in bodies) == [(0, 1, 0)] * 19 + [(1, 0, 0)]
+    assert {k: stats[k] for k in COUNTERS_ZERO} == expect(
+        received=20, unique_processed=1, duplicate_dropped=19
+    )
+    assert [e["event_id"] for e in all_events(deployment)] == ["the-one"]
+
+
+async def test_with_the_consumer_stopped_a_waiting_publish_answers_202_in_time_and_the_events_follow(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp, with_consumer=False, api_env={"PUBLISH_TIMEOUT": "2"})
+
+    started = time.monotonic()
+    late = post(deployment, "/publish", [event("x"), event("y"), event("z", "wait.b")])
+    took = time.monotonic() - started
+
+    assert (late.status_code, late.json()) == (202, answer("default", 3, new=0, duplicates=0, pending=3))
+    assert 2 <= took < 4, took
+    assert api_get(deployment, "/events").json() == []
+
+    procs.consumer()
+    await eventually(lambda: counters(deployment)["unique_processed"] == 3, 30, message="stored")
+    assert counters(deployment) == expect(received=3, unique_processed=3)
+    assert {e["event_id"] for e in all_events(deployment)} == {"x", "y", "z"}
+    resent = post(deployment, "/publish", [event("x"), event("y"), event("z", "wait.b")])
+    assert (resent.status_code, resent.json()) == (200, answer("default", 3, new=0, duplicates=3))
