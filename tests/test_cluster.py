@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-import aio_pika
 import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
@@ -26,7 +25,6 @@ from aio_pika.abc import AbstractRobustConnection
 from contract import amqp as broker_link
 from contract import event as wire
 from contract.event import Event
-from contract.topology import Topology, declare
 from tests.broker import RABBITMQ_SERVER
 from tests.crash import Checked, Workload
 from tests.harness.cluster import Cluster, ClusterNode
@@ -145,17 +143,6 @@ async def restart_and_rejoin(cluster: Cluster, node: ClusterNode, *queues: str) 
         )
 
 
-async def declare_on(node: ClusterNode, deployment: Deployment) -> None:
-    """Declare the deployment's topology through `node`: a new quorum queue's leader is the node it was
-    declared on (RabbitMQ's default client-local leader locator), which puts the leader where a test wants."""
-    connection = await aio_pika.connect(node.url, timeout=10)
-    async with connection:
-        await declare(await connection.channel(), Topology.named(deployment.exchange, deployment.queue))
-    for queue in (deployment.queue, deployment.dead_letter_queue):
-        # RabbitMQ 3.10 loses a quorum queue this young to kill -9 (tests/broker.py, PrivateNode.start).
-        await asyncio.to_thread(node.wait_for_quorum_queue_registration, queue)
-
-
 async def start_on(
     cluster: Cluster, procs: Processes, module: str, wanted: Callable[[ClusterNode], bool], **env: str
 ) -> tuple[Process, ClusterNode]:
@@ -169,34 +156,35 @@ async def start_on(
     raise AssertionError(f"twelve {module}s in a row chose a node the scenario cannot use")
 
 
-async def pipeline_around(
+async def pipeline(
     cluster: Cluster,
     procs: Processes,
     amqp: AbstractRobustConnection,
-    leader: ClusterNode,
     *,
-    api_on_leader: bool | None = None,
     consumer_on_leader: bool | None = None,
     **consumer_env: str,
-) -> tuple[Process, Process]:
-    """The api and the consumer, each connected to the queue leader's node (True), to another one (False) or
-    to whichever it chose (None)."""
+) -> tuple[Process, Process, ClusterNode]:
+    """The api, the consumer, and the node that leads the queue: the api's, because the api declares the
+    topology first and a new quorum queue's leader is the node it was declared on (RabbitMQ's default
+    client-local locator). The consumer is started until it is on the leader's node (True), on another one
+    (False), or wherever it chose (None)."""
     deployment = procs.deployment
-
-    def wanted(on_leader: bool | None) -> Callable[[ClusterNode], bool]:
-        return lambda node: on_leader is None or (node is leader) == on_leader
-
-    await declare_on(leader, deployment)
-    api, _ = await start_on(cluster, procs, "api", wanted(api_on_leader), **FAST, PUBLISH_TIMEOUT="2")
+    api = procs.api(**FAST, PUBLISH_TIMEOUT="2")
     await eventually(
-        lambda: api_get(deployment, "/health").json()["broker"]["status"] == "connected", 30, message="api up"
+        lambda: api_get(deployment, "/health").json()["broker"]["status"] == "connected", 60, message="api up"
     )
-    consumer, _ = await start_on(
-        cluster, procs, "consumer", wanted(consumer_on_leader), **FAST, **consumer_env
-    )
+    leader = await current_node(cluster, api)
+    for queue in (deployment.queue, deployment.dead_letter_queue):
+        # RabbitMQ 3.10 loses a quorum queue this young to kill -9 (tests/broker.py, PrivateNode.start).
+        await asyncio.to_thread(cluster.wait_for_quorum_queue_registration, queue)
+
+    def wanted(node: ClusterNode) -> bool:
+        return consumer_on_leader is None or (node is leader) == consumer_on_leader
+
+    consumer, _ = await start_on(cluster, procs, "consumer", wanted, **FAST, **consumer_env)
     await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
     assert (await asyncio.to_thread(cluster.leader, deployment.queue)) is leader
-    return api, consumer
+    return api, consumer, leader
 
 
 async def test_killing_the_consumers_node_mid_stream_fails_over_and_loses_nothing(
@@ -205,9 +193,7 @@ async def test_killing_the_consumers_node_mid_stream_fails_over_and_loses_nothin
     deployment = procs.deployment
     checked = Checked(procs, Workload(20000, seed=1201))
     # The leader elsewhere: this scenario is about the consumer's connection, the next one about the leader.
-    _, consumer = await pipeline_around(
-        cluster, procs, amqp, cluster.nodes[0], consumer_on_leader=False, BATCH_SIZE="50"
-    )
+    _, consumer, _ = await pipeline(cluster, procs, amqp, consumer_on_leader=False, BATCH_SIZE="50")
     queues = (deployment.queue, deployment.dead_letter_queue)
     publisher = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
     await past(deployment, checked.workload.count // 6)
@@ -238,11 +224,8 @@ async def test_killing_the_quorum_queue_leader_mid_stream_loses_nothing(
 ) -> None:
     deployment = procs.deployment
     checked = Checked(procs, Workload(20000, seed=1202))
-    leader = cluster.nodes[1]
     # The consumer elsewhere: it keeps its connection and its channel, and the queue moves under it.
-    _, consumer = await pipeline_around(
-        cluster, procs, amqp, leader, consumer_on_leader=False, BATCH_SIZE="50"
-    )
+    _, consumer, leader = await pipeline(cluster, procs, amqp, consumer_on_leader=False, BATCH_SIZE="50")
     queues = (deployment.queue, deployment.dead_letter_queue)
     publisher = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
     await past(deployment, checked.workload.count // 6)
@@ -292,9 +275,8 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
     checked = Checked(procs, Workload(6000, seed=1203, duplicates=0.0))
     events = checked.workload.events
     requests = [events[i : i + 50] for i in range(0, len(events), 50)]
-    # The harder case: the node the api loses also led the queue, so its new channel meets a new leader.
-    victim = cluster.nodes[2]
-    api, _ = await pipeline_around(cluster, procs, amqp, victim, api_on_leader=True)
+    # The node the api loses also leads the queue: its new channel meets a new leader.
+    api, _, victim = await pipeline(cluster, procs, amqp)
 
     answers: dict[int, int] = {}
     async with httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as client:
@@ -302,9 +284,12 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
         await eventually(lambda: len(answers) >= len(requests) // 5, 60, 0.01, message="a fifth answered")
         at = await kill(victim)
         answered_before = len(answers)
+        took = await failed_over(cluster, api, victim, at)
+        rejoined = asyncio.create_task(
+            restart_and_rejoin(cluster, victim, deployment.queue, deployment.dead_letter_queue)
+        )
         await stream
         assert answered_before < len(requests), "the stream ended before the kill; proves nothing"
-        took = await failed_over(cluster, api, victim, at)
         assert set(answers.values()) <= {200, 503}, answers
         first_answers = dict(answers)
         for index, status in first_answers.items():
@@ -319,9 +304,6 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
             assert response.status_code == 200, response.text
             checked.record_confirmed(batch)
 
-    rejoined = asyncio.create_task(
-        restart_and_rejoin(cluster, victim, deployment.queue, deployment.dead_letter_queue)
-    )
     await checked.settle(amqp, 120)
     extra = await extra_deliveries(deployment, checked.workload.count)
     await rejoined
@@ -338,9 +320,9 @@ async def test_two_of_three_nodes_killed_publishes_fail_fast_and_everything_resu
 ) -> None:
     deployment = procs.deployment
     checked = Checked(procs, Workload(2000, seed=1204, duplicates=0.0))
-    # The api on a node about to die, which also leads the queue; the survivor is nodes[0].
-    victims = cluster.nodes[1:]
-    await pipeline_around(cluster, procs, amqp, victims[0], api_on_leader=True)
+    # The api's node, which leads the queue, and one other die.
+    _, _, leader = await pipeline(cluster, procs, amqp)
+    victims = [leader, next(node for node in cluster.nodes if node is not leader)]
     queues = (deployment.queue, deployment.dead_letter_queue)
     first = checked.publish("--envelope-size", "10")
     assert first.wait(120) == 0, first.output()
@@ -366,12 +348,14 @@ async def test_two_of_three_nodes_killed_publishes_fail_fast_and_everything_resu
 
         # A majority again: everything resumes; the clients re-send what was refused.
         await asyncio.to_thread(victims[0].start)
-        again = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
-        assert again.wait(120) == 0, again.output()
         retry = await client.post("/publish", content=body, headers=headers)
         assert retry.status_code == 200, retry.text
+        again = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
+        # The third node boots meanwhile (it takes far longer than the re-run, which it does not help).
+        third = asyncio.create_task(restart_and_rejoin(cluster, victims[1], *queues))
+        assert await asyncio.to_thread(again.wait, 120) == 0, again.output()
 
-    await restart_and_rejoin(cluster, victims[1], *queues)
+    await third
     await checked.settle(amqp, 120)
     await checked.check(
         amqp,
