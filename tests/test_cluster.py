@@ -204,7 +204,7 @@ async def test_killing_the_consumers_node_mid_stream_fails_over_and_loses_nothin
     took = await failed_over(cluster, consumer, victim, at)
     rejoined = asyncio.create_task(restart_and_rejoin(cluster, victim, *queues))
 
-    assert publisher.wait(300) == 0, publisher.output()
+    assert await asyncio.to_thread(publisher.wait, 300) == 0, publisher.output()
     await checked.settle(amqp, 180)
     extra = await extra_deliveries(deployment, checked.workload.count)
     await rejoined
@@ -239,7 +239,7 @@ async def test_killing_the_quorum_queue_leader_mid_stream_loses_nothing(
     assert (await asyncio.to_thread(cluster.leader, deployment.queue)) is not leader
     rejoined = asyncio.create_task(restart_and_rejoin(cluster, leader, *queues))
 
-    assert publisher.wait(300) == 0, publisher.output()
+    assert await asyncio.to_thread(publisher.wait, 300) == 0, publisher.output()
     await checked.settle(amqp, 180)
     extra = await extra_deliveries(deployment, checked.workload.count)
     await rejoined
