@@ -14,41 +14,46 @@ Why below aio-pika's `Exchange.publish` here (measured with py-spy on `python -m
 confirmation future and timeout, and a task per message took about 60 % of the process, and aiormq wrote each
 message with its own socket write; the publisher reached 0.14x a pika `SelectConnection` publisher. aio-pika
 still owns the connection (robust reconnects) and the topology; this module opens plain aiormq channels on
-that connection and reads their confirm and return frames itself.
+that connection and reads their confirm and return frames itself (contract/confirms.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
-import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aiormq.abc import ChannelFrame, ConfirmationFrameType
-from pamqp import commands as spec
-from pamqp.header import ContentHeader
+from aiormq.abc import ChannelFrame
 
-from contract import event as wire
 from contract.amqp import BROKER_ERRORS, parse_urls
 from contract.amqp import connect as amqp_connect
+from contract.confirms import Lane, Message, OnConfirmed, PublishFailed, Settler, Tally, Unroutable
 from contract.event import Event
 from contract.topology import Topology, declare
 
 log = logging.getLogger(__name__)
 
+# The errors and the callback type callers need come from contract/confirms.py; they are named here too.
+__all__ = [
+    "DEFAULT_LINGER",
+    "ConfirmingPublisher",
+    "EnvelopeBatch",
+    "OnConfirmed",
+    "PublishFailed",
+    "PublishOptions",
+    "Unroutable",
+    "envelopes",
+]
+
 # Long enough to fill envelopes at a moderate rate, short enough for publish-to-queryable p99 < 100 ms at
 # 1,000 events/s (50 ms gave 101 ms here); a fast stream fills its envelopes long before it expires.
 DEFAULT_LINGER = 0.02
-
-# Called with the events of each message once the broker confirmed it (once per confirmed message).
-OnConfirmed = Callable[[list[Event]], None]
 
 # Opening a channel on a connection that closed meanwhile raises a bare RuntimeError in aiormq; the channel
 # keeper treats it like the broker errors and tries again once the robust connection is back.
@@ -59,8 +64,6 @@ CHANNEL_OPEN_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, RuntimeError
 NACKS_PER_CHANNEL = 3
 # The watchdog looks this many times per confirm timeout.
 WATCHDOG_CHECKS = 4
-# Routing keys whose publish frame a channel keeps ready; past it the cache starts over.
-METHOD_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,236 +86,6 @@ class PublishOptions:
     def backoff(self, attempt: int) -> float:
         """Seconds before re-sending after the attempt-th send was nacked; at most the confirm timeout."""
         return float(min(self.retry_backoff * 2 ** (attempt - 1), self.confirm_timeout))
-
-
-class PublishFailed(Exception):
-    """Some events were not confirmed by the broker after every attempt; they may or may not have arrived."""
-
-    def __init__(self, unconfirmed: Sequence[Event], reason: str) -> None:
-        self.unconfirmed = list(unconfirmed)
-        self.reason = reason
-        super().__init__(f"{len(self.unconfirmed)} event(s) not confirmed by the broker: {reason}")
-
-
-class Unroutable(PublishFailed):
-    """The broker returned the message: nothing is bound to the exchange for it (topology missing)."""
-
-
-class Tally:
-    """One caller's messages: how many are unsettled, what was confirmed, what failed and why."""
-
-    __slots__ = (
-        "_waiter",
-        "callback_error",
-        "cancelled",
-        "confirmed",
-        "failed",
-        "on_confirmed",
-        "pending",
-        "reasons",
-        "unroutable",
-    )
-
-    def __init__(self, on_confirmed: OnConfirmed | None = None) -> None:
-        self.on_confirmed = on_confirmed
-        self.pending = 0
-        self.confirmed = 0
-        self.failed: list[Event] = []
-        self.reasons: set[str] = set()
-        self.unroutable = 0  # failed events that the broker returned
-        self.cancelled = False  # the waiter gave up: what is still queued is not sent
-        self.callback_error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def confirm(self, message: Message) -> None:
-        self.confirmed += len(message.events)
-        if self.on_confirmed is not None:
-            try:
-                self.on_confirmed(message.events)
-            except Exception as exc:  # raised to the waiter; the channel's reader must not die of it
-                if self.callback_error is None:
-                    self.callback_error = exc
-        self._settled()
-
-    def fail(self, message: Message, reason: str, returned: bool = False) -> None:
-        if not self.failed and not self.cancelled:
-            log.error("giving up on events=%d reason=%s", len(message.events), reason)
-        self.failed.extend(message.events)
-        self.reasons.add(reason)
-        if returned:
-            self.unroutable += len(message.events)
-        self._settled()
-
-    def _settled(self) -> None:
-        self.pending -= 1
-        if self.pending == 0 and self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def wait(self) -> None:
-        """Until every message settled; PublishFailed (Unroutable if all were returned) names what failed."""
-        if self.pending:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            except asyncio.CancelledError:
-                # A caller's deadline: stop sending what is still queued; what was not confirmed is the
-                # caller's to re-send.
-                self.cancelled = True
-                raise
-        if self.callback_error is not None:
-            raise self.callback_error
-        if self.failed:
-            error = Unroutable if self.unroutable == len(self.failed) else PublishFailed
-            raise error(self.failed, "; ".join(sorted(self.reasons)))
-
-
-class Message:
-    """One AMQP message on its way: the events it carries, its body and its caller's tally."""
-
-    __slots__ = ("attempts", "body", "due", "events", "message_id", "returned", "routing_key", "tally")
-
-    def __init__(self, events: list[Event], tally: Tally) -> None:
-        self.events = events
-        self.tally = tally
-        self.body = wire.encode(events)
-        self.routing_key = events[0].topic
-        # A single event's message id is its event id, for the consumer's logs.
-        self.message_id = events[0].event_id if len(events) == 1 else uuid.uuid4().hex
-        self.attempts = 0
-        self.returned = False
-        self.due = 0.0
-
-
-# The frames of a publish, built here rather than by pamqp's generic marshalling: pamqp took 17 us per
-# message (Basic.Publish, header with properties, body) against 2 us for these struct packs, which give the
-# same bytes (tests/contract/test_publishing.py compares them).
-_FRAME = struct.Struct(">BHI")
-_HEADER = struct.Struct(">BHIHHQH")
-_PUBLISH = struct.Struct(">HHH").pack(60, 40, 0)  # class basic, method publish, reserved
-# content_type, delivery_mode and message_id set; persistent (delivery mode 2), JSON.
-_PROPERTY_FLAGS = 0x8000 | 0x1000 | 0x0080
-_PROPERTIES = b"\x10application/json\x02"
-_FRAME_END = b"\xce"
-
-
-def _short(text: str) -> bytes:
-    raw = text.encode()
-    if len(raw) > 255:
-        raise ValueError(f"{text[:40]!r}... is longer than an AMQP short string (255 bytes)")
-    return bytes((len(raw),)) + raw
-
-
-class Lane:
-    """One confirm-mode channel: delivery tag -> message for what it has not settled yet.
-
-    Tags are consecutive from 1 on a channel, so settling a `multiple` confirm walks the tags from the lowest
-    unsettled one up to the confirmed one. `sink` is told of every settlement (the publisher).
-    """
-
-    def __init__(self, sink: Settler, number: int, exchange: str, frame_max: int) -> None:
-        self.sink = sink
-        self.number = number
-        self.unsettled: dict[int, Message] = {}
-        self.tag = 0  # the last delivery tag used
-        self.low = 1  # no tag below it is unsettled
-        self.nacks = 0
-        self.acked = 0
-        self.alive = True
-        self.progress_at = 0.0  # loop time of the last confirm, or of the first send after an idle spell
-        self._exchange = _short(exchange)
-        self._body_max = frame_max - 8
-        self._methods: dict[str, bytes] = {}
-        self.channel: aiormq.Channel | None = None
-
-    def frames(self, message: Message) -> bytes:
-        """The frames of `message` under the next delivery tag, which now maps to it."""
-        self.tag += 1
-        self.unsettled[self.tag] = message
-        message.attempts += 1
-        method = self._methods.get(message.routing_key)
-        if method is None:
-            if len(self._methods) >= METHOD_CACHE_SIZE:
-                self._methods.clear()
-            payload = _PUBLISH + self._exchange + _short(message.routing_key) + b"\x01"  # mandatory
-            method = _FRAME.pack(1, self.number, len(payload)) + payload + _FRAME_END
-            self._methods[message.routing_key] = method
-        body = message.body
-        properties = _PROPERTIES + _short(message.message_id)
-        header = _HEADER.pack(2, self.number, 14 + len(properties), 60, 0, len(body), _PROPERTY_FLAGS)
-        if len(body) <= self._body_max:
-            content = _FRAME.pack(3, self.number, len(body)) + body + _FRAME_END
-        else:
-            content = b"".join(
-                _FRAME.pack(3, self.number, len(chunk)) + chunk + _FRAME_END
-                for chunk in (body[i : i + self._body_max] for i in range(0, len(body), self._body_max))
-            )
-        return method + header + properties + _FRAME_END + content
-
-    def settle(self, tag: int, multiple: bool, ack: bool) -> None:
-        """A broker confirm: ack or nack of `tag`, or of every unsettled tag up to it when `multiple`."""
-        if not self.alive:
-            return
-        self.progress_at = asyncio.get_running_loop().time()
-        pop, sink = self.unsettled.pop, self.sink
-        if multiple:
-            for each in range(self.low, tag + 1):
-                message = pop(each, None)
-                if message is not None:
-                    sink.settled(self, message, ack)
-            self.low = max(self.low, tag + 1)
-        else:
-            message = pop(tag, None)
-            if message is not None:
-                sink.settled(self, message, ack)
-            while self.low <= self.tag and self.low not in self.unsettled:
-                self.low += 1
-        if not ack:
-            self.nacks += 1
-        sink.after_confirm(self)
-
-    def returned(self, message_id: str | None, body: bytes) -> None:
-        """basic.return (mandatory, no route): marks the oldest unsettled message with that id and body.
-
-        The broker sends the return before the ack of the same message, so it is still unsettled here.
-        """
-        for message in self.unsettled.values():
-            if not message.returned and message.message_id == message_id and message.body == body:
-                message.returned = True
-                return
-        log.warning("the broker returned a message this channel has no record of message_id=%s", message_id)
-
-    def take_unsettled(self) -> list[Message]:
-        """Everything unsettled, oldest first; the lane settles nothing after this."""
-        self.alive = False
-        messages = [self.unsettled[tag] for tag in sorted(self.unsettled)]
-        self.unsettled.clear()
-        return messages
-
-    async def on_confirm_frame(self, frame: ConfirmationFrameType) -> None:
-        # RabbitMQ confirms with Basic.Ack or Basic.Nack, both with `multiple`.
-        tag = frame.delivery_tag or 0
-        self.settle(tag, bool(getattr(frame, "multiple", False)), isinstance(frame, spec.Basic.Ack))
-
-    async def on_return_frame(self, frame: spec.Basic.Return) -> None:
-        channel = self.channel
-        if channel is None:
-            return
-        # The content follows on the channel's frame queue, as aiormq's own return handler reads it.
-        header = await channel._get_frame()
-        if not isinstance(header, ContentHeader):
-            raise aiormq.exceptions.InvalidFrameError(header)
-        delivered = await channel._read_content(frame, header)
-        self.returned(delivered.header.properties.message_id, delivered.body)
-
-
-class Settler:
-    """What a lane tells about its messages (the publisher implements it)."""
-
-    def settled(self, lane: Lane, message: Message, ack: bool) -> None:
-        raise NotImplementedError
-
-    def after_confirm(self, lane: Lane) -> None:
-        raise NotImplementedError
 
 
 class ConfirmingPublisher(Settler):

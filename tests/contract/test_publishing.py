@@ -17,18 +17,9 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from contract.confirms import Lane, Message, PublishFailed, Settler, Tally, Unroutable
 from contract.event import Event
-from contract.publishing import (
-    ConfirmingPublisher,
-    Lane,
-    Message,
-    PublishFailed,
-    PublishOptions,
-    Settler,
-    Tally,
-    Unroutable,
-    envelopes,
-)
+from contract.publishing import ConfirmingPublisher, PublishOptions, envelopes
 from contract.topology import Topology, declare_exchange
 from tests.broker import Broker
 from tests.proxy import FreezableProxy
