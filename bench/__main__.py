@@ -22,6 +22,8 @@ from bench.trial import Sample
 from contract.publishing import DEFAULT_LINGER
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# Earlier runs' JSON; the newest is what this run's must-not-fall figures are compared with.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Settings the deployables read from the environment that change what is measured; reported when set.
 TUNING_VARS = ("BATCH_SIZE", "BATCH_WAIT", "PREFETCH", "LINGER", "MAX_IN_FLIGHT", "CONFIRM_TIMEOUT")
 NAMES = tuple(s.name for s in SCENARIOS)
@@ -59,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
         "the publisher CLI's default)",
     )
     p.add_argument("--output", type=Path, metavar="PATH", help="also write the results as JSON here")
+    p.add_argument(
+        "--previous",
+        type=Path,
+        metavar="PATH",
+        help=f"an earlier run's JSON to compare with (default: the newest in {RESULTS_DIR})",
+    )
     p.add_argument("--seed", type=int, default=42, help="load seed, the same for every run (default 42)")
     p.add_argument(
         "--timeout", type=float, help="seconds one repetition may wait for its events (default 300; quick 60)"
@@ -122,6 +130,21 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
         await link.close()
 
 
+def previous_run(path: Path | None) -> tuple[dict[str, Any] | None, str]:
+    """The earlier run's results and its file name; (None, "") when there is none or it cannot be read."""
+    if path is None:
+        found = sorted(RESULTS_DIR.glob("*.json"))
+        if not found:
+            return None, ""
+        path = found[-1]
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        _progress(f"WARNING: cannot read the previous run {path}: {exc}")
+        return None, ""
+    return (loaded, path.name) if isinstance(loaded, dict) else (None, "")
+
+
 def _progress(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
@@ -156,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "env_overrides": {name: os.environ[name] for name in TUNING_VARS if name in os.environ},
     }
+    previous, config["previous_run"] = previous_run(args.previous)
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="eventagg-bench-", dir=db_root) as workdir:
@@ -169,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     facts["load_average_end"] = machine.load_average()
     config["wall_seconds"] = round(time.monotonic() - started, 1)
     results = report.Results(samples)
-    print(report.table(results, config, facts, sizes))
+    print(report.table(results, config, facts, sizes, previous))
     if args.output is not None:
-        args.output.write_text(json.dumps(report.as_json(results, config, facts), indent=2) + "\n")
+        args.output.write_text(json.dumps(report.as_json(results, config, facts, previous), indent=2) + "\n")
         print(f"\nresults written to {args.output}")
     return EXIT_OK if all(s.ok for s in samples) else EXIT_FAILED_RUNS
 

@@ -73,7 +73,18 @@ def _ratio(results: Results, a: str, b: str, key: str = "events_per_second") -> 
     return top / bottom, detail
 
 
-def targets(results: Results) -> list[Target]:
+def previous_median(previous: dict[str, Any] | None, scenario: str, key: str) -> float | None:
+    """A figure's median in an earlier run's JSON (as written by as_json), if it has one."""
+    if previous is None:
+        return None
+    figure = previous.get("scenarios", {}).get(scenario, {}).get("figures", {}).get(key)
+    return None if figure is None else float(figure["median"])
+
+
+def targets(
+    results: Results, previous: dict[str, Any] | None = None, previous_name: str = ""
+) -> list[Target]:
+    """`previous`: the JSON of an earlier run, for the figures that must not fall from one run to the next."""
     out: list[Target] = []
 
     def ratio(
@@ -86,6 +97,22 @@ def targets(results: Results) -> list[Target]:
         out.append(Target(name, results.median(scenario, key), goal, True, unit))
 
     ratio("single-event messages end to end / ceiling", "e2e_single", "ceiling", 0.9)
+    ratio("single events end to end / pika publisher + bare consumer", "e2e_single", "e2e_reference", 0.9)
+    ratio("consumer draining single events / bare consumer", "drain_single", "drain_reference", 1.0)
+    now, before = (
+        results.median("e2e_envelopes", "events_per_second"),
+        previous_median(previous, "e2e_envelopes", "events_per_second"),
+    )
+    out.append(
+        Target(
+            "envelopes of 100 end to end / previous run",
+            None if now is None or not before else now / before,
+            1.0,
+            False,
+            "x",
+            f"{before:,.0f} events/s in {previous_name}" if before else "no previous run",
+        )
+    )
     ratio("envelopes of 100 end to end / ceiling", "e2e_envelopes", "ceiling", 6.0)
     ratio("envelopes of 100 end to end / baseline", "e2e_envelopes", "baseline", 50.0)
     ratio("HTTP shim / envelopes of 100 (AMQP path)", "shim", "e2e_envelopes", 0.5)
@@ -107,6 +134,9 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "e2e_single": [("events_per_second", "events/s", "{:,.0f}".format)],
     "e2e_envelopes": [("events_per_second", "events/s", "{:,.0f}".format)],
     "ceiling": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "e2e_reference": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "drain_reference": [("events_per_second", "messages/s", "{:,.0f}".format)],
+    "drain_single": [("events_per_second", "events/s", "{:,.0f}".format)],
     "baseline": [("events_per_second", "events/s", "{:,.0f}".format)],
     "shim": [("events_per_second", "events/s", "{:,.0f}".format)],
     "pika_publisher": [("events_per_second", "messages/s", "{:,.0f}".format)],
@@ -139,6 +169,9 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "e2e_single": f"{sizes.count:,} events",
         "e2e_envelopes": f"{sizes.count:,} events",
         "ceiling": f"{sizes.count:,} messages",
+        "e2e_reference": f"{sizes.count:,} messages",
+        "drain_reference": f"{sizes.drain:,} queued",
+        "drain_single": f"{sizes.drain:,} queued",
         "baseline": f"{sizes.baseline_count:,} events",
         "shim": f"{sizes.count:,} events",
         "pika_publisher": f"{sizes.publish_count:,} messages",
@@ -153,7 +186,13 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
     }.get(scenario, "")
 
 
-def table(results: Results, config: dict[str, Any], machine: dict[str, Any], sizes: Sizes) -> str:
+def table(
+    results: Results,
+    config: dict[str, Any],
+    machine: dict[str, Any],
+    sizes: Sizes,
+    previous: dict[str, Any] | None = None,
+) -> str:
     lines = [
         f"eventagg bench ({config['mode']}): {config['runs']} repetitions per scenario, interleaved "
         f"round-robin; {DUPLICATES:.0%} of each load re-sent; medians (min-max)",
@@ -184,7 +223,7 @@ def table(results: Results, config: dict[str, Any], machine: dict[str, Any], siz
                 f"{ok if i == 0 else '':>6}"
             )
     lines += ["", "targets (ratios of medians measured in this run):"]
-    for target in targets(results):
+    for target in targets(results, previous, config.get("previous_run", "")):
         value = "-" if target.measured is None else f"{target.measured:,.2f}{target.unit}"
         sign = "<=" if target.at_most else ">="
         verdict = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[target.met]
@@ -199,7 +238,12 @@ def table(results: Results, config: dict[str, Any], machine: dict[str, Any], siz
     return "\n".join(lines)
 
 
-def as_json(results: Results, config: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+def as_json(
+    results: Results,
+    config: dict[str, Any],
+    machine: dict[str, Any],
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     scenarios: dict[str, Any] = {}
     for scenario in SCENARIOS:
         samples = results.of(scenario.name)
@@ -218,5 +262,7 @@ def as_json(results: Results, config: dict[str, Any], machine: dict[str, Any]) -
         "config": config,
         "machine": machine,
         "scenarios": scenarios,
-        "targets": [{**asdict(t), "met": t.met} for t in targets(results)],
+        "targets": [
+            {**asdict(t), "met": t.met} for t in targets(results, previous, config.get("previous_run", ""))
+        ],
     }

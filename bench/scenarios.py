@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from api.queries import encode_cursor
+from bench.bare import REFERENCE_ACK_EVERY, REFERENCE_PREFETCH
 from bench.broker import BenchError, BrokerLink
 from bench.child import Child
 from bench.trial import DUPLICATES, Run, expect_outcome
@@ -45,6 +46,7 @@ class Sizes:
     publish_count: int = 20_000  # publish-only runs: the publisher CLI and the pika reference
     shim_topics: int = 10_000  # events (and topics) in the one many-topics POST
     sequential_requests: int = 1_000  # single-event POSTs (and pika round trips), one at a time
+    drain: int = 50_000  # queued single-event messages a consumer drains (the product's and the reference)
 
 
 FULL = Sizes()
@@ -58,6 +60,7 @@ QUICK = Sizes(  # only checks that everything works: start-up dominates every fi
     publish_count=1_000,
     shim_topics=500,
     sequential_requests=50,
+    drain=1_000,
 )
 
 
@@ -143,6 +146,66 @@ async def ceiling(ctx: Context, tag: str) -> dict[str, float]:
         float(summary["last_confirm_at"]) - float(summary["first_publish_at"])
     )
     return values
+
+
+def _bare_args(expect: int) -> list[str]:
+    """The reference consumer: aio-pika's consumer API, prefetch 1000, a multiple-ack every 500."""
+    return [
+        "--expect",
+        str(expect),
+        "--prefetch",
+        str(REFERENCE_PREFETCH),
+        "--ack-every",
+        str(REFERENCE_ACK_EVERY),
+    ]
+
+
+async def e2e_reference(ctx: Context, tag: str) -> dict[str, float]:
+    """The pika pipelined publisher feeding the bare consumer: single-event messages with plain clients."""
+    count = ctx.sizes.count
+    async with ctx.run(tag) as run:
+        bare = await run.start("bench.bare", _bare_args(count))
+        await run.wait_attached(bare)
+        publisher = await run.start("bench.pika_publisher", ["--count", str(count), "--seed", str(ctx.seed)])
+        acked = await run.finish(bare, ctx.timeout)
+        summary = await run.finish(publisher)
+    values = _rate(count, float(acked["done_at"]) - float(summary["first_publish_at"]))
+    values["publish_events_per_second"] = count / (
+        float(summary["last_confirm_at"]) - float(summary["first_publish_at"])
+    )
+    return values
+
+
+async def _queued(ctx: Context, run: Run, count: int) -> None:
+    """Fill the run's queue with `count` single-event messages (20% re-sent) before any consumer starts."""
+    publisher = await run.start("publisher", publisher_args(count, 1, ctx.seed))
+    await run.finish(publisher, ctx.timeout)
+
+
+async def drain_reference(ctx: Context, tag: str) -> dict[str, float]:
+    """The bare consumer draining a backlog of single-event messages: from attached to the last ack."""
+    count = ctx.sizes.drain
+    async with ctx.run(tag) as run:
+        await _queued(ctx, run, count)
+        bare = await run.start("bench.bare", _bare_args(count))
+        await run.wait_attached(bare)
+        started = time.time()
+        acked = await run.finish(bare, ctx.timeout)
+    return _rate(count, float(acked["done_at"]) - started)
+
+
+async def drain_single(ctx: Context, tag: str) -> dict[str, float]:
+    """The consumer draining the same backlog: from attached until the store shows every event."""
+    count = ctx.sizes.drain
+    async with ctx.run(tag) as run:
+        await _queued(ctx, run, count)
+        consumer = await run.start("consumer", [])
+        await run.wait_attached(consumer)
+        started = time.time()
+        done = await run.wait_received(count, [consumer])
+        expect_outcome(dict.fromkeys(("received",), 0), run.counters(), count)
+        await run.stop_cleanly(consumer)
+    return _rate(count, done - started)
 
 
 async def _http_load(run: Run, count: int, per_request: int, concurrency: int, seed: int) -> Child:
@@ -375,6 +438,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("e2e_single", "end to end, single-event messages", e2e_single),
     Scenario("e2e_envelopes", "end to end, envelopes of 100", e2e_envelopes),
     Scenario("ceiling", "ceiling: same publish, bare ack-only consumer", ceiling),
+    Scenario("e2e_reference", "REFERENCE: pika publisher feeding the bare consumer", e2e_reference),
+    Scenario("drain_reference", "REFERENCE: bare aio-pika consumer draining", drain_reference),
+    Scenario("drain_single", "consumer draining single-event messages", drain_single),
     Scenario("baseline", "BASELINE: HTTP POST per event, SQLite commit per event", baseline),
     Scenario("shim", "HTTP shim: POST /publish, 500 per request", shim),
     Scenario("pika_publisher", "REFERENCE: pika publisher, 256 unconfirmed", pika_publisher),

@@ -3,26 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from typing import Generic, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage
+T = TypeVar("T")
 
 
-class Inbox:
-    """Deliveries handed over by aio-pika's consumer callback, waiting to be batched."""
+class Inbox(Generic[T]):
+    """Deliveries handed over by the channel's consumer callback, waiting to be batched.
+
+    A deque and one waiter future rather than an asyncio.Queue: a put is an append, and a batch is taken
+    from what already arrived without awaiting anything per delivery (the queue's get costs a coroutine and,
+    under wait_for, a task for every item).
+    """
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._items: deque[T] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
-    async def put(self, message: AbstractIncomingMessage) -> None:
-        self._queue.put_nowait(message)
+    def put_nowait(self, item: T) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    def drain(self) -> list[AbstractIncomingMessage]:
-        drained = []
-        while not self._queue.empty():
-            drained.append(self._queue.get_nowait())
+    async def put(self, item: T) -> None:
+        self.put_nowait(item)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def drain(self) -> list[T]:
+        drained = list(self._items)
+        self._items.clear()
         return drained
 
-    async def next_batch(self, size: int, wait: float, stop: asyncio.Event) -> list[AbstractIncomingMessage]:
+    async def next_batch(self, size: int, wait: float, stop: asyncio.Event) -> list[T]:
         """Block for the first delivery (or until stop is set, returning []), then fill up to `size`.
 
         The batch closes when it is full, when `wait` has passed since its first delivery, or when nothing
@@ -30,40 +46,52 @@ class Inbox:
         the full wait would add latency without making the batch any bigger. Under load deliveries keep
         arriving, so batches still fill up to `size` or `wait`.
         """
-        first = await self._first(stop)
-        if first is None:
+        if not self._items and not await self._first(stop):
             return []
-        batch = [first]
+        batch = self._take(size)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         lull = wait / 4
         while len(batch) < size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if self._items:
+                batch += self._take(size - len(batch))
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0 or stop.is_set():
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), min(remaining, lull)))
-            except TimeoutError:
+            if remaining <= 0 or stop.is_set() or not await self._arrival(min(remaining, lull)):
                 break
         return batch
 
-    async def _first(self, stop: asyncio.Event) -> AbstractIncomingMessage | None:
-        if not self._queue.empty():
-            return self._queue.get_nowait()
+    def _take(self, count: int) -> list[T]:
+        items = self._items
+        if count >= len(items):
+            taken = list(items)
+            items.clear()
+            return taken
+        return [items.popleft() for _ in range(count)]
+
+    async def _arrival(self, timeout: float) -> bool:
+        """Wait up to `timeout` for a delivery; True when one arrived."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            self._waiter = None
+        return bool(self._items)
+
+    async def _first(self, stop: asyncio.Event) -> bool:
+        """Wait for a delivery or the stop signal; True when a delivery is in hand."""
         if stop.is_set():
-            return None
-        getter = asyncio.ensure_future(self._queue.get())
+            return False
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._waiter = None
             stopper.cancel()
-            if not getter.done():
-                getter.cancel()
+            waiter.cancel()
         # A delivery that raced the stop signal is still ours: it goes into the final batch.
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        return None
+        return bool(self._items)

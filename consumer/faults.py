@@ -7,6 +7,9 @@
   COMMIT with an OSError carrying SQLite's text for KIND: `ioerror` (disk I/O error) or `full` (database or
   disk is full). Both backends call the hook inside the transaction, so the rows already written in it are
   rolled back, as with a real failure.
+- `EVENTAGG_FAULT_FAIL_AFTER_COMMIT=N` (with `EVENTAGG_FAULT_COMMIT`): right after the N-th batch commit,
+  before its acks, create that flag file, so the batches after it fail until the flag is removed. The next
+  batch is already decoded and in hand by then: this makes "batch N committed, batch N+1 failing" reachable.
 
 These are not settings: they exist to prove the crash guarantees and are logged loudly when active.
 """
@@ -18,13 +21,14 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 KILL_AFTER_COMMIT = "EVENTAGG_FAULT_KILL_AFTER_COMMIT"
 COMMIT = "EVENTAGG_FAULT_COMMIT"
+FAIL_AFTER_COMMIT = "EVENTAGG_FAULT_FAIL_AFTER_COMMIT"
 ERRORS = {"ioerror": (errno.EIO, "disk I/O error"), "full": (errno.ENOSPC, "database or disk is full")}
 
 
@@ -33,22 +37,26 @@ class Faults:
     kill_after_commit: int | None = None
     commit_error: str | None = None
     commit_flag: Path | None = None
+    fail_after_commit: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Faults:
         kill_after = environ.get(KILL_AFTER_COMMIT)
         commit = environ.get(COMMIT)
+        fail_after = environ.get(FAIL_AFTER_COMMIT)
         faults = cls()
         if kill_after:
-            if not kill_after.isdigit() or int(kill_after) < 1:
-                raise ValueError(f"{KILL_AFTER_COMMIT} must be a positive integer, got {kill_after!r}")
-            faults = cls(kill_after_commit=int(kill_after))
+            faults = replace(faults, kill_after_commit=_positive(KILL_AFTER_COMMIT, kill_after))
         if commit:
             kind, _, path = commit.partition(":")
             if kind not in ERRORS or not path:
                 kinds = ", ".join(sorted(ERRORS))
                 raise ValueError(f"{COMMIT} must be KIND:PATH with KIND one of {kinds}, got {commit!r}")
-            faults = cls(faults.kill_after_commit, kind, Path(path))
+            faults = replace(faults, commit_error=kind, commit_flag=Path(path))
+        if fail_after:
+            if not commit:
+                raise ValueError(f"{FAIL_AFTER_COMMIT} needs {COMMIT}: it creates that flag file")
+            faults = replace(faults, fail_after_commit=_positive(FAIL_AFTER_COMMIT, fail_after))
         if faults.active:
             log.warning("FAULT INJECTION ACTIVE %s (test use only)", faults)
         return faults
@@ -64,6 +72,15 @@ class Faults:
 
     def after_commit(self, commits: int) -> None:
         """Called after a batch committed and before it is settled with the broker."""
+        if self.fail_after_commit == commits and self.commit_flag is not None:
+            log.warning("fault injection: commits fail from now on, after commit %d", commits)
+            self.commit_flag.touch()
         if self.kill_after_commit is not None and commits >= self.kill_after_commit:
             log.warning("fault injection: SIGKILL after commit %d, before its acks", commits)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _positive(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

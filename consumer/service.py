@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from consumer.batcher import Inbox
 from consumer.faults import Faults
@@ -17,6 +18,7 @@ from consumer.handler import Decoded, decode_batch, receipt_of, settle
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
+from consumer.subscription import Subscription
 from contract import amqp
 from contract.event import Limits
 from contract.topology import declare
@@ -95,9 +97,10 @@ async def _consume(
 ) -> None:
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=settings.effective_prefetch())
-    declared = await declare(channel, settings.topology())
-    inbox = Inbox()
-    tag = await declared.queue.consume(inbox.put, no_ack=False)
+    await declare(channel, settings.topology())
+    inbox: Inbox[DeliveredMessage] = Inbox()
+    subscription = Subscription(channel, settings.amqp_queue, inbox.put_nowait)
+    await subscription.start()
     log.info(
         "consuming queue=%s prefetch=%d batch_size=%d batch_wait=%.3fs",
         settings.amqp_queue,
@@ -105,21 +108,30 @@ async def _consume(
         settings.batch_size,
         settings.batch_wait,
     )
-    limits = settings.limits()
-    while not stop.is_set():
-        messages = await inbox.next_batch(settings.batch_size, settings.batch_wait, stop)
-        if messages:
-            await _process(messages, storage, stop, summary, limits, faults)
-    # Stop taking deliveries first, then finish what already arrived, so nothing is left half-done.
+    # `halt` ends the loop on the stop signal, or at once when a commit failed for good (StoreConfigError):
+    # its task is not awaited until the next batch, which an idle queue might never bring.
+    halt = asyncio.Event()
+    pipeline = _Pipeline(storage, stop, summary, settings.limits(), faults, halt.set)
+    mirror = asyncio.create_task(_set_when(stop, halt))
     try:
-        # Bounded: while the broker is down a robust channel would wait for the reconnect forever.
-        async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
-            await declared.queue.cancel(tag)
-    except Exception as exc:  # the channel may already be gone; what is unacked returns to the queue anyway
-        log.warning("could not cancel the consumer error=%s", type(exc).__name__)
-    remaining = inbox.drain()
-    for start in range(0, len(remaining), settings.batch_size):
-        await _process(remaining[start : start + settings.batch_size], storage, stop, summary, limits, faults)
+        while not halt.is_set():
+            messages = await inbox.next_batch(settings.batch_size, settings.batch_wait, halt)
+            if messages:
+                await pipeline.submit(messages)
+        await pipeline.finish()  # raises what the last commit failed with
+        # Stop taking deliveries first, then finish what already arrived, so nothing is left half-done.
+        try:
+            # Bounded: while the broker is down the cancel would wait for the reconnect forever.
+            async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
+                await subscription.cancel()
+        except Exception as exc:  # the channel may already be gone; what is unacked returns to the queue
+            log.warning("could not cancel the consumer error=%s", type(exc).__name__)
+        remaining = inbox.drain()
+        for start in range(0, len(remaining), settings.batch_size):
+            await pipeline.submit(remaining[start : start + settings.batch_size])
+    finally:
+        mirror.cancel()
+        await pipeline.finish()
     try:
         async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
             await channel.close()
@@ -127,29 +139,76 @@ async def _consume(
         log.warning("could not close the channel cleanly error=%s", type(exc).__name__)
 
 
-async def _process(
-    messages: list[AbstractIncomingMessage],
-    storage: Storage,
-    stop: asyncio.Event,
-    summary: Summary,
-    limits: Limits,
-    faults: Faults,
-) -> None:
-    batch: list[Decoded] = decode_batch(messages, limits)
-    payload = [item.events for item in batch]
-    # A message published by POST /publish?wait=stored carries a receipt, recorded in the batch's commit.
-    receipts = [receipt_of(item.message) for item in batch]
-    result = await storage.apply_with_retry(payload, stop, summary, receipts if any(receipts) else None)
-    if result is None:
-        return  # stopping while the store is failing: nothing acked, the broker redelivers the batch
-    summary.totals.add(result)
-    summary.messages += len(messages)
-    summary.batches += 1
-    faults.after_commit(summary.batches)
-    summary.unsettled += await settle(batch)
-    log.debug(
-        "batch committed messages=%d received=%d unique=%d",
-        len(messages),
-        result.received,
-        result.unique_processed,
-    )
+async def _set_when(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
+class _Pipeline:
+    """Commits batches one at a time, in arrival order, each in a task of its own that settles it with the
+    broker the moment its commit lands; meanwhile the consume loop collects and decodes the next batch.
+
+    At most one commit runs and at most one decoded batch waits for it. A batch is settled only after its
+    own commit: the next batch's multiple-ack must never cover deliveries whose effect is not stored, which
+    is also why nothing is committed any more once a batch had to be left unsettled for redelivery.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        stop: asyncio.Event,
+        summary: Summary,
+        limits: Limits,
+        faults: Faults,
+        on_failure: Callable[[], None],
+    ) -> None:
+        self._storage = storage
+        self._on_failure = on_failure
+        self._stop = stop
+        self._summary = summary
+        self._limits = limits
+        self._faults = faults
+        self._committing: asyncio.Task[bool] | None = None
+        self._abandoned = False
+
+    async def submit(self, messages: list[DeliveredMessage]) -> None:
+        """Decode `messages` while the commit in flight runs, wait for it, then start theirs."""
+        batch = decode_batch(messages, self._limits)
+        if not await self.finish():
+            return
+        self._committing = asyncio.create_task(self._process(batch))
+        self._committing.add_done_callback(self._check)
+
+    def _check(self, task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._on_failure()
+
+    async def finish(self) -> bool:
+        """Wait for the commit in flight; False once a batch was left for redelivery."""
+        committing, self._committing = self._committing, None
+        if committing is not None and not await committing:
+            self._abandoned = True
+        return not self._abandoned
+
+    async def _process(self, batch: list[Decoded]) -> bool:
+        summary = self._summary
+        payload = [item.events for item in batch]
+        # A message published by POST /publish?wait=stored carries a receipt, recorded in the batch's commit.
+        receipts = [receipt_of(item.message) for item in batch]
+        result = await self._storage.apply_with_retry(
+            payload, self._stop, summary, receipts if any(receipts) else None
+        )
+        if result is None:
+            return False  # stopping while the store is failing: nothing acked, the broker redelivers it
+        summary.totals.add(result)
+        summary.messages += len(batch)
+        summary.batches += 1
+        self._faults.after_commit(summary.batches)
+        summary.unsettled += await settle(batch)
+        log.debug(
+            "batch committed messages=%d received=%d unique=%d",
+            len(batch),
+            result.received,
+            result.unique_processed,
+        )
+        return True

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.faults import COMMIT, KILL_AFTER_COMMIT, Faults
+from consumer.faults import COMMIT, FAIL_AFTER_COMMIT, KILL_AFTER_COMMIT, Faults
 from contract.event import Event
 from store import StoreError
 from store.sqlite import SqliteWriter
@@ -55,3 +55,27 @@ async def test_a_commit_fails_while_the_flag_exists_and_leaves_no_trace(
         assert (await store.counters())["received"] == 1
     finally:
         await store.close()
+
+
+def test_failing_after_a_commit_creates_the_flag_right_after_that_commit(tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    faults = Faults.from_env({COMMIT: f"ioerror:{flag}", FAIL_AFTER_COMMIT: "2"})
+
+    faults.after_commit(1)
+    assert not flag.exists()
+    faults.after_commit(2)
+    assert flag.exists()
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({FAIL_AFTER_COMMIT: "1"}, "needs EVENTAGG_FAULT_COMMIT"),
+        ({COMMIT: "full:/tmp/x", FAIL_AFTER_COMMIT: "0"}, "positive integer"),
+    ],
+)
+def test_failing_after_a_commit_needs_the_commit_fault_and_a_count(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Faults.from_env(environ)
