@@ -278,13 +278,9 @@ def _remove_store(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace, work: Path, template: Path) -> None:
     batches = workload(args.events, args.batch, args.dup, args.seed)
     events = sum(len(b) for b in batches)
-    work = Path(tempfile.mkdtemp(prefix="store-apply-"))
-    template = work / "template.db"
-    if args.prefill:
-        bigstore.build(template, args.prefill)
     sqlite_modes: dict[str, Callable[[Path, Batches], Awaitable[float]]] = {
         "per-event": run_per_event,
         "set-based": run_set_based,
@@ -343,7 +339,12 @@ def cli() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--postgres", help="a PostgreSQL URL: also time the asyncpg and psycopg writers")
     parser.add_argument("--only", nargs="*", help="modes to run (per-event set-based asyncpg psycopg)")
-    asyncio.run(main(parser.parse_args()))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="store-apply-"))
+    template = work / "template.db"
+    if args.prefill:
+        bigstore.build(template, args.prefill)  # before the loop: it runs one of its own
+    asyncio.run(main(args, work, template))
 
 
 if __name__ == "__main__":
