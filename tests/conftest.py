@@ -105,6 +105,17 @@ async def amqp(broker: Broker) -> AsyncIterator[AbstractRobustConnection]:
         yield connection
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The docker tests (make test-docker) run only when the -m expression names them: they build images and
+    run the compose file on real engines for many minutes, and a `-m "not crash"` must not pull them in."""
+    if "docker" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("docker")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("docker")]
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The crash checker's table: one row per crash scenario that reached its final check."""
     if crash.ROWS:

@@ -29,6 +29,7 @@ from tests.harness.docker import (
     ensure_base_images,
     host_engine,
     leftovers,
+    one_run_at_a_time,
     remove_leftovers,
     run,
     say,
@@ -51,10 +52,20 @@ UP_WITHIN = 900.0
 HEALTHY_WITHIN = 120.0
 # The README's kill: the consumer process, by the pid in its status file, from inside its container.
 KILL_CONSUMER = "import json, os; os.kill(json.load(open('/data/events.db.consumer.json'))['pid'], 9)"
+# The same wherever DB_PATH puts the status file (compose.postgres.yaml: /tmp).
+KILL_BY_DB_PATH = (
+    "import json, os; os.kill(json.load(open(os.environ['DB_PATH'] + '.consumer.json'))['pid'], 9)"
+)
 
 
 @pytest.fixture(scope="module")
-def host_version() -> str:
+def machine() -> Iterator[None]:
+    with one_run_at_a_time():
+        yield
+
+
+@pytest.fixture(scope="module")
+def host_version(machine: None) -> str:
     try:
         version = start_host_engine()
     except EngineUnavailable as exc:
@@ -209,11 +220,11 @@ def wait_healthy(project: Project, service: str, index: int = 1) -> None:
     )
 
 
-def kill_consumer(project: Project, index: int) -> None:
+def kill_consumer(project: Project, index: int, command: str = KILL_CONSUMER) -> None:
     """The README's kill: SIGKILL to the consumer process inside its container (replica `index`)."""
     replica = ["--index", str(index)] if index != 1 else []
     kill = run(
-        project.argv("exec", *project.no_tty, *replica, "consumer", "python", "-c", KILL_CONSUMER),
+        project.argv("exec", *project.no_tty, *replica, "consumer", "python", "-c", command),
         timeout=60,
         check=False,
     )
@@ -371,7 +382,7 @@ def test_override_runs_the_demo_and_survives_a_consumer_or_node_killed(
                 wait_healthy(project, "consumer", index)
             queue = project.management("queues/%2F/events.aggregator")
             assert queue["consumers"] == 2
-            crash_load(project, lambda: kill_consumer(project, 2), lap)
+            crash_load(project, lambda: kill_consumer(project, 2, KILL_BY_DB_PATH), lap)
             assert [project.inspect("consumer", "{{.RestartCount}}", i) for i in (1, 2)] == ["0", "1"]
             wait_healthy(project, "consumer", 2)
         else:

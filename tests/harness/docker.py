@@ -9,6 +9,7 @@ when an engine answers, 3 with the reason when none can run here (.ci/run uses i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -17,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -77,6 +79,29 @@ def run(
             f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+@contextmanager
+def one_run_at_a_time(timeout: float = 3600) -> Iterator[None]:
+    """Holds the machine's test-docker lock: two runs would share the inner engine's container and cache and
+    the host engine's `eventagg` project, and remove each other's."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "test-docker.lock").open("a+") as lock:
+
+        def taken() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        if not taken():
+            say(f"another run holds {lock.name}; waiting for it (at most {timeout:g} s)")
+            eventually_sync(taken, timeout, interval=2.0, message=f"the lock {lock.name}")
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _host_answers() -> bool:
@@ -325,7 +350,12 @@ class Up:
                 raise AssertionError(
                     f"`{' '.join(self.argv)}` exited {self.popen.returncode}:\n{self.output()}"
                 )
-            return re.search(pattern, self.output(), re.MULTILINE)
+            output = self.output()
+            # Compose v2 reports a dependency that never got healthy, and then keeps following the logs.
+            failed = re.search(r"^dependency failed to start: .*$", output, re.MULTILINE)
+            if failed:
+                raise AssertionError(failed[0])
+            return re.search(pattern, output, re.MULTILINE)
 
         try:
             found: re.Match[str] = eventually_sync(seen, timeout, interval=1.0, message=what)
