@@ -75,7 +75,7 @@ class PerEventStore:
         cur.execute("BEGIN IMMEDIATE")
         try:
             for events in messages:
-                if events is None:
+                if not isinstance(events, list):
                     result.invalid += 1
                     result.received += 1
                     continue

@@ -9,6 +9,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from contract.amqp import BROKER_ERRORS
 from contract.event import Event, InvalidEvent, Limits, decode
+from store import Message, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,14 @@ class Decoded:
     message: DeliveredMessage
     events: list[Event] | None  # None: invalid, will be dead-lettered
     reason: str = ""
+    kind: str = ""
+
+    def for_store(self) -> Message:
+        """The events, or the rejected message itself: the store keeps it as a dead letter in the same
+        transaction that counts it invalid."""
+        if self.events is not None:
+            return self.events
+        return Rejected(self.reason, self.kind, self.message.routing_key or "", self.message.body)
 
 
 def decode_batch(messages: list[DeliveredMessage], limits: Limits) -> list[Decoded]:
@@ -26,7 +35,7 @@ def decode_batch(messages: list[DeliveredMessage], limits: Limits) -> list[Decod
         try:
             decoded.append(Decoded(message, decode(message.body, limits)))
         except InvalidEvent as exc:
-            decoded.append(Decoded(message, None, str(exc)))
+            decoded.append(Decoded(message, None, str(exc), exc.kind))
     return decoded
 
 

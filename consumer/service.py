@@ -192,7 +192,7 @@ class _Pipeline:
 
     async def _process(self, batch: list[Decoded]) -> bool:
         summary = self._summary
-        payload = [item.events for item in batch]
+        payload = [item.for_store() for item in batch]
         # A message published by POST /publish?wait=stored carries a receipt, recorded in the batch's commit.
         receipts = [receipt_of(item.message) for item in batch]
         result = await self._storage.apply_with_retry(

@@ -31,7 +31,14 @@ MAX_PAYLOAD_DEPTH = 64
 
 
 class InvalidEvent(ValueError):
-    """A message body that can never be processed: not JSON, not the schema, or over a limit."""
+    """A message body that can never be processed: not JSON, not the schema, or over a limit.
+
+    `kind` classes the reason (`not_json`, `schema`, `too_large`) so dead letters can be counted by it.
+    """
+
+    def __init__(self, reason: str, kind: str = "schema") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +176,16 @@ _MANY = TypeAdapter(list[Event])
 def check_payload_size(event: Event, limits: Limits) -> None:
     size = event.payload_size()
     if size > limits.max_payload_bytes:
-        raise InvalidEvent(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
+        raise InvalidEvent(
+            f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes", "too_large"
+        )
 
 
 def decode(body: bytes, limits: Limits) -> list[Event]:
     """Decode a message body into its events, or raise InvalidEvent for the whole message."""
     if len(body) > limits.max_message_bytes:
         raise InvalidEvent(
-            f"message of {len(body)} bytes is over the limit of {limits.max_message_bytes} bytes"
+            f"message of {len(body)} bytes is over the limit of {limits.max_message_bytes} bytes", "too_large"
         )
     # Peek at the first non-blank byte rather than parsing twice: '[' is an envelope, anything else one event.
     stripped = body.lstrip()
@@ -186,7 +195,8 @@ def decode(body: bytes, limits: Limits) -> list[Event]:
         else:
             events = [_ONE.validate_json(body)]
     except ValidationError as exc:
-        raise InvalidEvent(describe(exc)) from exc
+        not_json = any(error["type"] == "json_invalid" for error in exc.errors(include_url=False))
+        raise InvalidEvent(describe(exc), "not_json" if not_json else "schema") from exc
     for event in events:
         check_payload_size(event, limits)
     return events

@@ -15,10 +15,14 @@ from urllib.parse import urlsplit
 from contract.config import redact
 from store.base import (
     BatchResult,
+    DeadLetter,
+    DeadLetterCounts,
+    DeadLetterPage,
     Durability,
     Message,
     Page,
     Reader,
+    Rejected,
     Row,
     Snapshot,
     StoreConfigError,
@@ -29,11 +33,15 @@ from store.base import (
 
 __all__ = [
     "BatchResult",
+    "DeadLetter",
+    "DeadLetterCounts",
+    "DeadLetterPage",
     "Durability",
     "Location",
     "Message",
     "Page",
     "Reader",
+    "Rejected",
     "Row",
     "Snapshot",
     "StoreConfigError",

@@ -15,19 +15,26 @@ from contract.config import redact
 from contract.schema import COUNTERS
 from store.base import (
     COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    DEAD_LETTERS_KEPT,
     Backend,
     BatchResult,
+    DeadLetterCounts,
+    DeadLetterPage,
     Durability,
     Message,
     Page,
+    Rejected,
     Row,
     Snapshot,
     StoreConfigError,
     StoreError,
     count_duplicates,
+    dead_letter,
     empty_snapshot,
     receipt_rows,
     receipts_expired_before,
+    rejected_in,
     sort_batch,
     utc_now,
 )
@@ -90,6 +97,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX receipts_by_time ON receipts (committed_at);
     """,
+    # Dead letters, written in the transaction that counts them invalid; `id` orders them (newest first).
+    """
+    CREATE TABLE dead_letters (
+        id           bigserial PRIMARY KEY,
+        at           text NOT NULL,
+        kind         text NOT NULL,
+        reason       text NOT NULL,
+        routing_key  text NOT NULL,
+        body         bytea NOT NULL,
+        size         bigint NOT NULL,
+        truncated    boolean NOT NULL
+    );
+    CREATE TABLE dead_letter_counts (kind text PRIMARY KEY, count bigint NOT NULL);
+    CREATE TABLE dead_letter_totals (dropped bigint NOT NULL);
+    INSERT INTO dead_letter_totals (dropped) VALUES (0);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -121,6 +144,21 @@ _RECEIPTS = """
 _STATE = """
     INSERT INTO consumer_state (key, value) VALUES ($1, $2)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+_DEAD_LETTER = """
+    INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated)
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bool[]
+    )
+"""
+_DEAD_LETTER_COUNT = """
+    INSERT INTO dead_letter_counts (kind, count)
+    SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1
+    ON CONFLICT (kind) DO UPDATE SET count = dead_letter_counts.count + excluded.count
+"""
+# Everything older than the newest DEAD_LETTERS_KEPT; only in a batch that rejected something.
+_DEAD_LETTER_TRIM = """
+    DELETE FROM dead_letters WHERE id < (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET $1)
 """
 # Rows only from transactions older than every running one: nothing can commit below them any more.
 _SAFE = "txid < $4::text::xid8"
@@ -350,6 +388,9 @@ class PostgresWriter:
                 [(delta, name) for name, delta in result.deltas()],
             )
             await conn.execute(_STATE, "last_commit_at", received_at)
+            rejected = rejected_in(messages)
+            if rejected:
+                await _keep_dead_letters(conn, rejected)
             if self._before_commit is not None:
                 self._before_commit()
         return result
@@ -357,6 +398,26 @@ class PostgresWriter:
     async def counters(self) -> dict[str, int]:
         rows = await (await self._connection()).fetch("SELECT name, value FROM counters")
         return {str(r[0]): int(r[1]) for r in rows}
+
+
+async def _keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
+    bodies = [item.stored_body() for item in rejected]
+    await conn.execute(
+        _DEAD_LETTER,
+        [item.at for item in rejected],
+        [item.kind for item in rejected],
+        [item.reason for item in rejected],
+        [item.routing_key for item in rejected],
+        [body for body, _ in bodies],
+        [len(item.body) for item in rejected],
+        [truncated for _, truncated in bodies],
+    )
+    kinds = sorted(Counter(item.kind for item in rejected).items())
+    await conn.execute(_DEAD_LETTER_COUNT, [k for k, _ in kinds], [n for _, n in kinds])
+    status = await conn.execute(_DEAD_LETTER_TRIM, DEAD_LETTERS_KEPT - 1)
+    dropped = int(status.split()[-1])  # "DELETE n"
+    if dropped:
+        await conn.execute("UPDATE dead_letter_totals SET dropped = dropped + $1", dropped)
 
 
 class PostgresReader:
@@ -475,3 +536,21 @@ class PostgresReader:
 
     async def durability(self) -> Durability:
         return (await self.snapshot()).durability
+
+    async def dead_letters(self, limit: int, before: int | None) -> DeadLetterPage:
+        where = "WHERE id < $2" if before is not None else ""
+        args: list[Any] = [limit + 1] + ([before] if before is not None else [])
+        rows = await self._fetch(
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id DESC LIMIT $1", *args
+        )
+        letters = [dead_letter(tuple(row)) for row in rows or []]
+        more = len(letters) > limit
+        letters = letters[:limit]
+        return DeadLetterPage(letters, letters[-1].id if more else None)
+
+    async def dead_letter_counts(self) -> DeadLetterCounts:
+        counts = await self._fetch("SELECT kind, count FROM dead_letter_counts ORDER BY kind")
+        dropped = await self._fetch("SELECT dropped FROM dead_letter_totals")
+        by_kind = {str(r[0]): int(r[1]) for r in counts or []}
+        gone = int(dropped[0][0]) if dropped else 0
+        return DeadLetterCounts(by_kind, sum(by_kind.values()) - gone, gone)

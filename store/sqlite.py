@@ -17,19 +17,26 @@ import aiosqlite
 from contract.schema import COUNTERS
 from store.base import (
     COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    DEAD_LETTERS_KEPT,
     Backend,
     BatchResult,
+    DeadLetterCounts,
+    DeadLetterPage,
     Durability,
     Message,
     Page,
+    Rejected,
     Row,
     Snapshot,
     StoreConfigError,
     StoreError,
     count_duplicates,
+    dead_letter,
     empty_snapshot,
     receipt_rows,
     receipts_expired_before,
+    rejected_in,
     sort_batch,
     utc_now,
 )
@@ -76,6 +83,22 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX receipts_by_time ON receipts (committed_at);
     """,
+    # Dead letters, written in the transaction that counts them invalid; `id` orders them (newest first).
+    """
+    CREATE TABLE dead_letters (
+        id           INTEGER PRIMARY KEY,
+        at           TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        reason       TEXT NOT NULL,
+        routing_key  TEXT NOT NULL,
+        body         BLOB NOT NULL,
+        size         INTEGER NOT NULL,
+        truncated    INTEGER NOT NULL
+    );
+    CREATE TABLE dead_letter_counts (kind TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE dead_letter_totals (dropped INTEGER NOT NULL);
+    INSERT INTO dead_letter_totals (dropped) VALUES (0);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -95,6 +118,19 @@ _TOPICS = (
 _STATE = (
     "INSERT INTO consumer_state (key, value) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_DEAD_LETTER = (
+    "INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_DEAD_LETTER_COUNT = (
+    "INSERT INTO dead_letter_counts (kind, count) VALUES (?, ?)"
+    " ON CONFLICT (kind) DO UPDATE SET count = count + excluded.count"
+)
+# Everything older than the newest DEAD_LETTERS_KEPT; a walk down the primary key, only in a batch that
+# rejected something.
+_DEAD_LETTER_TRIM = (
+    "DELETE FROM dead_letters WHERE id < (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
 
 
@@ -296,6 +332,9 @@ class SqliteWriter:
             per_topic = Counter(e.topic for e in new)
             await self._conn.executemany(_TOPICS, [(t, n, t) for t, n in per_topic.items()])
             await self._conn.execute(_STATE, ("last_commit_at", received_at))
+            rejected = rejected_in(messages)
+            if rejected:
+                await self._keep_dead_letters(rejected)
             if self._before_commit is not None:
                 self._before_commit()
             await self._conn.execute("COMMIT")
@@ -306,6 +345,19 @@ class SqliteWriter:
             await self._rollback()
             raise
         return result
+
+    async def _keep_dead_letters(self, rejected: list[Rejected]) -> None:
+        rows = []
+        for item in rejected:
+            body, truncated = item.stored_body()
+            size = len(item.body)
+            rows.append((item.at, item.kind, item.reason, item.routing_key, body, size, int(truncated)))
+        await self._conn.executemany(_DEAD_LETTER, rows)
+        await self._conn.executemany(_DEAD_LETTER_COUNT, Counter(item.kind for item in rejected).items())
+        async with self._conn.execute(_DEAD_LETTER_TRIM, (DEAD_LETTERS_KEPT - 1,)) as cur:
+            dropped = cur.rowcount
+        if dropped > 0:
+            await self._conn.execute("UPDATE dead_letter_totals SET dropped = dropped + ?", (dropped,))
 
     async def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -430,6 +482,24 @@ class SqliteReader:
 
     async def durability(self) -> Durability:
         return (await self.snapshot()).durability
+
+    async def dead_letters(self, limit: int, before: int | None) -> DeadLetterPage:
+        where, params = ("WHERE id < ?", [before]) if before is not None else ("", [])
+        rows = await self._query(
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        letters = [dead_letter(row) for row in rows or []]
+        more = len(letters) > limit
+        letters = letters[:limit]
+        return DeadLetterPage(letters, letters[-1].id if more else None)
+
+    async def dead_letter_counts(self) -> DeadLetterCounts:
+        counts = await self._query("SELECT kind, count FROM dead_letter_counts ORDER BY kind")
+        dropped = await self._query("SELECT dropped FROM dead_letter_totals")
+        by_kind = {str(k): int(n) for k, n in counts or []}
+        gone = int(dropped[0][0]) if dropped else 0
+        return DeadLetterCounts(by_kind, sum(by_kind.values()) - gone, gone)
 
 
 def _recorded(state: dict[str, str]) -> Durability:

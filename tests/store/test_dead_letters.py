@@ -1,0 +1,120 @@
+"""Dead letters on both backends: kept in the transaction counting them invalid, newest first, bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from contract.event import Event
+from store import (
+    BatchResult,
+    DeadLetterCounts,
+    Message,
+    Reader,
+    Rejected,
+    StoreError,
+    Writer,
+    open_reader,
+    open_writer,
+)
+from store.base import DEAD_LETTER_BODY_BYTES, DEAD_LETTERS_KEPT
+from tests.harness.stores import StoreSettings
+
+
+def event(event_id: str) -> Event:
+    return Event(topic="orders", event_id=event_id, timestamp="2026-11-22T10:15:00Z", source="test")
+
+
+def rejected(n: int, body: bytes = b"{not json", kind: str = "not_json") -> Rejected:
+    return Rejected(f"reason {n}", kind, f"orders.{n}", body, at=f"2026-11-22T10:15:{n % 60:02d}Z")
+
+
+async def test_a_rejected_message_is_kept_with_when_why_where_and_its_body(
+    writer: Writer, reader: Reader
+) -> None:
+    result = await writer.apply([[event("a")], rejected(1), None])
+
+    assert result == BatchResult(received=3, unique_processed=1, invalid=2)
+    page = await reader.dead_letters(10, None)
+    assert page.next_before is None
+    [letter] = page.letters
+    assert (letter.at, letter.kind, letter.reason, letter.routing_key, letter.body) == (
+        "2026-11-22T10:15:01Z",
+        "not_json",
+        "reason 1",
+        "orders.1",
+        b"{not json",
+    )
+    assert (letter.size, letter.truncated) == (9, False)
+    assert await reader.dead_letter_counts() == DeadLetterCounts({"not_json": 1}, kept=1, dropped=0)
+
+
+async def test_a_body_over_64_kib_is_kept_truncated_and_flagged(writer: Writer, reader: Reader) -> None:
+    body = b"[" + b"x" * (DEAD_LETTER_BODY_BYTES + 100)
+    await writer.apply([rejected(1, body, "too_large"), rejected(2, body[:DEAD_LETTER_BODY_BYTES])])
+
+    newest, oldest = (await reader.dead_letters(10, None)).letters
+    assert (oldest.body, oldest.size, oldest.truncated) == (body[:DEAD_LETTER_BODY_BYTES], len(body), True)
+    assert (newest.body, newest.size, newest.truncated) == (
+        body[:DEAD_LETTER_BODY_BYTES],
+        DEAD_LETTER_BODY_BYTES,
+        False,
+    )
+
+
+async def test_dead_letters_are_paged_newest_first(writer: Writer, reader: Reader) -> None:
+    for batch in range(3):
+        await writer.apply(
+            [rejected(2 * batch), [event(f"e{batch}")], rejected(2 * batch + 1, kind="schema")]
+        )
+
+    seen: list[str] = []
+    before = None
+    pages = 0
+    while True:
+        page = await reader.dead_letters(4, before)
+        seen += [letter.reason for letter in page.letters]
+        pages += 1
+        if page.next_before is None:
+            break
+        before = page.next_before
+    assert seen == [f"reason {n}" for n in range(5, -1, -1)]
+    assert pages == 2
+    assert await reader.dead_letter_counts() == DeadLetterCounts(
+        {"not_json": 3, "schema": 3}, kept=6, dropped=0
+    )
+
+
+async def test_past_the_bound_the_oldest_are_dropped_and_counted(writer: Writer, reader: Reader) -> None:
+    await writer.apply([rejected(n, b"x") for n in range(DEAD_LETTERS_KEPT + 3)])
+    await writer.apply([rejected(DEAD_LETTERS_KEPT + 3, b"y")])
+
+    counts = await reader.dead_letter_counts()
+    assert counts == DeadLetterCounts({"not_json": DEAD_LETTERS_KEPT + 4}, kept=DEAD_LETTERS_KEPT, dropped=4)
+    page = await reader.dead_letters(1000, None)
+    assert page.letters[0].reason == f"reason {DEAD_LETTERS_KEPT + 3}"
+    last = None
+    before = page.next_before
+    while before is not None:
+        page = await reader.dead_letters(1000, before)
+        last = page.letters[-1]
+        before = page.next_before
+    assert last is not None and last.reason == "reason 4"
+
+
+async def test_a_failed_commit_keeps_no_dead_letter(settings: StoreSettings) -> None:
+    def before_commit() -> None:
+        raise OSError(5, "disk I/O error")
+
+    failing = await open_writer(settings, before_commit)
+    try:
+        batch: list[Message] = [rejected(1), [event("a")]]
+        with pytest.raises(StoreError, match="disk I/O error"):
+            await failing.apply(batch)
+    finally:
+        await failing.close()
+    reader = open_reader(settings)
+    try:
+        assert (await reader.dead_letters(10, None)).letters == []
+        assert await reader.dead_letter_counts() == DeadLetterCounts({}, kept=0, dropped=0)
+    finally:
+        await reader.close()
