@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
-from api import dashboard, health, routes
+from api import dashboard, deadletters, health, routes
 from api.broker import BrokerLink
 from api.compat import RESPONSE_MODELS
 from api.deps import State
@@ -74,6 +74,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.include_router(dashboard.router)
+    app.include_router(deadletters.router)
     serve_docs(app)
     bound_validation_errors(app)
     app.state.metrics = ApiMetrics()

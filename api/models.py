@@ -135,6 +135,14 @@ class StoreInfo(BaseModel):
     warning: str | None = Field(None, description="what is wrong when it is not durable")
 
 
+class DeadLetterStats(BaseModel):
+    by_reason: dict[str, int] = Field(
+        description="messages ever dead-lettered, by the class of their reason (not_json, schema, too_large)"
+    )
+    kept: int = Field(description="readable at GET /dead-letters")
+    dropped: int = Field(description="the oldest, deleted to keep the newest 100,000")
+
+
 class Stats(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -188,6 +196,9 @@ class Stats(BaseModel):
     store_info: StoreInfo
     queue: QueueInfo
     dead_letter_queue: QueueInfo
+    dead_letters: DeadLetterStats | None = Field(
+        None, description="the dead letters the store keeps; null until the consumer has created the store"
+    )
     consumer: ConsumerInfo
 
 

@@ -18,6 +18,7 @@ from api.formats import CURSOR_PATTERN
 from api.health import consumer_info, store_info
 from api.metrics import metrics_of
 from api.models import (
+    DeadLetterStats,
     ErrorMessage,
     EventsWrapper,
     PublishAccepted,
@@ -275,6 +276,7 @@ async def get_event(
 )
 async def stats(st: StateDep) -> JSONResponse:
     snapshot = await st.reader.snapshot()
+    dead = await st.reader.dead_letter_counts()
     depths = await st.broker.depths()
     topology = st.settings.topology()
     uptime = st.uptime()
@@ -292,6 +294,9 @@ async def stats(st: StateDep) -> JSONResponse:
         store_info=store_info(snapshot.durability),
         queue=QueueInfo(name=topology.queue, messages=depths.queue, consumers=depths.consumers),
         dead_letter_queue=QueueInfo(name=topology.dead_letter_queue, messages=depths.dead_letter_queue),
+        dead_letters=DeadLetterStats(by_reason=dead.by_kind, kept=dead.kept, dropped=dead.dropped)
+        if snapshot.store == "ok"
+        else None,
         consumer=consumer_info(
             snapshot.consumer, depths, st.settings.consumer_stall_seconds, consumer_state(st.settings.db_path)
         ),

@@ -21,7 +21,7 @@ from contract.cli import describe
 from contract.config import configure_logging
 from contract.event import Event
 from contract.publishing import OnConfirmed, PublishFailed
-from publisher import load
+from publisher import deadletters, load
 from publisher.check import CheckError, ConfirmedLog, run_check
 from publisher.files import BadLine, read_ndjson
 from publisher.settings import PublisherSettings
@@ -366,7 +366,10 @@ async def read_workload_file(name: str, settings: PublisherSettings) -> list[Eve
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["dead-letters"]:
+        return deadletters.cli(given[1:], cli)
+    args = parser().parse_args(given)
     if args.file is None and (args.count < 0 or args.topics < 1 or not 0 <= args.duplicates < 1):
         print("publisher: need --count >= 0, --topics >= 1 and 0 <= --duplicates < 1", file=sys.stderr)
         return EXIT_USAGE

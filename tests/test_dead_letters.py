@@ -1,0 +1,133 @@
+"""What the consumer rejected, as it logged it, at GET /dead-letters and /stats."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+from aio_pika.abc import AbstractRobustConnection
+
+from tests.pipeline import settled, start_pipeline, stats
+from tests.processes import Deployment, Processes
+
+
+def event(event_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "topic": "dl.orders",
+        "event_id": event_id,
+        "timestamp": "2026-05-01T08:00:00Z",
+        "source": "t",
+        **extra,
+    }
+
+
+OVERSIZED = json.dumps(event("big", payload={"blob": "x" * 300_000})).encode()
+# In publish order, with the routing key each is sent with.
+BODIES: list[tuple[str, bytes]] = [
+    ("dl.one", b"{this is not json"),
+    ("dl.two", json.dumps({"topic": "t", "event_id": "x", "timestamp": "2026-01-01T00:00:00Z"}).encode()),
+    ("dl.three", OVERSIZED),
+    ("dl.four", b"\xff\xfe{}"),
+]
+
+
+def pages(deployment: Deployment, limit: int) -> list[list[dict[str, Any]]]:
+    out = []
+    with httpx.Client(timeout=10) as client:
+        url: str | None = f"{deployment.api_url}/dead-letters?limit={limit}"
+        while url is not None:
+            answer = client.get(url)
+            assert answer.status_code == 200, answer.text
+            out.append(answer.json())
+            url = answer.links.get("next", {}).get("url")
+    return out
+
+
+async def test_rejected_messages_are_readable_newest_first_as_the_consumer_logged_them(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    consumer, _ = await start_pipeline(procs, amqp)
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    for routing_key, body in BODIES:
+        await exchange.publish(aio_pika.Message(body), routing_key)
+    await exchange.publish(aio_pika.Message(json.dumps(event("fine")).encode()), "dl.orders")
+    await channel.close()
+    assert (await settled(deployment, amqp, 5))["invalid"] == 4
+
+    found = pages(deployment, 3)
+
+    assert [len(page) for page in found] == [3, 1]
+    letters = [letter for page in found for letter in page]
+    assert [letter["routing_key"] for letter in letters] == ["dl.four", "dl.three", "dl.two", "dl.one"]
+    assert [letter["kind"] for letter in letters] == ["not_json", "too_large", "schema", "not_json"]
+    assert letters[0]["id"] > letters[1]["id"] > letters[2]["id"] > letters[3]["id"]
+    four, three, two, one = letters
+    assert (one["body"], one["body_encoding"], one["size"], one["truncated"]) == (
+        "{this is not json",
+        "utf-8",
+        17,
+        False,
+    )
+    assert (four["body"], four["body_encoding"]) == (base64.b64encode(b"\xff\xfe{}").decode(), "base64")
+    assert (three["body"], three["size"], three["truncated"]) == (
+        OVERSIZED[: 64 * 1024].decode(),
+        len(OVERSIZED),
+        True,
+    )
+    assert two["body"] == BODIES[1][1].decode() and not two["truncated"]
+    assert consumer is not None
+    log = consumer.output()
+    for letter in letters:
+        assert f"reason={letter['reason']}" in log
+        assert letter["at"].endswith("Z")
+    assert stats(deployment)["dead_letters"] == {
+        "by_reason": {"not_json": 2, "schema": 1, "too_large": 1},
+        "kept": 4,
+        "dropped": 0,
+    }
+    with httpx.Client(base_url=deployment.api_url, timeout=10) as client:
+        assert client.get("/dead-letters", params={"after": "nope"}).status_code == 422
+        assert client.get("/dead-letters", params={"limit": 1001}).status_code == 422
+
+
+async def test_the_publisher_lists_dead_letters_and_replays_corrected_events(
+    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    broken = [event("fix-1", timestamp="yesterday"), event("fix-2", source="")]
+    for index, body in enumerate(broken):
+        await exchange.publish(aio_pika.Message(json.dumps(body).encode()), f"dl.fix.{index}")
+    await channel.close()
+    assert (await settled(deployment, amqp, 2))["invalid"] == 2
+
+    listing = procs.start("publisher", "dead-letters")
+    assert listing.wait(60) == 0
+    rows = listing.output().splitlines()
+    assert [row.split("  ")[3] for row in rows] == ["dl.fix.1", "dl.fix.0"]
+    assert all("  schema  " in row for row in rows)
+    dumped = procs.start("publisher", "dead-letters", "--bodies")
+    assert dumped.wait(60) == 0
+    assert [json.loads(line) for line in dumped.output().splitlines()] == broken[::-1]
+
+    fixed = tmp_path / "fixed.ndjson"
+    fixed.write_text("\n".join(json.dumps(e) for e in [event("fix-1"), event("fix-2")]) + "\n")
+    replayed = procs.start("publisher", "dead-letters", "replay", "--file", str(fixed), "--json", "--quiet")
+    assert replayed.wait(60) == 0
+    summary = json.loads(replayed.output().splitlines()[-1])
+    assert (summary["sent"], summary["confirmed"], summary["exit_code"]) == (2, 2, 0)
+    assert await settled(deployment, amqp, 4) == {
+        "received": 4,
+        "unique_processed": 2,
+        "duplicate_dropped": 0,
+        "invalid": 2,
+        "conflicts": 0,
+    }
