@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -33,6 +34,8 @@ from api.stored import ReceiptsNotConfirmed
 from contract.amqp import BROKER_ERRORS
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
+from store import Filters
+from store.base import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +221,10 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 @router.get(
     "/events",
     response_model=list[StoredEvent],
-    summary="Stored events, oldest first, in pages (next page in the Link header)",
+    summary="Stored events, oldest first (or newest first), in pages (next page in the Link header)",
+    description="`topic`, `source`, `since` and `until` (on `received_at`, when the consumer stored the "
+    "event: ISO 8601, `since` inclusive, `until` exclusive, no offset meaning UTC) combine; each is served "
+    "by an index. `order=desc` pages from the newest backwards.",
     dependencies=[Depends(require_read_key)],
     responses={422: {"description": "bad limit, topic or cursor"}},
 )
@@ -234,20 +240,31 @@ async def list_events(
             json_schema_extra={"pattern": CURSOR_PATTERN},
         ),
     ] = None,
+    source: Annotated[str | None, Query(description="only events from this source", max_length=255)] = None,
+    since: Annotated[datetime | None, Query(description="stored at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="stored before (ISO 8601)")] = None,
+    order: Annotated[Literal["asc", "desc"] | None, Query(description="asc: oldest first (default)")] = None,
 ) -> Response:
-    descending = events_descending(st.settings.api_compat)
+    descending = events_descending(st.settings.api_compat) if order is None else order == "desc"
+    filters = Filters(source, _utc(since), _utc(until))
     try:
         start = decode_cursor(after) if after else (NEWEST if descending else 0)
     except BadCursor as exc:
         error = {"type": "value_error", "loc": ["query", "after"], "msg": str(exc), "input": after}
         return JSONResponse({"detail": jsonable_errors([error])}, status_code=422)
-    page = Page.of(await st.reader.page(topic, limit, start, descending))
+    page = Page.of(await st.reader.page(topic, limit, start, descending, filters))
     headers = {}
     if page.next_cursor is not None:
         url = request.url.include_query_params(after=page.next_cursor, limit=limit)
         headers["Link"] = f'<{url}>; rel="next"'
     # Built from the stored JSON directly (see queries.row_json); response_model still documents it.
     return Response(events_body(st.settings.api_compat, page), media_type="application/json", headers=headers)
+
+
+def _utc(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return utc_text(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
 
 
 @router.get(

@@ -113,6 +113,19 @@ class BatchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Filters:
+    """What GET /events narrows a page to besides the topic; `since`/`until` bound `received_at` (as
+    `utc_text` writes it), `since` inclusive, `until` exclusive."""
+
+    source: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
+NO_FILTERS = Filters()
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     rows: list[Row]
     next_after: int | None  # the seq to continue from (exclusive), when more rows follow
@@ -159,7 +172,14 @@ class Writer(Protocol):
 class Reader(Protocol):
     backend: Backend
 
-    async def page(self, topic: str | None, limit: int, after: int, descending: bool = False) -> Page:
+    async def page(
+        self,
+        topic: str | None,
+        limit: int,
+        after: int,
+        descending: bool = False,
+        filters: Filters = NO_FILTERS,
+    ) -> Page:
         """Events after seq `after` in store order, or before it newest first (`descending`)."""
         ...
 
@@ -219,7 +239,14 @@ def receipts_expired_before(now: datetime | None = None) -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    # Always with microseconds: `received_at` values are compared as text, and "...:45Z" sorts after
+    # "...:45.5Z".
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def utc_text(moment: datetime) -> str:
+    """A moment as `received_at` is stored (UTC, microseconds, `Z`), so the two compare as text."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

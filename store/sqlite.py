@@ -19,11 +19,13 @@ from store.base import (
     COLUMNS,
     DEAD_LETTER_COLUMNS,
     DEAD_LETTERS_KEPT,
+    NO_FILTERS,
     Backend,
     BatchResult,
     DeadLetterCounts,
     DeadLetterPage,
     Durability,
+    Filters,
     Message,
     Page,
     Rejected,
@@ -98,6 +100,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE dead_letter_counts (kind TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE dead_letter_totals (dropped INTEGER NOT NULL);
     INSERT INTO dead_letter_totals (dropped) VALUES (0);
+    """,
+    # GET /events by source, and by received_at: the writer keeps received_at non-decreasing in seq, so a
+    # time bound is one seek here that becomes a seq bound for any of the seq-ordered indexes.
+    """
+    CREATE INDEX events_by_source ON events (source, seq);
+    CREATE INDEX events_by_received_at ON events (received_at);
     """,
 )
 
@@ -236,6 +244,7 @@ class SqliteWriter:
         self._conn = conn
         self._lock = lock
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
+        self._last_received_at = ""
 
     @classmethod
     async def open(cls, path: Path, before_commit: Callable[[], None] | None = None) -> SqliteWriter:
@@ -259,7 +268,15 @@ class SqliteWriter:
             if isinstance(exc, (sqlite3.Error, OSError)):
                 raise _error(exc) from exc
             raise
-        return cls(conn, lock, before_commit)
+        writer = cls(conn, lock, before_commit)
+        try:
+            async with conn.execute("SELECT MAX(received_at) FROM events") as cur:
+                row = await cur.fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            await writer.close()
+            raise _error(exc) from exc
+        writer._last_received_at = str(row[0]) if row and row[0] else ""
+        return writer
 
     async def close(self) -> None:
         try:
@@ -291,7 +308,9 @@ class SqliteWriter:
         Raises StoreError with nothing applied; the caller must then ack nothing.
         """
         batch = sort_batch(messages)
-        received_at = utc_now()
+        # Never earlier than the last batch's, even if the clock steps back: time filters on received_at
+        # rely on it growing with seq (the reader turns a time bound into a seq bound).
+        received_at = max(utc_now(), self._last_received_at)
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
             stored: dict[tuple[str, str], tuple[str, str, str]] = {}
@@ -338,6 +357,7 @@ class SqliteWriter:
             if self._before_commit is not None:
                 self._before_commit()
             await self._conn.execute("COMMIT")
+            self._last_received_at = received_at
         except (sqlite3.Error, OSError, StoreError) as exc:
             await self._rollback()
             raise exc if isinstance(exc, StoreError) else _error(exc) from exc
@@ -414,20 +434,36 @@ class SqliteReader:
         except sqlite3.Error as exc:
             raise _error(exc) from exc
 
-    async def page(self, topic: str | None, limit: int, after: int, descending: bool = False) -> Page:
-        where = "seq < ?" if descending else "seq > ?"
-        params: list[Any] = [after]
-        if topic is not None:
-            where += " AND topic = ?"
-            params.append(topic)
-        order = "seq DESC" if descending else "seq"
-        rows = await self._query(
-            f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT ?", (*params, limit + 1)
-        )
+    async def page(
+        self,
+        topic: str | None,
+        limit: int,
+        after: int,
+        descending: bool = False,
+        filters: Filters = NO_FILTERS,
+    ) -> Page:
+        bounds = await self._seq_bounds(filters)
+        if bounds is None:
+            return Page([], None)
+        sql, params = page_query(topic, limit, after, descending, filters, bounds)
+        rows = await self._query(sql, params)
         rows = rows or []
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(cast(list[Row], rows), rows[-1][0] if more else None)
+
+    async def _seq_bounds(self, filters: Filters) -> tuple[int, int] | None:
+        """The seqs a received_at range covers (received_at grows with seq); None when it covers none."""
+        low, high = 0, NEWEST_SEQ
+        for sql, bound, is_low in bound_queries(filters):
+            rows = await self._query(sql, (bound,))
+            if not rows:
+                return None
+            if is_low:
+                low = int(rows[0][0])
+            else:
+                high = int(rows[0][0])
+        return (low, high) if low <= high else None
 
     async def event_row(self, topic: str, event_id: str) -> Row | None:
         rows = await self._query(
@@ -500,6 +536,52 @@ class SqliteReader:
         by_kind = {str(k): int(n) for k, n in counts or []}
         gone = int(dropped[0][0]) if dropped else 0
         return DeadLetterCounts(by_kind, sum(by_kind.values()) - gone, gone)
+
+
+NEWEST_SEQ = 2**63 - 1
+
+
+def bound_queries(filters: Filters) -> list[tuple[str, str, bool]]:
+    """(query, parameter, is the low bound) for the first seq at or after `since` and the last before
+    `until`; each one seek into events_by_received_at."""
+    out = []
+    if filters.since is not None:
+        out.append(
+            (
+                "SELECT seq FROM events WHERE received_at >= ? ORDER BY received_at, seq LIMIT 1",
+                filters.since,
+                True,
+            )
+        )
+    if filters.until is not None:
+        out.append(
+            (
+                "SELECT seq FROM events WHERE received_at < ? ORDER BY received_at DESC, seq DESC LIMIT 1",
+                filters.until,
+                False,
+            )
+        )
+    return out
+
+
+def page_query(
+    topic: str | None, limit: int, after: int, descending: bool, filters: Filters, bounds: tuple[int, int]
+) -> tuple[str, list[Any]]:
+    """One page of events as SQL: keyset on seq, served by the primary key, events_by_topic or
+    events_by_source (EXPLAIN QUERY PLAN in the store suite); the time range arrives as seq bounds."""
+    where = ["seq < ?" if descending else "seq > ?", "seq BETWEEN ? AND ?"]
+    params: list[Any] = [after, *bounds]
+    if topic is not None:
+        where.append("topic = ?")
+        params.append(topic)
+    if filters.source is not None:
+        # With a topic too, the topic's index leads and the source is checked on its rows: `+` keeps
+        # SQLite from picking the source index and sorting (topics are usually the narrower).
+        where.append("+source = ?" if topic is not None else "source = ?")
+        params.append(filters.source)
+    order = "seq DESC" if descending else "seq"
+    sql = f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
+    return sql, [*params, limit + 1]
 
 
 def _recorded(state: dict[str, str]) -> Durability:

@@ -70,7 +70,16 @@ async def test_opening_creates_the_store_its_directory_and_its_tables(
 ) -> None:
     conn = raw(path)
     try:
-        assert table_names(conn) == {"events", "counters", "topics", "consumer_state", "receipts"}
+        assert table_names(conn) == {
+            "events",
+            "counters",
+            "topics",
+            "consumer_state",
+            "receipts",
+            "dead_letters",
+            "dead_letter_counts",
+            "dead_letter_totals",
+        }
         assert dict(conn.execute("SELECT name, value FROM counters").fetchall()) == dict.fromkeys(COUNTERS, 0)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
