@@ -44,6 +44,8 @@ class Scrape:
     store_ok: bool
     counters: Mapping[str, int]
     topic_counts: Mapping[str, int]
+    topic_duplicates: Mapping[str, int]
+    topic_conflicts: Mapping[str, int]
     last_commit_at: str | None
     broker_connected: bool
     queue: str
@@ -131,12 +133,15 @@ class _ScrapeCollector(Collector):
         )
         for name, help_text in STORE_COUNTERS.items():
             yield CounterMetricFamily(f"eventagg_{name}_total", help_text, value=s.counters.get(name, 0))
-        per_topic = CounterMetricFamily(
-            "eventagg_topic_unique_processed_total", "events stored, by topic", labels=("topic",)
-        )
-        for topic, count in s.topic_counts.items():
-            per_topic.add_metric((topic,), count)
-        yield per_topic
+        for name, help_text, values in (
+            ("unique_processed", "events stored, by topic", s.topic_counts),
+            ("duplicate_dropped", "duplicates dropped, by topic", s.topic_duplicates),
+            ("conflicts", "duplicates whose content differed, by topic", s.topic_conflicts),
+        ):
+            per_topic = CounterMetricFamily(f"eventagg_topic_{name}_total", help_text, labels=("topic",))
+            for topic, count in values.items():
+                per_topic.add_metric((topic,), count)
+            yield per_topic
         if s.last_commit_at is not None:
             committed = datetime.fromisoformat(s.last_commit_at).timestamp()
             yield GaugeMetricFamily(
@@ -242,6 +247,8 @@ async def metrics(request: Request, st: StateDep) -> Response:
         store_ok=snapshot.store == "ok",
         counters=snapshot.counters,
         topic_counts=snapshot.topic_counts,
+        topic_duplicates=snapshot.topic_duplicates,
+        topic_conflicts=snapshot.topic_conflicts,
         last_commit_at=snapshot.consumer.get("last_commit_at"),
         broker_connected=st.broker.connected(),
         queue=topology.queue,

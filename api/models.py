@@ -189,6 +189,8 @@ class Stats(BaseModel):
     )
     topics: list[str] = Field(description="topic names in the order they were first stored")
     topic_counts: dict[str, int] = Field(description="stored events per topic")
+    topic_duplicates: dict[str, int] = Field(default_factory=dict, description="duplicates dropped per topic")
+    topic_conflicts: dict[str, int] = Field(default_factory=dict, description="conflicts per topic")
     uptime: float = Field(description="seconds since the api started")
     uptime_seconds: float
     started_at: str

@@ -304,6 +304,8 @@ async def stats(st: StateDep) -> JSONResponse:
         duplicate_rate=_percent(snapshot.counters["duplicate_dropped"], received),
         topics=list(snapshot.topic_counts),  # in the order the topics were first stored
         topic_counts=snapshot.topic_counts,
+        topic_duplicates=snapshot.topic_duplicates,
+        topic_conflicts=snapshot.topic_conflicts,
         uptime=uptime,
         uptime_seconds=uptime,
         started_at=st.started_at,

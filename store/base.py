@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,9 @@ class BatchResult:
     duplicate_dropped: int = 0
     invalid: int = 0
     conflicts: int = 0
+    # Per topic, for the store's topics table (the dashboard's table); not part of a result's identity.
+    topic_duplicates: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
+    topic_conflicts: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
 
     def add(self, other: BatchResult) -> None:
         self.received += other.received
@@ -106,6 +110,12 @@ class BatchResult:
         self.duplicate_dropped += other.duplicate_dropped
         self.invalid += other.invalid
         self.conflicts += other.conflicts
+
+    def topic_deltas(self, stored: Counter[str]) -> list[tuple[str, int, int, int]]:
+        """(topic, stored, duplicates, conflicts) for every topic the batch touched, sorted by topic
+        (PostgreSQL writers lock topic rows in this order)."""
+        topics = sorted(set(stored) | set(self.topic_duplicates))
+        return [(t, stored[t], self.topic_duplicates[t], self.topic_conflicts[t]) for t in topics]
 
     def deltas(self) -> list[tuple[str, int]]:
         """The non-zero counter increments, always in COUNTERS order (PostgreSQL locks rows in this order)."""
@@ -146,6 +156,8 @@ class Snapshot:
     consumer: dict[str, str]
     store: str  # "ok" | "missing"
     durability: Durability
+    topic_duplicates: dict[str, int] = field(default_factory=dict)
+    topic_conflicts: dict[str, int] = field(default_factory=dict)
 
 
 def empty_snapshot(backend: Backend) -> Snapshot:
@@ -292,21 +304,27 @@ def count_duplicates(
     """Count duplicates and conflicts: a first copy that was not inserted duplicates the stored row; a repeat
     duplicates the stored row, which is its batch's first copy when that one was inserted."""
     result = sorted_batch.result
+    duplicates, conflicts = result.topic_duplicates, result.topic_conflicts
     for key, item in sorted_batch.first.items():
         if key in inserted:
             result.unique_processed += 1
             continue
         result.duplicate_dropped += 1
+        duplicates[key[0]] += 1
         if conflicts_with(*stored[key], item):
             result.conflicts += 1
+            conflicts[key[0]] += 1
     for item in sorted_batch.repeats:
         key = (item.topic, item.event_id)
         result.duplicate_dropped += 1
+        duplicates[key[0]] += 1
         if key in inserted:
             original = sorted_batch.first[key]
             if original is not item and conflicts_with(
                 original.timestamp, original.source, original.payload_json(), item
             ):
                 result.conflicts += 1
+                conflicts[key[0]] += 1
         elif conflicts_with(*stored[key], item):
             result.conflicts += 1
+            conflicts[key[0]] += 1

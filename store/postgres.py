@@ -121,6 +121,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_by_source ON events (source, seq);
     CREATE INDEX events_by_received_at ON events ((received_at COLLATE "C"), seq);
     """,
+    # Duplicates and conflicts per topic, moved in the batch's transaction like the global counters (from
+    # this version on: a store migrated to it starts them at 0).
+    """
+    ALTER TABLE topics ADD COLUMN duplicates bigint NOT NULL DEFAULT 0;
+    ALTER TABLE topics ADD COLUMN conflicts bigint NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -137,11 +143,13 @@ _STORED = """
     WHERE (topic, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
 _TOPICS = """
-    INSERT INTO topics (topic, count, first_seq)
-    SELECT t, c, (SELECT MIN(seq) FROM events WHERE topic = t)
-    FROM unnest($1::text[], $2::bigint[]) AS u(t, c)
+    INSERT INTO topics (topic, count, first_seq, duplicates, conflicts)
+    SELECT t, c, (SELECT MIN(seq) FROM events WHERE topic = t), d, x
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(t, c, d, x)
     ORDER BY t
-    ON CONFLICT (topic) DO UPDATE SET count = topics.count + excluded.count
+    ON CONFLICT (topic) DO UPDATE SET count = topics.count + excluded.count,
+        duplicates = topics.duplicates + excluded.duplicates,
+        conflicts = topics.conflicts + excluded.conflicts
 """
 _RECEIPTS = """
     INSERT INTO receipts (receipt, new, duplicates, committed_at)
@@ -387,9 +395,9 @@ class PostgresWriter:
                     received_at,
                 )
                 await conn.execute("DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before())
-            per_topic = sorted(Counter(key[0] for key in inserted).items())
+            per_topic = result.topic_deltas(Counter(key[0] for key in inserted))
             if per_topic:
-                await conn.execute(_TOPICS, [t for t, _ in per_topic], [n for _, n in per_topic])
+                await conn.execute(_TOPICS, *(list(column) for column in zip(*per_topic, strict=True)))
             # Counter rows in COUNTERS order, the same in every writer: no lock cycle between consumers.
             await conn.executemany(
                 "UPDATE counters SET value = value + $1 WHERE name = $2",
@@ -530,7 +538,9 @@ class PostgresReader:
         try:
             async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
                 counters = await conn.fetch("SELECT name, value FROM counters")
-                topics = await conn.fetch("SELECT topic, count FROM topics ORDER BY first_seq, topic")
+                topics = await conn.fetch(
+                    "SELECT topic, count, duplicates, conflicts FROM topics ORDER BY first_seq, topic"
+                )
                 consumer = await conn.fetch("SELECT key, value FROM consumer_state")
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
             return empty_snapshot(BACKEND)
@@ -545,6 +555,8 @@ class PostgresReader:
             state,
             "ok",
             durability_of(recorded),
+            {str(r[0]): int(r[2]) for r in topics},
+            {str(r[0]): int(r[3]) for r in topics},
         )
 
     async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -106,6 +106,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX events_by_source ON events (source, seq);
     """,
+    # Duplicates and conflicts per topic, moved in the batch's transaction like the global counters (from
+    # this version on: a store migrated to it starts them at 0).
+    """
+    ALTER TABLE topics ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE topics ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -118,9 +124,10 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO NOTHING"
 )
 _TOPICS = (
-    "INSERT INTO topics (topic, count, first_seq)"
-    " VALUES (?, ?, (SELECT MIN(seq) FROM events WHERE topic = ?))"
-    " ON CONFLICT (topic) DO UPDATE SET count = count + excluded.count"
+    "INSERT INTO topics (topic, count, first_seq, duplicates, conflicts)"
+    " VALUES (?1, ?2, (SELECT MIN(seq) FROM events WHERE topic = ?1), ?3, ?4)"
+    " ON CONFLICT (topic) DO UPDATE SET count = count + excluded.count,"
+    " duplicates = duplicates + excluded.duplicates, conflicts = conflicts + excluded.conflicts"
 )
 _STATE = (
     "INSERT INTO consumer_state (key, value) VALUES (?, ?)"
@@ -347,8 +354,7 @@ class SqliteWriter:
                 "UPDATE counters SET value = value + ? WHERE name = ?",
                 [(delta, name) for name, delta in result.deltas()],
             )
-            per_topic = Counter(e.topic for e in new)
-            await self._conn.executemany(_TOPICS, [(t, n, t) for t, n in per_topic.items()])
+            await self._conn.executemany(_TOPICS, result.topic_deltas(Counter(e.topic for e in new)))
             await self._conn.execute(_STATE, ("last_commit_at", received_at))
             rejected = rejected_in(messages)
             if rejected:
@@ -506,7 +512,7 @@ class SqliteReader:
                 try:
                     counters = await conn.execute_fetchall("SELECT name, value FROM counters")
                     topics = await conn.execute_fetchall(
-                        "SELECT topic, count FROM topics ORDER BY first_seq, topic"
+                        "SELECT topic, count, duplicates, conflicts FROM topics ORDER BY first_seq, topic"
                     )
                     consumer = await conn.execute_fetchall("SELECT key, value FROM consumer_state")
                 finally:
@@ -521,10 +527,12 @@ class SqliteReader:
         values = {str(k): int(v) for k, v in counters}
         return Snapshot(
             {name: values.get(name, 0) for name in COUNTERS},
-            {str(k): int(v) for k, v in topics},
+            {str(r[0]): int(r[1]) for r in topics},
             state,
             "ok",
             _recorded(state),
+            {str(r[0]): int(r[2]) for r in topics},
+            {str(r[0]): int(r[3]) for r in topics},
         )
 
     async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -119,6 +119,7 @@ READ_PAGE = """() => {
     totals: Object.fromEntries(COUNTERS.map(name => [name, byId(name)])),
     queue: byId('queue-messages'), consumers: byId('queue-consumers'), dead: byId('dead-letters'),
     consumer: byId('consumer-status'), durability: byId('durability'), store: byId('store'),
+    deadKept: byId('dead-letters-kept'), deadByReason: byId('dead-letters-by-reason'),
     rate: byId('rate-received'), points: document.getElementById('line-received').getAttribute('points'),
     topics: rows,
   };
@@ -129,8 +130,15 @@ def shown_totals(shown: dict[str, Any]) -> dict[str, int | None]:
     return {name: figure(value) for name, value in shown["totals"].items()}
 
 
-def shown_topics(shown: dict[str, Any]) -> dict[str, int | None]:
-    return {row[0]: figure(row[1]) for row in shown["topics"]}
+def shown_topics(shown: dict[str, Any]) -> dict[str, tuple[int | None, ...]]:
+    return {row[0]: tuple(figure(cell) for cell in row[1:]) for row in shown["topics"]}
+
+
+def stats_topics(answer: dict[str, Any]) -> dict[str, tuple[int | None, ...]]:
+    return {
+        topic: (count, answer["topic_duplicates"][topic], answer["topic_conflicts"][topic])
+        for topic, count in answer["topic_counts"].items()
+    }
 
 
 async def test_dashboard_shows_what_stats_says_and_its_chart_moves_under_load(
@@ -173,7 +181,7 @@ async def test_dashboard_shows_what_stats_says_and_its_chart_moves_under_load(
         for shown in (before, after):
             answer = answers[shown["uptime"]]
             assert shown_totals(shown) == {name: answer[name] for name in COUNTERS}
-            assert shown_topics(shown) == answer["topic_counts"]
+            assert shown_topics(shown) == stats_topics(answer)
     finally:
         stop.set()
         published = await load
@@ -189,11 +197,15 @@ async def test_dashboard_shows_what_stats_says_and_its_chart_moves_under_load(
 
     shown = await eventually(caught_up, 30, 0.2, message="the page caught up with the frozen store")
     assert shown_totals(shown) == {name: now[name] for name in COUNTERS}
-    assert shown_topics(shown) == now["topic_counts"] and set(now["topic_counts"]) == set(TOPICS)
+    assert shown_topics(shown) == stats_topics(now) and set(now["topic_counts"]) == set(TOPICS)
+    assert sum(now["topic_duplicates"].values()) == now["duplicate_dropped"]
+    assert sum(now["topic_conflicts"].values()) == now["conflicts"] == 1
     assert figure(shown["queue"]) == now["queue"]["messages"] == 0
     assert figure(shown["consumers"]) == now["queue"]["consumers"] == 1
     assert shown["consumer"] == now["consumer"]["status"]
-    assert shown["durability"] == "wal, synchronous=FULL"
+    assert shown["durability"] == "sqlite, durable (journal_mode=wal, synchronous=FULL)"
+    assert now["dead_letters"] == {"by_reason": {"not_json": 1}, "kept": 1, "dropped": 0}
+    assert (shown["deadKept"], shown["deadByReason"]) == ("1", "not_json 1")
     assert shown["store"] == "ok"
     screenshot = tmp_path / "dashboard.png"
     await page.screenshot(path=str(screenshot), full_page=True)

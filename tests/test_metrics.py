@@ -74,6 +74,11 @@ async def test_metrics_report_the_store_counters_depths_and_traffic_exactly(
         for (name, labels), value in samples.items()
         if name == "eventagg_topic_unique_processed_total"
     } == {"metrics.a": 2, "metrics.b": 1}
+    assert {
+        dict(labels)["topic"]: value
+        for (name, labels), value in samples.items()
+        if name == "eventagg_topic_duplicate_dropped_total"
+    } == {"metrics.a": 1, "metrics.b": 0}
     assert samples[("eventagg_store_up", ())] == 1
     assert samples[("eventagg_broker_up", ())] == 1
     assert samples[("eventagg_queue_messages", (("queue", deployment.queue),))] == 0
