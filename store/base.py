@@ -247,7 +247,7 @@ def receipt_rows(
 
 
 def receipts_expired_before(now: datetime | None = None) -> str:
-    return ((now or datetime.now(UTC)) - RECEIPT_TTL).isoformat().replace("+00:00", "Z")
+    return utc_text((now or datetime.now(UTC)) - RECEIPT_TTL)
 
 
 def utc_now() -> str:
