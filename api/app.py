@@ -89,9 +89,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             overrides = RESPONSE_MODELS[settings.api_compat]
             for (path, method), shaped in overrides.items():
                 ref = {"$ref": f"#/components/schemas/{shaped.__name__}"}
-                schema["paths"][path][method]["responses"]["200"]["content"] = {
-                    "application/json": {"schema": ref}
-                }
+                for code, answer in schema["paths"][path][method]["responses"].items():
+                    if code in ("200", "202"):
+                        answer["content"] = {"application/json": {"schema": ref}}
             models: list[Any] = [*routes.OPENAPI_MODELS, *overrides.values()]
             for model in models:
                 extra = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")

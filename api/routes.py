@@ -75,6 +75,11 @@ _PUBLISH_BODY = {
 
 
 _PUBLISH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": PublishAccepted,
+        "description": "wait=stored: confirmed by the broker, but `pending` events were not stored within "
+        "PUBLISH_TIMEOUT; they will be once the consumer catches up",
+    },
     401: {"model": ErrorMessage, "description": "API key required and missing or wrong"},
     413: {"model": ErrorMessage, "description": "body, event count or a payload over the limit"},
     415: {"model": ErrorMessage, "description": "not application/json"},

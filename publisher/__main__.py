@@ -25,7 +25,7 @@ from publisher import deadletters, load
 from publisher.check import CheckError, ConfirmedLog, run_check
 from publisher.files import BadLine, read_ndjson
 from publisher.settings import PublisherSettings
-from publisher.transport import Batch, Transport, open_transport
+from publisher.transport import Batch, HttpTransport, Transport, open_transport
 from publisher.verify import Verifier, VerifyError, api_problem
 
 log = logging.getLogger("publisher")
@@ -50,6 +50,8 @@ class Report:
     first_publish_at: float | None = None
     last_confirm_at: float | None = None
     errors: list[str] = field(default_factory=list)
+    # --wait-stored: events the requests stored, found already stored, and not stored in time.
+    stored: dict[str, int] | None = None
 
     def text(self) -> str:
         lines = [
@@ -62,6 +64,11 @@ class Report:
             lines.append(f"UNCONFIRMED {self.unconfirmed}  (safe to re-send: the consumer deduplicates)")
         if self.bad_lines:
             lines.append(f"bad lines   {self.bad_lines}  (skipped, listed above)")
+        if self.stored is not None:
+            s = self.stored
+            lines.append(
+                f"stored      new {s['new']}, already stored {s['duplicates']}, not yet stored {s['pending']}"
+            )
         lines += [f"elapsed     {self.elapsed:.2f}s", f"events/s    {self.events_per_second:,.0f}"]
         return "\n".join(lines)
 
@@ -123,6 +130,13 @@ def parser() -> argparse.ArgumentParser:
     how = p.add_argument_group("how to send")
     how.add_argument("--via", choices=("amqp", "http"), default="amqp", help="transport (default amqp)")
     how.add_argument("--url", help="api base URL for --via http and --verify (env API_URL)")
+    how.add_argument(
+        "--wait-stored",
+        action="store_true",
+        default=None,
+        help="with --via http: each request answers once its events are stored; reports new, already "
+        "stored and not yet stored (env WAIT_STORED)",
+    )
     how.add_argument("--envelope-size", type=int, help="events per message; 1 sends single-event messages")
     how.add_argument("--linger", type=float, help="seconds to wait filling an envelope")
     how.add_argument("--max-in-flight", type=int, help="unconfirmed messages (or requests) at once")
@@ -155,6 +169,7 @@ OPTIONS = {
     "max_in_flight": "--max-in-flight",
     "confirm_timeout": "--confirm-timeout",
     "api_url": "--url",
+    "wait_stored": "--wait-stored",
 }
 
 
@@ -242,6 +257,9 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
     progress = Progress(None if args.file else args.count, enabled=sys.stderr.isatty() and not args.quiet)
     verifier = None
     verifying = args.verify or args.verify_all
+    if settings.wait_stored and args.via != "http":
+        print("publisher: --wait-stored needs --via http (it waits through the api)", file=sys.stderr)
+        return EXIT_USAGE
     if args.via == "http" or verifying:
         problem = await api_problem(settings.api_url)
         if problem is not None:
@@ -299,6 +317,8 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
                 sent = await send_file(transport, args, settings, report, on_confirmed)
             else:
                 sent = await send_load(transport, args, report, on_confirmed)
+            if isinstance(transport, HttpTransport) and settings.wait_stored:
+                report.stored = dict(transport.stored)
     except PublishFailed as exc:
         report.errors.append(str(exc))
         sent = []
@@ -317,6 +337,8 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         code = EXIT_BAD_LINES
     if report.unconfirmed or report.errors:
         code = EXIT_UNCONFIRMED
+    elif report.stored is not None and report.stored["pending"]:
+        code = EXIT_VERIFY  # confirmed, but the store did not catch up within the api's PUBLISH_TIMEOUT
     verified: dict[str, object] | None = None
     if verifier is not None and code != EXIT_UNCONFIRMED:
         status = Status(args.quiet)

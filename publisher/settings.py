@@ -18,6 +18,8 @@ class PublisherSettings(CommonSettings):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     api_url: str = "http://localhost:8080"
     api_key: str | None = None
+    # --via http: each request answers only once its events are stored (POST /publish?wait=stored).
+    wait_stored: bool = False
 
     def publish_options(self) -> PublishOptions:
         return PublishOptions(

@@ -54,6 +54,8 @@ class HttpTransport:
         self._client = client
         self._settings = settings
         self.slots = asyncio.Semaphore(HTTP_CONCURRENCY)
+        # With wait_stored, the api's account of each request: events it stored, already stored, pending.
+        self.stored = {"new": 0, "duplicates": 0, "pending": 0}
 
     def batch(self, on_confirmed: OnConfirmed | None = None) -> HttpBatch:
         return HttpBatch(self, on_confirmed)
@@ -65,13 +67,20 @@ class HttpTransport:
         if self._settings.api_key:
             headers["x-api-key"] = self._settings.api_key
         attempts = self._settings.max_attempts
+        params = {"wait": "stored"} if self._settings.wait_stored else None
         for attempt in range(1, attempts + 1):
             try:
-                response = await self._client.post("/publish", content=body, headers=headers)
+                response = await self._client.post("/publish", content=body, headers=headers, params=params)
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code == 200:
+                if response.status_code == 200 and params is None:
+                    return
+                if response.status_code in (200, 202) and params is not None:
+                    # 202: confirmed by the broker, not stored within the api's PUBLISH_TIMEOUT.
+                    answer = response.json()
+                    for key in self.stored:
+                        self.stored[key] += int(answer.get(key) or 0)
                     return
                 reason = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code != 503:

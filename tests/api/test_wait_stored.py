@@ -136,3 +136,20 @@ async def test_with_the_consumer_stopped_a_waiting_publish_answers_202_in_time_a
     assert {e["event_id"] for e in all_events(deployment)} == {"x", "y", "z"}
     resent = post(deployment, "/publish", [event("x"), event("y"), event("z", "wait.b")])
     assert (resent.status_code, resent.json()) == (200, answer("default", 3, new=0, duplicates=3))
+
+
+async def test_the_publisher_cli_with_wait_stored_reports_new_and_already_stored_exactly(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+
+    summary = procs.publish("--via", "http", "--wait-stored", "--count", "500", "--seed", "5")
+
+    assert summary["exit_code"] == 0, summary
+    assert summary["stored"] == {"new": 400, "duplicates": 100, "pending": 0}
+    # Nothing to wait for: the CLI returned after the store had everything.
+    assert counters(deployment) == expect(received=500, unique_processed=400, duplicate_dropped=100)
+    usage = procs.start("publisher", "--wait-stored", "--count", "5")
+    assert usage.wait(30) == 2
+    assert "--wait-stored needs --via http" in usage.output()
