@@ -114,6 +114,10 @@ class ReceiptWatcher:
                     waiter.done.set()
             await asyncio.sleep(self._interval)
 
+    def watching(self) -> bool:
+        """Whether the watcher task runs (only while someone waits)."""
+        return self._task is not None and not self._task.done()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
