@@ -15,6 +15,7 @@ from aiormq.abc import DeliveredMessage
 from consumer.batcher import Inbox
 from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, receipt_of, settle
+from consumer.metrics import serve as serve_metrics
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
@@ -37,6 +38,9 @@ class Summary:
     batches: int = 0
     unsettled: int = 0
     commit_failures: int = 0
+    backoff: float = 0.0  # the current wait before retrying a failing store
+    # Called once per committed batch with its message count and commit time (the metrics, when served).
+    on_commit: Callable[[int, float], None] | None = None
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -56,6 +60,9 @@ async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | 
     status = StatusFile(settings.db_path)
     status.set("starting")
     storage = Storage(settings, status, faults)
+    metrics = serve_metrics(settings.metrics_port, summary)
+    if metrics is not None:
+        summary.on_commit = metrics.batch_committed
     try:
         if await storage.start(stop, summary):
             async with _connect(settings, stop) as connection:
@@ -195,11 +202,14 @@ class _Pipeline:
         payload = [item.for_store() for item in batch]
         # A message published by POST /publish?wait=stored carries a receipt, recorded in the batch's commit.
         receipts = [receipt_of(item.message) for item in batch]
+        started = time.perf_counter()
         result = await self._storage.apply_with_retry(
             payload, self._stop, summary, receipts if any(receipts) else None
         )
         if result is None:
             return False  # stopping while the store is failing: nothing acked, the broker redelivers it
+        if summary.on_commit is not None:
+            summary.on_commit(len(batch), time.perf_counter() - started)
         summary.totals.add(result)
         summary.messages += len(batch)
         summary.batches += 1

@@ -20,6 +20,9 @@ class ConsumerSettings(CommonSettings):
     retry_initial: Annotated[float, Field(gt=0)] = 0.5
     retry_max: Annotated[float, Field(gt=0)] = 30.0
     reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
+    metrics_port: Annotated[
+        int, Field(ge=0, le=65_535, description="Prometheus metrics port; 0 turns them off")
+    ] = 9101
 
     @model_validator(mode="after")
     def _check_retry(self) -> ConsumerSettings:

@@ -91,7 +91,9 @@ class Storage:
                 )
             else:
                 self._status.set("consuming")
+                summary.backoff = 0.0
                 return result
+            summary.backoff = delay
             if await sleep_unless(stop, delay):
                 log.error("stopping while the store is failing; the batch in hand is left for redelivery")
                 return None

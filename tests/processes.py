@@ -57,6 +57,8 @@ class Deployment:
             "API_HOST": "127.0.0.1",
             "API_URL": self.api_url,
             "LOG_LEVEL": "INFO",
+            # Several consumers run at once in some tests; the one that checks metrics picks a free port.
+            "METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
             **({"DATABASE_URL": self.database_url} if self.database_url else {}),
             **self.extra_env,

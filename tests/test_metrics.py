@@ -129,3 +129,44 @@ async def test_metrics_count_publish_503s_and_leave_out_depths_while_the_broker_
     assert "eventagg_consumer_last_commit_age_seconds" not in names
     unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
     assert samples[("eventagg_http_requests_total", unmatched)] == 1
+
+
+async def test_the_consumer_serves_its_own_metrics_counted_per_batch(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    port = free_port()
+    await start_pipeline(procs, amqp, consumer_env={"METRICS_PORT": str(port)})
+    summary = procs.publish("--count", "500", "--seed", "9")
+    assert summary["exit_code"] == 0
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    await exchange.publish(aio_pika.Message(b"{not json"), "metrics.a")
+    await channel.close()
+    await settled(deployment, amqp, 501)
+
+    def consumer_samples() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return {
+            s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels
+        }
+
+    samples = await eventually(
+        lambda: (found := consumer_samples())["eventagg_consumer_events_received_total"] == 501 and found,
+        30,
+        message="consumer metrics caught up",
+    )
+    assert samples["eventagg_consumer_events_stored_total"] == 400
+    assert samples["eventagg_consumer_events_duplicate_total"] == 100
+    assert samples["eventagg_consumer_deliveries_rejected_total"] == 1
+    assert samples["eventagg_consumer_deliveries_unsettled_total"] == 0
+    assert samples["eventagg_consumer_store_failures_total"] == 0
+    assert samples["eventagg_consumer_store_backoff_seconds"] == 0
+    batches = samples["eventagg_consumer_batches_committed_total"]
+    assert batches >= 1
+    assert samples["eventagg_consumer_batch_messages_count"] == batches
+    assert samples["eventagg_consumer_commit_seconds_count"] == batches
+    assert (
+        samples["eventagg_consumer_batch_messages_sum"]
+        == samples["eventagg_consumer_messages_committed_total"]
+    )
