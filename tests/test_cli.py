@@ -57,7 +57,7 @@ async def test_log_format_json_gives_one_object_per_line_from_every_deployable(
     consumer_log = log_records(consumer.output())
     starting = next(r for r in consumer_log if r["message"].startswith("consumer starting"))
     assert starting["logger"] == "consumer" and starting["level"] == "INFO"
-    assert starting["db_path"] == str(deployment.db_path)
+    assert starting["store"] == f"DB_PATH={deployment.db_path}"
     assert starting["queue"] == deployment.queue
     stopped = next(r for r in consumer_log if r["message"].startswith("consumer stopped"))
     assert (stopped["received"], stopped["unique_processed"], stopped["duplicate_dropped"]) == (50, 40, 10)
@@ -80,7 +80,7 @@ async def test_logs_stay_human_readable_by_default(procs: Processes, amqp: Abstr
 
     lines = consumer.output().splitlines()
     starting = next(line for line in lines if " consumer starting " in line)
-    assert " INFO consumer consumer starting db_path=" in starting
+    assert " INFO consumer consumer starting store=DB_PATH=" in starting
     assert not any(line.startswith("{") for line in lines)
 
 
