@@ -112,6 +112,7 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
                 sample = Sample(scenario.name, round_)
                 started = time.monotonic()
                 ctx.info = sample.info
+                ctx.round = round_
                 try:
                     sample.values = await scenario.measure(ctx, f"r{round_}-{scenario.name}")
                 except BenchError as exc:

@@ -91,16 +91,21 @@ class BrokerLink:
                 await channel.close()
 
     async def wait_attached(
-        self, queue: str, alive: Callable[[], bool], timeout: float, why: Callable[[], str] = str
+        self,
+        queue: str,
+        alive: Callable[[], bool],
+        timeout: float,
+        why: Callable[[], str] = str,
+        expected: int = 1,
     ) -> float:
-        """Wait until exactly one consumer is attached to `queue`; returns the seconds it took."""
+        """Wait until exactly `expected` consumers are attached to `queue`; returns the seconds it took."""
         started = time.perf_counter()
         while True:
             count = await asyncio.wait_for(self.consumer_count(queue), OPERATION_TIMEOUT)
-            if count == 1:
+            if count == expected:
                 return time.perf_counter() - started
-            if count is not None and count > 1:
-                raise BenchError(f"{count} consumers on {queue}, expected 1")
+            if count is not None and count > expected:
+                raise BenchError(f"{count} consumers on {queue}, expected {expected}")
             if not alive():
                 raise BenchError(f"the consumer exited before it started consuming: {why()}")
             if time.perf_counter() - started > timeout:

@@ -122,6 +122,20 @@ def targets(
     ratio(
         "sequential POST p50 / pika round trip p50", "shim_sequential", "pika_roundtrip", 1.5, "p50_ms", True
     )
+    # A second store process on the same two cores, and a round trip per statement: half of SQLite's rate.
+    ratio("PostgreSQL, 1 consumer / SQLite (envelopes of 100)", "postgres_1", "e2e_envelopes", 0.5)
+    # Scaling out must never cost throughput; more than that needs cores that are idle (see the CPU rows).
+    ratio("PostgreSQL, 2 consumers / 1 consumer", "postgres_2", "postgres_1", 1.0)
+    ratio("PostgreSQL, 3 consumers / 1 consumer", "postgres_3", "postgres_1", 1.0)
+    out.append(
+        Target(
+            "SQLite set-based apply / per-event apply",
+            results.median("sqlite_apply", "set_based_speedup"),
+            2.0,
+            False,
+            "x",
+        )
+    )
     limit("GET /events p99 at scale (worst kind)", "queries", "events_worst_p99_ms", 20.0, "ms")
     limit("GET /stats p99 at scale", "queries", "stats_p99_ms", 10.0, "ms")
     limit("consumer peak RSS draining the backlog", "backlog", "peak_rss_mb", 150.0, "MiB")
@@ -130,7 +144,26 @@ def targets(
 
 
 # What each scenario's table row shows: (value key, header, format).
+_CORES = "{:.2f}".format
+_POSTGRES_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
+    ("events_per_second", "events/s", "{:,.0f}".format),
+    ("consumers_cores", "consumers, cores", _CORES),
+    ("postgres_cores", "PostgreSQL backends, cores", _CORES),
+    ("broker_cores", "broker, cores", _CORES),
+    ("publisher_cores", "publisher, cores", _CORES),
+    ("total_cores", "all of them, cores", _CORES),
+]
 _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
+    "postgres_1": _POSTGRES_ROWS,
+    "postgres_2": _POSTGRES_ROWS,
+    "postgres_3": _POSTGRES_ROWS,
+    "sqlite_apply": [
+        ("set_based_events_per_second", "set-based events/s", "{:,.0f}".format),
+        ("per_event_events_per_second", "per-event events/s", "{:,.0f}".format),
+        ("set_based_speedup", "set-based / per-event", "{:.2f}".format),
+        ("set_based_cpu_us_per_event", "set-based CPU us/event", "{:.1f}".format),
+        ("per_event_cpu_us_per_event", "per-event CPU us/event", "{:.1f}".format),
+    ],
     "e2e_single": [("events_per_second", "events/s", "{:,.0f}".format)],
     "e2e_envelopes": [("events_per_second", "events/s", "{:,.0f}".format)],
     "ceiling": [("events_per_second", "events/s", "{:,.0f}".format)],
@@ -183,6 +216,10 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "latency": f"{sizes.latency_rate:,.0f}/s for {sizes.latency_seconds:g}s",
         "queries": f"{sizes.stored:,} stored, {sizes.query_requests} each",
         "backlog": f"{sizes.backlog:,} queued",
+        "postgres_1": f"{sizes.count:,} events",
+        "postgres_2": f"{sizes.count:,} events",
+        "postgres_3": f"{sizes.count:,} events",
+        "sqlite_apply": f"{sizes.apply_events:,} in batches of 256",
     }.get(scenario, "")
 
 

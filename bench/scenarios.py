@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -21,6 +22,8 @@ from api.queries import encode_cursor
 from bench.bare import REFERENCE_ACK_EVERY, REFERENCE_PREFETCH
 from bench.broker import BenchError, BrokerLink
 from bench.child import Child
+from bench.cpu import CpuMeter, listener_pid
+from bench.postgres import ThrowawayDatabase
 from bench.trial import DUPLICATES, Run, expect_outcome
 from contract.publishing import DEFAULT_LINGER
 
@@ -43,6 +46,7 @@ class Sizes:
     stored: int = 1_000_000
     query_requests: int = 300  # per kind of request, per repetition
     backlog: int = 200_000
+    apply_events: int = 50_000  # the store's batch apply alone, single-event messages in batches of 256
     publish_count: int = 20_000  # publish-only runs: the publisher CLI and the pika reference
     shim_topics: int = 10_000  # events (and topics) in the one many-topics POST
     sequential_requests: int = 1_000  # single-event POSTs (and pika round trips), one at a time
@@ -61,6 +65,7 @@ QUICK = Sizes(  # only checks that everything works: start-up dominates every fi
     shim_topics=500,
     sequential_requests=50,
     drain=1_000,
+    apply_events=2_000,
 )
 
 
@@ -74,6 +79,7 @@ class Context:
     big_store: Path | None = None  # built once, before the rounds, when a scale scenario runs
     info: dict[str, Any] = field(default_factory=dict)  # what a repetition reports beside its figures
     latency_linger: float = DEFAULT_LINGER  # the publisher CLI's default
+    round: int = 0  # the repetition being measured, from 0
 
     def run(self, tag: str) -> Run:
         return Run(self.link, self.workdir, tag, self.timeout)
@@ -423,6 +429,104 @@ async def queries(ctx: Context, tag: str) -> dict[str, float]:
     return values
 
 
+async def _postgres_ingest(ctx: Context, tag: str, consumers: int) -> dict[str, float]:
+    """Envelopes of 100 end to end with the store in a throwaway PostgreSQL database and N consumers; the
+    CPU each kind of process used while the events went through, in cores (CPU seconds per second)."""
+    count = ctx.sizes.count
+    async with ThrowawayDatabase() as database, ctx.run(tag) as run:
+        run.database = database
+        children = [await run.start("consumer", []) for _ in range(consumers)]
+        for child in children:
+            # Each one attaches (and has created or migrated the tables) before the next count is right.
+            await run.wait_attached(child, expected=children.index(child) + 1)
+        meter = CpuMeter()
+        meter.watch("consumers", [child.process.pid for child in children])
+        meter.watch("postgres", await database.backend_pids())
+        broker = listener_pid(urlsplit(ctx.link.url).port or 5672)
+        if broker is not None:
+            meter.watch("broker", [broker])
+        before = await run.store_counters()
+        publisher = await run.start("publisher", publisher_args(count, 100, ctx.seed))
+        meter.watch("publisher", [publisher.process.pid])
+        run.meter = meter
+        window_start = time.time()
+        meter.start()
+        done = await run.wait_received(before.get("received", 0) + count, [*children, publisher])
+        meter.sample()
+        window = time.time() - window_start
+        summary = await run.finish(publisher)
+        expect_outcome(before, await run.store_counters(), count)
+        ctx.info["postgres_server"] = await _server_version(database)
+        for child in children:
+            await run.stop_cleanly(child)
+    values = _rate(count, done - float(summary["first_publish_at"]))
+    used = meter.used()
+    for group in ("consumers", "postgres", "broker", "publisher"):
+        values[f"{group}_cpu_seconds"] = used.get(group, 0.0)
+        values[f"{group}_cores"] = used.get(group, 0.0) / window
+    values["total_cores"] = sum(used.values()) / window
+    values["cpu_window_seconds"] = window
+    return values
+
+
+async def _server_version(database: ThrowawayDatabase) -> str:
+    try:
+        return await database.server_version()
+    except Exception:  # only a label for the report
+        return "unknown"
+
+
+async def postgres_1(ctx: Context, tag: str) -> dict[str, float]:
+    return await _postgres_ingest(ctx, tag, 1)
+
+
+async def postgres_2(ctx: Context, tag: str) -> dict[str, float]:
+    return await _postgres_ingest(ctx, tag, 2)
+
+
+async def postgres_3(ctx: Context, tag: str) -> dict[str, float]:
+    return await _postgres_ingest(ctx, tag, 3)
+
+
+async def sqlite_apply(ctx: Context, tag: str) -> dict[str, float]:
+    """The SQLite batch apply alone on one workload: the set-based apply the consumer uses vs the per-event
+    loop it replaced (bench/store_apply.py keeps that one as the reference). Each on a fresh store file."""
+    from bench import store_apply
+
+    batches = store_apply.workload(ctx.sizes.apply_events, APPLY_BATCH, DUPLICATES, ctx.seed)
+    events = sum(len(batch) for batch in batches)
+    runs = {"per_event": store_apply.run_per_event, "set_based": store_apply.run_set_based}
+    order = list(runs) if ctx.round % 2 == 0 else list(runs)[::-1]
+    seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for name in order:  # alternated per round: neither always runs on a warmer page cache
+        path = ctx.workdir / f"{tag}-{name}.db"
+        # This process does nothing else meanwhile: its CPU time is the apply's (the driver's thread
+        # included), which the wall time hides when every commit waits for an fsync of the disk.
+        cpu_before = time.process_time()
+        try:
+            seconds[name] = await runs[name](path, batches)
+        finally:
+            cpu[name] = time.process_time() - cpu_before
+            _remove_sqlite_files(path)
+    return {
+        "per_event_events_per_second": events / seconds["per_event"],
+        "set_based_events_per_second": events / seconds["set_based"],
+        "set_based_speedup": seconds["per_event"] / seconds["set_based"],
+        "per_event_cpu_us_per_event": cpu["per_event"] / events * 1e6,
+        "set_based_cpu_us_per_event": cpu["set_based"] / events * 1e6,
+        "set_based_cpu_saving": cpu["per_event"] / cpu["set_based"],
+    }
+
+
+APPLY_BATCH = 256  # the consumer's default BATCH_SIZE
+
+
+def _remove_sqlite_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 Measure = Callable[[Context, str], Awaitable[dict[str, float]]]
 
 
@@ -452,6 +556,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("ingest_at_scale", "end to end, envelopes of 100, store pre-filled", ingest_at_scale, True),
     Scenario("queries", "GET /events, /stats at scale", queries, True),
     Scenario("backlog", "consumer draining a backlog (envelopes of 100)", backlog),
+    Scenario("postgres_1", "end to end, envelopes of 100, PostgreSQL, 1 consumer", postgres_1),
+    Scenario("postgres_2", "end to end, envelopes of 100, PostgreSQL, 2 consumers", postgres_2),
+    Scenario("postgres_3", "end to end, envelopes of 100, PostgreSQL, 3 consumers", postgres_3),
+    Scenario("sqlite_apply", "SQLite batch apply alone: set-based vs per-event", sqlite_apply),
 )
 
 

@@ -23,6 +23,8 @@ import httpx
 
 from bench.broker import BenchError, BrokerLink, fresh_topology
 from bench.child import Child
+from bench.cpu import CpuMeter
+from bench.postgres import ThrowawayDatabase
 
 DUPLICATES = 0.2
 POLL_INTERVAL = 0.005
@@ -106,6 +108,10 @@ class Run:
         self.owns_store = True  # False when db_path is a shared store this run must not delete
         self.children: list[Child] = []
         self._reader: sqlite3.Connection | None = None
+        # Set by the PostgreSQL scenarios: the store is this database (DATABASE_URL), not db_path.
+        self.database: ThrowawayDatabase | None = None
+        # Set when a scenario accounts CPU: sampled at every poll of the store while waiting.
+        self.meter: CpuMeter | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -119,6 +125,7 @@ class Run:
             "API_URL": self.api_url,
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            **({"DATABASE_URL": self.database.url} if self.database is not None else {}),
             **extra,
         }
 
@@ -165,9 +172,13 @@ class Run:
         await self.wait_attached(consumer)
         return consumer
 
-    async def wait_attached(self, child: Child) -> None:
+    async def wait_attached(self, child: Child, expected: int = 1) -> None:
         await self.link.wait_attached(
-            self.topology.queue, lambda: child.returncode is None, START_TIMEOUT, why=lambda: why(child)
+            self.topology.queue,
+            lambda: child.returncode is None,
+            START_TIMEOUT,
+            why=lambda: why(child),
+            expected=expected,
         )
 
     async def start_api(self, module: str = "api") -> Child:
@@ -196,12 +207,19 @@ class Run:
     def counters(self) -> dict[str, int]:
         return read_counters(self.reader())
 
+    async def store_counters(self) -> dict[str, int]:
+        """The counters from whichever store this run uses."""
+        if self.database is not None:
+            return await self.database.counters()
+        return self.counters()
+
     async def wait_received(self, target: int, watch: list[Child]) -> float:
         """Poll the store until `received` reaches target; returns the wall-clock time it was seen."""
         deadline = time.monotonic() + self.timeout
-        reader = self.reader()
         while True:
-            received = read_counters(reader).get("received", 0)
+            received = (await self.store_counters()).get("received", 0)
+            if self.meter is not None:
+                self.meter.sample()
             if received >= target:
                 return time.time()
             for child in watch:

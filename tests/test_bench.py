@@ -36,7 +36,7 @@ def test_the_quick_benchmark_runs_every_scenario_and_writes_json(broker: Broker,
     result = json.loads(output.read_text())
     assert set(result["scenarios"]) == {s.name for s in SCENARIOS}
     assert all(s["runs_ok"] == 1 for s in result["scenarios"].values()), done.stderr
-    assert len(result["targets"]) == 15
+    assert len(result["targets"]) == 19
     assert all(t["measured"] is not None for t in result["targets"])
     assert "targets (ratios of medians measured in this run)" in done.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # throwaway stores removed
