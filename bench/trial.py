@@ -91,8 +91,10 @@ def why(child: Child) -> str:
 
 
 def remove_store(db_path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", ".consumer.json", ".consumer.json.tmp"):
+    for suffix in ("", "-wal", "-shm", ".consumer.json"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    for leftover in db_path.parent.glob(f"{db_path.name}.consumer.json.*.tmp"):  # a writer killed mid-write
+        leftover.unlink(missing_ok=True)
 
 
 class Run:

@@ -34,7 +34,9 @@ class StatusFile:
             "detail": detail,
             "pid": os.getpid(),
         }
-        tmp = self._path.with_name(self._path.name + ".tmp")
+        # One temporary file per process: consumers on PostgreSQL may share DB_PATH's directory, and with one
+        # name the second rename finds the file the first one already moved.
+        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(record))
