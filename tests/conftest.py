@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from tests import crash
 from tests.broker import Broker, BrokerError, find_broker
-from tests.harness.postgres import PostgresUnavailable, session_database
+from tests.harness.postgres import PostgresUnavailable, fresh_schema, session_database
 from tests.processes import Deployment, Processes
 
 
@@ -43,17 +43,40 @@ def postgres_database() -> Iterator[str]:
         pytest.skip(f"no PostgreSQL for the test suite: {exc}")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`@pytest.mark.backends("sqlite", "postgres")` on a test (or its module) runs it once per store backend,
+    through the deployment fixture; unmarked tests run on SQLite, the default."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", marker.args, indirect=True)
+
+
 @pytest.fixture
-def deployment(broker: Broker, tmp_path: Path) -> Iterator[Deployment]:
+def backend(request: pytest.FixtureRequest) -> str:
+    name = str(getattr(request, "param", "sqlite"))
+    if name not in ("sqlite", "postgres"):
+        raise ValueError(f"unknown store backend {name!r} in a backends marker")
+    return name
+
+
+@pytest.fixture
+def deployment(
+    broker: Broker, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
     name = f"t{uuid.uuid4().hex[:10]}"
     logs = tmp_path / "logs"
     logs.mkdir()
+    database_url = None
+    if backend == "postgres":
+        # An empty schema of the session's throwaway database: every test starts from an empty store.
+        database_url = fresh_schema(request.getfixturevalue("postgres_database"))
     deployed = Deployment(
         amqp_url=broker.url,
         exchange=f"{name}.events",
         queue=f"{name}.aggregator",
         db_path=tmp_path / "store" / "events.db",
         logs=logs,
+        database_url=database_url,
     )
     yield deployed
     _delete_topology(broker.url, deployed)

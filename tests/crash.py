@@ -133,6 +133,8 @@ class Checked:
         assert lines, f"the check printed no result (exit {code}):\n{checker.output()}"
         result: dict[str, Any] = json.loads(lines[-1])
         dead = await queue_depth(amqp, self.procs.deployment.dead_letter_queue)
+        if self.procs.deployment.database_url:
+            scenario += " [PostgreSQL]"
         ROWS.append(Row(scenario, faults, result, dead, invalid))
         assert (code, result["ok"]) == (0, True), json.dumps(result, indent=1)
         assert result["lost"] == 0

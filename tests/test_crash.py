@@ -4,6 +4,14 @@ Every scenario publishes a known workload with the CLI's `--confirmed-log`, inje
 stream runs (each one asserts that it really landed mid-stream), lets the pipeline settle and runs
 `python -m publisher --check`: nothing confirmed is lost, nothing unexpected is stored, counters are exact
 and the dead-letter queue holds exactly the invalid messages. `make crash` runs them at CRASH_SCALE=5.
+
+Store backends: the scenarios whose meaning depends on the store run on SQLite and on PostgreSQL (a fresh
+schema per test): consumer kill -9 (including between commit and ack), SIGTERM, poison messages, commit I/O
+errors through the fault hook, and the two api kills (the api reads the store). The others stay on SQLite,
+the default, to keep `make test` short: a full disk (a tmpfs under the SQLite file) and a locked store
+(an SQLite write lock) exist only there, and the crash loop, the publisher kill and the broker kills are
+about the broker and the publisher, which do the same whatever store is behind the consumer. PostgreSQL's
+own scenarios (competing consumers, the database killed) are in tests/test_competing_consumers.py.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from tests.waiting import eventually
 pytestmark = pytest.mark.crash
 
 KILLED = -9
+BOTH_BACKENDS = pytest.mark.backends("sqlite", "postgres")
 FAST_RETRY = {"RETRY_INITIAL": "0.1", "RETRY_MAX": "0.8"}
 
 
@@ -52,6 +61,7 @@ def assert_backoff(delays: list[float]) -> None:
     assert delays[-1] > delays[0], f"the backoff grows: {delays}"
 
 
+@BOTH_BACKENDS
 async def test_consumer_killed_at_random_moments_and_between_commit_and_ack_loses_nothing(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
@@ -191,6 +201,7 @@ async def test_broker_killed_mid_stream_loses_nothing_confirmed(
     await checked.check(amqp, "broker kill -9", "1 broker kill")
 
 
+@BOTH_BACKENDS
 async def test_api_killed_right_after_answering_a_publish_loses_none_of_it(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
@@ -215,6 +226,7 @@ async def test_api_killed_right_after_answering_a_publish_loses_none_of_it(
     assert counters(deployment)["received"] == 2000
 
 
+@BOTH_BACKENDS
 async def test_api_killed_mid_http_stream_loses_nothing_confirmed(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
@@ -233,6 +245,7 @@ async def test_api_killed_mid_http_stream_loses_nothing_confirmed(
     await checked.check(amqp, "api kill -9 mid HTTP stream", "1 api kill")
 
 
+@BOTH_BACKENDS
 async def test_commit_io_errors_pause_consumption_then_everything_is_stored_once(
     procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
 ) -> None:
@@ -393,6 +406,7 @@ POISON = (
 )
 
 
+@BOTH_BACKENDS
 async def test_poison_messages_mixed_into_the_stream_are_dead_lettered_and_delay_nothing(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
@@ -426,6 +440,7 @@ async def test_poison_messages_mixed_into_the_stream_are_dead_lettered_and_delay
     assert "unsettled=0" in consumer.output()
 
 
+@BOTH_BACKENDS
 async def test_sigterm_mid_stream_commits_acks_and_exits_fast_and_the_restart_continues(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:

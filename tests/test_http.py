@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
@@ -15,6 +16,10 @@ from tests.probes import queue_depth
 from tests.processes import Deployment, Processes, all_events, api_get, free_port
 from tests.proxy import FreezableProxy
 from tests.waiting import eventually
+
+# Every test here runs on both store backends, but those whose subject the api settles before the broker or
+# the store is involved (validation, limits, keys, the OpenAPI document).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def event(event_id: str, topic: str = "http.test", **extra: Any) -> dict[str, Any]:
@@ -84,6 +89,7 @@ async def test_every_accepted_body_shape_is_published_and_confirmed(
     }
 
 
+@pytest.mark.backends("sqlite")
 async def test_an_invalid_request_is_rejected_whole_with_item_and_field_named(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
@@ -129,6 +135,7 @@ async def test_an_invalid_request_is_rejected_whole_with_item_and_field_named(
     assert await queue_depth(amqp, deployment.queue) == 0
 
 
+@pytest.mark.backends("sqlite")
 async def test_requests_past_the_limits_get_413_and_publish_nothing(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
@@ -157,6 +164,7 @@ async def test_requests_past_the_limits_get_413_and_publish_nothing(
     }
 
 
+@pytest.mark.backends("sqlite")
 async def test_an_api_key_guards_publishing_but_not_reads(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
@@ -172,6 +180,7 @@ async def test_an_api_key_guards_publishing_but_not_reads(
     assert {e["event_id"] for e in all_events(deployment)} == {"keyed", "bearer"}
 
 
+@pytest.mark.backends("sqlite")
 async def test_reads_need_the_key_too_when_configured(procs: Processes) -> None:
     deployment = procs.deployment
     await start_pipeline(procs, None, with_consumer=False, api_env={"API_KEY": "k", "API_KEY_READS": "true"})
@@ -294,6 +303,7 @@ async def test_verify_fails_with_a_clear_report_when_nothing_consumes(procs: Pro
     assert deployment.db_path.exists() is False
 
 
+@pytest.mark.backends("sqlite")
 def test_openapi_documents_every_endpoint_with_models(procs: Processes) -> None:
     import asyncio
 
