@@ -262,7 +262,14 @@ async def test_events_are_paged_oldest_first_with_a_link_header_exactly_when_mor
         assert stats["uptime_seconds"] > 0 and stats["uptime"] > 0
         queue = {"name": deployment.queue, "messages": 0, "consumers": 1}
         await eventually(lambda: client.get("/stats").json()["queue"] == queue, 10, message="queue probe")
-        assert stats["consumer"]["synchronous"] == "FULL"
+        store = stats["store_info"]
+        assert (store["durable"], store["warning"]) == (True, None), store
+        if deployment.database_url:
+            assert store["backend"] == "postgresql"
+            assert (store["settings"]["synchronous_commit"], store["settings"]["fsync"]) == ("on", "on")
+        else:
+            assert store["backend"] == "sqlite"
+            assert stats["consumer"]["synchronous"] == "FULL"
         assert stats["consumer"]["last_commit_at"]
 
 
