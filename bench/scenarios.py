@@ -24,7 +24,7 @@ from bench.broker import BenchError, BrokerLink
 from bench.child import Child
 from bench.cpu import CpuMeter, listener_pid
 from bench.postgres import ThrowawayDatabase
-from bench.trial import DUPLICATES, Run, expect_outcome
+from bench.trial import DUPLICATES, START_TIMEOUT, Run, expect_outcome, why
 from contract.publishing import DEFAULT_LINGER
 
 SHIM_EVENTS_PER_REQUEST = 500
@@ -436,9 +436,14 @@ async def _postgres_ingest(ctx: Context, tag: str, consumers: int) -> dict[str, 
     async with ThrowawayDatabase() as database, ctx.run(tag) as run:
         run.database = database
         children = [await run.start("consumer", []) for _ in range(consumers)]
-        for child in children:
-            # Each one attaches (and has created or migrated the tables) before the next count is right.
-            await run.wait_attached(child, expected=children.index(child) + 1)
+        # All of them attached: each has opened (and one has migrated) the store before it consumes.
+        await ctx.link.wait_attached(
+            run.topology.queue,
+            lambda: all(child.returncode is None for child in children),
+            START_TIMEOUT,
+            why=lambda: "; ".join(why(child) for child in children if child.returncode is not None),
+            expected=consumers,
+        )
         meter = CpuMeter()
         meter.watch("consumers", [child.process.pid for child in children])
         meter.watch("postgres", await database.backend_pids())

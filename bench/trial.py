@@ -174,13 +174,9 @@ class Run:
         await self.wait_attached(consumer)
         return consumer
 
-    async def wait_attached(self, child: Child, expected: int = 1) -> None:
+    async def wait_attached(self, child: Child) -> None:
         await self.link.wait_attached(
-            self.topology.queue,
-            lambda: child.returncode is None,
-            START_TIMEOUT,
-            why=lambda: why(child),
-            expected=expected,
+            self.topology.queue, lambda: child.returncode is None, START_TIMEOUT, why=lambda: why(child)
         )
 
     async def start_api(self, module: str = "api") -> Child:
