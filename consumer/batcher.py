@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -17,9 +18,14 @@ class Inbox(Generic[T]):
     under wait_for, a task for every item).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, weigh: Callable[[T], int] | None = None, max_weight: int = 0) -> None:
+        """With `weigh` and `max_weight`, a batch also closes once its items weigh that much (the first
+        item always fits): the consumer weighs message bodies, so that batches of big envelopes stay small
+        enough to hold two decoded at once (one committing, the next waiting)."""
         self._items: deque[T] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._weigh = weigh if max_weight > 0 else None
+        self._max_weight = max_weight
 
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
@@ -48,26 +54,38 @@ class Inbox(Generic[T]):
         """
         if not self._items and not await self._first(stop):
             return []
-        batch = self._take(size)
+        room = [self._max_weight if self._weigh is not None else 1]  # left to fill; only weighing spends it
+        batch = self._take(size, room)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         lull = wait / 4
-        while len(batch) < size:
+        while len(batch) < size and room[0] > 0:
             if self._items:
-                batch += self._take(size - len(batch))
+                batch += self._take(size - len(batch), room)
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0 or stop.is_set() or not await self._arrival(min(remaining, lull)):
                 break
         return batch
 
-    def _take(self, count: int) -> list[T]:
+    def _take(self, count: int, room: list[int]) -> list[T]:
         items = self._items
+        if self._weigh is not None:
+            return self._take_weighed(count, room, self._weigh)
         if count >= len(items):
             taken = list(items)
             items.clear()
             return taken
         return [items.popleft() for _ in range(count)]
+
+    def _take_weighed(self, count: int, room: list[int], weigh: Callable[[T], int]) -> list[T]:
+        items = self._items
+        taken: list[T] = []
+        while items and len(taken) < count and room[0] > 0:
+            item = items.popleft()
+            room[0] -= weigh(item)
+            taken.append(item)
+        return taken
 
     async def _arrival(self, timeout: float) -> bool:
         """Wait up to `timeout` for a delivery; True when one arrived."""

@@ -24,7 +24,7 @@ MEANING = {
     "LOG_FORMAT": "text, or json: one JSON object per line",
     "MAX_PAYLOAD_BYTES": "serialised payload limit per event",
     "MAX_MESSAGE_BYTES": "message body limit",
-    "PREFETCH": "unacked deliveries in hand; 0 means twice BATCH_SIZE",
+    "PREFETCH": "unacked deliveries in hand; 0 means four times BATCH_SIZE",
     "RETRY_INITIAL": "first backoff (s) while the store fails",
     "RETRY_MAX": "longest backoff (s) while the store fails",
     "RECONNECT_INTERVAL": "seconds between broker reconnects",

@@ -208,3 +208,14 @@ async def test_drain_empties_the_inbox_in_arrival_order() -> None:
 
     assert inbox.drain() == items
     assert inbox.drain() == []
+
+
+async def test_a_batch_closes_once_its_items_weigh_the_limit_and_the_first_item_always_fits() -> None:
+    inbox: Inbox[bytes] = Inbox(len, 10)
+    for body in (b"x" * 4, b"x" * 4, b"x" * 4, b"x" * 30, b"x"):
+        await inbox.put(body)
+    stop = asyncio.Event()
+
+    assert await inbox.next_batch(100, 10.0, stop) == [b"x" * 4] * 3
+    assert await inbox.next_batch(100, 10.0, stop) == [b"x" * 30]
+    assert await inbox.next_batch(100, 0.01, stop) == [b"x"]
