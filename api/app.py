@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from api import dashboard, deadletters, health, routes
@@ -16,6 +17,7 @@ from api.compat import RESPONSE_MODELS
 from api.deps import State
 from api.docs import serve_docs
 from api.errors import bound_validation_errors
+from api.fastpublish import PublishFastPath
 from api.formats import TIMESTAMP_PATTERN
 from api.metrics import ApiMetrics, HttpMetricsMiddleware
 from api.metrics import router as metrics_router
@@ -78,6 +80,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     serve_docs(app)
     bound_validation_errors(app)
     app.state.metrics = ApiMetrics()
+    publish_routes = {
+        route.path: route
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.path in ("/publish", "/events") and route.methods == {"POST"}
+    }
+    app.add_middleware(PublishFastPath, routes=publish_routes)  # inside the metrics middleware: counted
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:

@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse
 
 from api.broker import BrokerUnavailable
 from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
-from api.deps import StateDep, require_publish_key, require_read_key
+from api.deps import State, StateDep, require_publish_key, require_read_key
 from api.errors import jsonable_errors
 from api.formats import CURSOR_PATTERN
 from api.health import consumer_info, store_info
-from api.metrics import metrics_of
+from api.metrics import ApiMetrics, metrics_of
 from api.models import (
     DeadLetterStats,
     ErrorMessage,
@@ -145,33 +145,37 @@ async def publish(
     if wait == "stored":
         return await _publish_stored(st, events)
     if events:
-        metrics = metrics_of(request)
-        try:
-            with anyio.fail_after(st.settings.publish_timeout):
-                publisher = await st.broker.publisher()
-                started = time.perf_counter()
-                await publisher.publish(events)
-                metrics.publish_confirmed(len(events), time.perf_counter() - started)
-        except TimeoutError as exc:
-            unreachable = not st.broker.connected()
-            metrics.publish_unavailable.labels("unreachable" if unreachable else "timeout").inc()
-            reason = (
-                f"the broker is unreachable ({st.broker.problem()})"
-                if unreachable
-                else f"the broker did not confirm within {st.settings.publish_timeout:g}s"
-            )
-            raise HTTPException(
-                503, f"{reason}; re-send the request (duplicates are dropped by the consumer)"
-            ) from exc
-        except (BrokerUnavailable, PublishFailed) as exc:
-            log.warning("publish failed events=%d error=%s", len(events), exc)
-            metrics.publish_unavailable.labels("not_confirmed").inc()
-            raise HTTPException(
-                503,
-                f"the broker did not confirm the events ({exc}); re-send the request "
-                "(duplicates are dropped by the consumer)",
-            ) from exc
+        await publish_confirmed(st, metrics_of(request), events)
     return JSONResponse(publish_body(st.settings.api_compat, PublishOutcome(received=len(events))))
+
+
+async def publish_confirmed(st: State, metrics: ApiMetrics, events: list[Event]) -> None:
+    """Hand the events to the broker and wait for every confirm; 503 (safe to re-send) otherwise."""
+    try:
+        with anyio.fail_after(st.settings.publish_timeout):
+            publisher = await st.broker.publisher()
+            started = time.perf_counter()
+            await publisher.publish(events)
+            metrics.publish_confirmed(len(events), time.perf_counter() - started)
+    except TimeoutError as exc:
+        unreachable = not st.broker.connected()
+        metrics.publish_unavailable.labels("unreachable" if unreachable else "timeout").inc()
+        reason = (
+            f"the broker is unreachable ({st.broker.problem()})"
+            if unreachable
+            else f"the broker did not confirm within {st.settings.publish_timeout:g}s"
+        )
+        raise HTTPException(
+            503, f"{reason}; re-send the request (duplicates are dropped by the consumer)"
+        ) from exc
+    except (BrokerUnavailable, PublishFailed) as exc:
+        log.warning("publish failed events=%d error=%s", len(events), exc)
+        metrics.publish_unavailable.labels("not_confirmed").inc()
+        raise HTTPException(
+            503,
+            f"the broker did not confirm the events ({exc}); re-send the request "
+            "(duplicates are dropped by the consumer)",
+        ) from exc
 
 
 _UNCONFIRMED: tuple[type[Exception], ...] = (BrokerUnavailable, ReceiptsNotConfirmed, *BROKER_ERRORS)
