@@ -82,9 +82,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.metrics = ApiMetrics()
     publish_routes = {
         route.path: route
-        for route in app.routes
+        for route in routes.router.routes
         if isinstance(route, APIRoute) and route.path in ("/publish", "/events") and route.methods == {"POST"}
     }
+    if set(publish_routes) != {"/publish", "/events"}:
+        raise RuntimeError(f"the publish routes were not found: {sorted(publish_routes)}")
     app.add_middleware(PublishFastPath, routes=publish_routes)  # inside the metrics middleware: counted
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
 
