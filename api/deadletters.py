@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import StateDep, require_read_key
 from api.errors import jsonable_errors
+from api.formats import CURSOR_PATTERN
 from api.queries import BadCursor, decode_cursor, encode_cursor
 from store import DeadLetter
 
@@ -79,7 +80,13 @@ async def dead_letters(
     request: Request,
     st: StateDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
-    after: Annotated[str | None, Query(description="cursor from the previous page's Link header")] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            description="cursor from the previous page's Link header (URL-safe base64 of `v1:<seq>`)",
+            json_schema_extra={"pattern": CURSOR_PATTERN},
+        ),
+    ] = None,
 ) -> Response:
     try:
         before = decode_cursor(after) if after else None

@@ -23,7 +23,7 @@ from consumer.subscription import Subscription
 from contract import amqp
 from contract.event import Limits
 from contract.topology import declare
-from store import BatchResult
+from store import BatchResult, StoreConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +62,25 @@ async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | 
     faults = faults or Faults()
     summary = Summary()
     status = StatusFile(settings.db_path)
-    status.set("starting")
     storage = Storage(settings, status, faults)
-    metrics = serve_metrics(settings.metrics_port, summary)
-    if metrics is not None:
-        summary.on_commit = metrics.batch_committed
+    refused = False
     try:
+        # The store first: a second consumer on one SQLite file is refused by the store's lock before it
+        # writes the running consumer's status file or takes its metrics port.
         if await storage.start(stop, summary):
+            metrics = serve_metrics(settings.metrics_port, summary)
+            if metrics is not None:
+                summary.on_commit = metrics.batch_committed
             async with _connect(settings, stop) as connection:
                 if connection is not None:
                     await _consume(connection, storage, settings, stop, summary, faults)
+    except StoreConfigError:
+        refused = True
+        raise
     finally:
         await storage.close()
-        status.set("stopped", summary.line())
+        if not refused:
+            status.set("stopped", summary.line())
     log.info("consumer stopped %s", summary.line())
     return summary
 

@@ -12,7 +12,6 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.harness.postgres import fresh_schema
 from tests.pipeline import counters, start_pipeline
 from tests.processes import Deployment, Processes, all_events, api_get
 from tests.waiting import eventually
@@ -92,14 +91,7 @@ async def test_a_waiting_publish_answers_with_its_events_already_stored_and_coun
     assert counters(deployment) == expect(received=6, unique_processed=4, duplicate_dropped=2)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, procs: Processes) -> str:
-    """Runs a test on either store backend: the receipts are the store's, so both must be exact."""
-    if request.param == "postgresql":
-        procs.deployment.database_url = fresh_schema(request.getfixturevalue("postgres_database"))
-    return str(request.param)
-
-
+@pytest.mark.backends("sqlite", "postgres")
 async def test_twenty_identical_waiting_publishes_report_exactly_nineteen_duplicates(
     procs: Processes, amqp: AbstractRobustConnection, backend: str
 ) -> None:
@@ -125,6 +117,7 @@ async def test_twenty_identical_waiting_publishes_report_exactly_nineteen_duplic
     assert [e["event_id"] for e in all_events(deployment)] == ["the-one"]
 
 
+@pytest.mark.backends("sqlite", "postgres")
 async def test_with_the_consumer_stopped_a_waiting_publish_answers_202_in_time_and_the_events_follow(
     procs: Processes, amqp: AbstractRobustConnection, backend: str
 ) -> None:
