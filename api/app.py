@@ -16,7 +16,7 @@ from api.broker import BrokerLink
 from api.compat import RESPONSE_MODELS
 from api.deps import State
 from api.docs import serve_docs
-from api.errors import bound_validation_errors
+from api.errors import bound_validation_errors, store_errors_are_503
 from api.fastpublish import PublishFastPath
 from api.formats import TIMESTAMP_PATTERN
 from api.metrics import ApiMetrics, HttpMetricsMiddleware
@@ -79,6 +79,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(deadletters.router)
     serve_docs(app)
     bound_validation_errors(app)
+    store_errors_are_503(app)
     app.state.metrics = ApiMetrics()
     publish_routes = {
         route.path: route

@@ -1,4 +1,5 @@
-"""422 answers: FastAPI-style items (`type`, `loc`, `msg`, `input`) whose echo of the input is bounded."""
+"""Error answers: 422 items (`type`, `loc`, `msg`, `input`) whose echo of the input is bounded; 503 while the
+store cannot be read."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from store import StoreError
 
 # Enough of the offending value to recognise it; a client that sent 30 MiB does not get 30 MiB back.
 ECHO_LIMIT = 200
@@ -52,3 +55,13 @@ async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
 def bound_validation_errors(app: FastAPI) -> None:
     """FastAPI's own 422s (query, path and header parameters) echo the input in full; these do not."""
     app.add_exception_handler(RequestValidationError, _request_invalid)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # A read that the store cannot answer right now (PostgreSQL restarting, an unreadable SQLite file) is a
+    # 503 the client may retry, not a 500: the events are safe in the broker or the store meanwhile.
+    return JSONResponse({"detail": f"the store cannot be read right now: {exc}"}, status_code=503)
+
+
+def store_errors_are_503(app: FastAPI) -> None:
+    app.add_exception_handler(StoreError, _store_unavailable)

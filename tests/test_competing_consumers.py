@@ -192,6 +192,11 @@ async def test_postgresql_killed_mid_stream_pauses_the_consumers_and_they_resume
     assert (answer.status_code, health["status"], health["store"]["status"]) == (503, "unhealthy", "error")
     assert health["consumer"]["status"] == "stalled", health
     assert "cannot reach the database" in health["consumer"]["detail"]
+    # Reads that need the store answer 503 (retry later), not a server error.
+    for path in ("/stats", "/events"):
+        answer = api_get(deployment, path)
+        assert answer.status_code == 503, (path, answer.text)
+        assert answer.json()["detail"].startswith("the store cannot be read right now: "), answer.text
     check = procs.start("consumer.healthcheck")
     assert check.wait(30) == 1
     assert "consumer state is 'store_failing'" in check.output()
