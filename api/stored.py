@@ -25,12 +25,12 @@ import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
 from contract import event as wire
+from contract.amqp import RECEIPT_HEADER
 from contract.event import Event
 from contract.topology import Topology
 
 log = logging.getLogger(__name__)
 
-RECEIPT_HEADER = "x-receipt"
 # Often enough that a reply follows the commit by a few milliseconds; one query per tick for all waiters.
 WATCH_INTERVAL = 0.005
 # Receipts asked for in one query at most (SQLite's bound-parameter limit is 32,766).

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from contract.amqp import BROKER_ERRORS
+from contract.amqp import BROKER_ERRORS, RECEIPT_HEADER
 from contract.event import Event, InvalidEvent, Limits, decode
 from store import Message, Rejected
 
@@ -64,10 +64,6 @@ async def settle(batch: list[Decoded]) -> int:
     for settlement in channels.values():
         lost += await settlement.send()
     return lost
-
-
-# The header POST /publish?wait=stored sets on each message (api/stored.py); the store records its commit.
-RECEIPT_HEADER = "x-receipt"
 
 
 def receipt_of(message: DeliveredMessage) -> str | None:

@@ -15,6 +15,10 @@ from yarl import URL
 
 log = logging.getLogger(__name__)
 
+# The header `POST /publish?wait=stored` sets on each of its messages (api/stored.py); the consumer records it
+# in the batch's transaction with how many of the message's events were new, so the api can answer exactly.
+RECEIPT_HEADER = "x-receipt"
+
 # Everything the broker or the way to it can throw at a client that a later attempt, possibly on another node,
 # can get past: a refused or lost connection, a channel the broker closed, a nack or a lost confirm, a connect
 # or confirm that took too long. Bugs and bad input are not in it, so they are never retried.
