@@ -10,8 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import StateDep, require_read_key
-from api.errors import jsonable_errors
-from api.formats import CURSOR_PATTERN
+from api.paging import AfterQuery, bad_cursor, next_link
 from api.queries import BadCursor, decode_cursor, encode_cursor
 from store import DeadLetter
 
@@ -80,23 +79,14 @@ async def dead_letters(
     request: Request,
     st: StateDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
-    after: Annotated[
-        str | None,
-        Query(
-            description="cursor from the previous page's Link header (URL-safe base64 of `v1:<seq>`)",
-            json_schema_extra={"pattern": CURSOR_PATTERN},
-        ),
-    ] = None,
+    after: AfterQuery = None,
 ) -> Response:
     try:
         before = decode_cursor(after) if after else None
     except BadCursor as exc:
-        error = {"type": "value_error", "loc": ["query", "after"], "msg": str(exc), "input": after}
-        return JSONResponse({"detail": jsonable_errors([error])}, status_code=422)
+        return bad_cursor(exc, after)
     page = await st.reader.dead_letters(limit, before)
-    headers = {}
-    if page.next_before is not None:
-        url = request.url.include_query_params(after=encode_cursor(page.next_before), limit=limit)
-        headers["Link"] = f'<{url}>; rel="next"'
+    cursor = None if page.next_before is None else encode_cursor(page.next_before)
+    headers = next_link(request, cursor, limit)
     body = [item(letter).model_dump(mode="json") for letter in page.letters]
     return JSONResponse(body, headers=headers)

@@ -15,7 +15,6 @@ from api.broker import BrokerUnavailable
 from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
 from api.deps import State, StateDep, require_publish_key, require_read_key
 from api.errors import jsonable_errors
-from api.formats import CURSOR_PATTERN
 from api.health import consumer_info, store_info
 from api.metrics import ApiMetrics, metrics_of
 from api.models import (
@@ -28,6 +27,7 @@ from api.models import (
     StoredEvent,
     ValidationFailed,
 )
+from api.paging import AfterQuery, bad_cursor, next_link
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
 from api.queries import NEWEST, BadCursor, Page, consumer_state, decode_cursor, row_json
 from api.stored import ReceiptsNotConfirmed
@@ -242,13 +242,7 @@ async def list_events(
     st: StateDep,
     topic: Annotated[str | None, Query(description="only this topic", max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
-    after: Annotated[
-        str | None,
-        Query(
-            description="cursor from the previous page's Link header (URL-safe base64 of `v1:<seq>`)",
-            json_schema_extra={"pattern": CURSOR_PATTERN},
-        ),
-    ] = None,
+    after: AfterQuery = None,
     source: Annotated[str | None, Query(description="only events from this source", max_length=255)] = None,
     since: Annotated[datetime | None, Query(description="stored at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="stored before (ISO 8601)")] = None,
@@ -259,13 +253,9 @@ async def list_events(
     try:
         start = decode_cursor(after) if after else (NEWEST if descending else 0)
     except BadCursor as exc:
-        error = {"type": "value_error", "loc": ["query", "after"], "msg": str(exc), "input": after}
-        return JSONResponse({"detail": jsonable_errors([error])}, status_code=422)
+        return bad_cursor(exc, after)
     page = Page.of(await st.reader.page(topic, limit, start, descending, filters))
-    headers = {}
-    if page.next_cursor is not None:
-        url = request.url.include_query_params(after=page.next_cursor, limit=limit)
-        headers["Link"] = f'<{url}>; rel="next"'
+    headers = next_link(request, page.next_cursor, limit)
     # Built from the stored JSON directly (see queries.row_json); response_model still documents it.
     return Response(events_body(st.settings.api_compat, page), media_type="application/json", headers=headers)
 
