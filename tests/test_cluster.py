@@ -236,7 +236,12 @@ async def test_killing_the_quorum_queue_leader_mid_stream_loses_nothing(
         lambda: cluster.elected_after(deployment.queue, at), 30, 0.05, message="a new leader elected"
     )
     elected = float(seen) - at
-    assert (await asyncio.to_thread(cluster.leader, deployment.queue)) is not leader
+    # The queue's record names the new leader a moment after the election is logged; until then no
+    # running node lists the queue at all (its record still points at the dead leader).
+    moved = await eventually(
+        lambda: asyncio.to_thread(cluster.leader, deployment.queue), 30, 0.2, message="the queue listed again"
+    )
+    assert moved is not leader and moved.running
     rejoined = asyncio.create_task(restart_and_rejoin(cluster, leader, *queues))
 
     assert await asyncio.to_thread(publisher.wait, 300) == 0, publisher.output()
