@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from api.broker import Depths
 from api.deps import StateDep, require_read_key
 from api.models import ComponentHealth, ConsumerInfo, Health, Info, StoreInfo
-from api.queries import consumer_state
+from contract import status as status_file
 from store import Durability, StoreError
 
 router = APIRouter()
@@ -27,12 +27,13 @@ def store_info(durability: Durability) -> StoreInfo:
 
 
 def consumer_info(
-    values: dict[str, str], depths: Depths, stall_seconds: float, reported: dict[str, Any] | None = None
+    values: dict[str, str], depths: Depths, stall_seconds: float, reported: status_file.Status | None = None
 ) -> ConsumerInfo:
+    """The consumer as the store shows it (`values`: its last commit), the queue, and its own report."""
     status = _consumer_status(values.get("last_commit_at"), depths, stall_seconds)
     detail = None
-    if reported and reported.get("state") == "store_failing":
-        status, detail = "stalled", f"store failing since {reported.get('since')}: {reported.get('detail')}"
+    if reported is not None and reported.state == "store_failing":
+        status, detail = "stalled", f"store failing since {reported.since}: {reported.detail}"
     return ConsumerInfo(
         status=status,
         detail=detail,
@@ -72,7 +73,7 @@ def _consumer_status(
 )
 async def health(st: StateDep) -> Health | JSONResponse:
     depths = await st.broker.depths()
-    reported = consumer_state(st.settings.db_path)
+    reported = status_file.read_or_none(st.settings.db_path)
     consumer = consumer_info({}, depths, st.settings.consumer_stall_seconds, reported)
     backend = StoreInfo(backend=st.reader.backend)
     try:

@@ -1,4 +1,4 @@
-"""The api's side of the store's answers: the opaque keyset cursor, pages as JSON, the consumer status."""
+"""The api's side of the store's answers: the opaque keyset cursor and pages as JSON."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import json
 import logging
 from dataclasses import dataclass
 from json.encoder import encode_basestring
-from pathlib import Path
 from typing import Any
 
 import store
-from contract import schema
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +83,3 @@ def row_json(row: store.Row) -> str:
         f'{{"topic":{e(row[1])},"event_id":{e(row[2])},"timestamp":{e(row[3])},"source":{e(row[4])},'
         f'"payload":{row[5]},"received_at":{e(row[6])}}}'
     )
-
-
-def consumer_state(db_path: Path) -> dict[str, Any]:
-    """The consumer's own report (consumer/status.py), or {} when there is none or it is unreadable."""
-    try:
-        data = json.loads(schema.consumer_status_path(db_path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -29,8 +29,9 @@ from api.models import (
 )
 from api.paging import AfterQuery, bad_cursor, next_link
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
-from api.queries import NEWEST, BadCursor, Page, consumer_state, decode_cursor, row_json
+from api.queries import NEWEST, BadCursor, Page, decode_cursor, row_json
 from api.stored import ReceiptsNotConfirmed
+from contract import status as status_file
 from contract.amqp import BROKER_ERRORS
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
@@ -316,7 +317,10 @@ async def stats(st: StateDep) -> JSONResponse:
         if snapshot.store == "ok"
         else None,
         consumer=consumer_info(
-            snapshot.consumer, depths, st.settings.consumer_stall_seconds, consumer_state(st.settings.db_path)
+            snapshot.consumer,
+            depths,
+            st.settings.consumer_stall_seconds,
+            status_file.read_or_none(st.settings.db_path),
         ),
     )
     return JSONResponse(stats_body(st.settings.api_compat, body))

@@ -20,9 +20,11 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from consumer.hooks import Commit, Hooks
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ ERRORS = {"ioerror": (errno.EIO, "disk I/O error"), "full": (errno.ENOSPC, "data
 
 
 @dataclass(frozen=True, slots=True)
-class Faults:
+class Faults(Hooks):
     kill_after_commit: int | None = None
     commit_error: str | None = None
     commit_flag: Path | None = None
@@ -65,10 +67,17 @@ class Faults:
     def active(self) -> bool:
         return self.kill_after_commit is not None or self.commit_flag is not None
 
+    def store_hook(self) -> Callable[[], None] | None:
+        """What the store calls inside every batch transaction, if anything."""
+        return self.before_commit if self.commit_flag is not None else None
+
     def before_commit(self) -> None:
         """Called inside the batch transaction right before COMMIT; the store rolls the batch back."""
         if self.commit_flag is not None and self.commit_error is not None and self.commit_flag.exists():
             raise OSError(*ERRORS[self.commit_error])
+
+    def on_commit(self, commit: Commit) -> None:
+        self.after_commit(commit.number)
 
     def after_commit(self, commits: int) -> None:
         """Called after a batch committed and before it is settled with the broker."""

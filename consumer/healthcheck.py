@@ -2,7 +2,7 @@
 
 Three facts, each read inside the container (no curl, no extra broker connection every few seconds):
 
-1. the status file beside the store (consumer/status.py) says `consuming`: the store takes commits;
+1. the status file beside the store (contract/status.py) says `consuming`: the store takes commits;
 2. the pid in it is a live `python -m consumer` that started before the file was written. The file lives on
    the store volume and outlives containers, so one left by a killed consumer must not count, even though
    the new consumer may well have the same pid;
@@ -16,18 +16,16 @@ Linux only (it reads /proc), which is what the image runs on.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
 import sys
-from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from consumer.settings import ConsumerSettings
-from contract.schema import consumer_status_path
+from contract import status as status_file
 
 PROC = Path("/proc")
 TCP_ESTABLISHED = "01"
@@ -41,19 +39,17 @@ class Unhealthy(Exception):
 
 def check(settings: ConsumerSettings) -> str:
     """A one-line description of the healthy consumer, or Unhealthy saying what is wrong."""
-    path = consumer_status_path(settings.db_path)
     try:
-        status = json.loads(path.read_text())
-        state, pid, since = status["state"], int(status["pid"]), status["since"]
-        written = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise Unhealthy(f"no readable consumer status at {path}: {exc}") from exc
-    if state != "consuming":
-        raise Unhealthy(f"consumer state is {state!r} since {since}: {status.get('detail')}")
+        status = status_file.read(settings.db_path)
+    except status_file.UnreadableStatus as exc:
+        raise Unhealthy(str(exc)) from exc
+    path, pid, since = status_file.path_for(settings.db_path), status.pid, status.since
+    if status.state != "consuming":
+        raise Unhealthy(f"consumer state is {status.state!r} since {since}: {status.detail}")
     started = _start_time(pid)
     if started is None or not _is_consumer(pid):
         raise Unhealthy(f"the consumer that wrote {path} (pid {pid}) is not running")
-    if started > written + CLOCK_SLACK:
+    if started > status.since_epoch() + CLOCK_SLACK:
         raise Unhealthy(f"{path} was written by an earlier consumer than pid {pid}")
     nodes = [_broker_address(url) for url in settings.amqp_urls()]
     connected = next((node for node in nodes if _connected(pid, *node)), None)

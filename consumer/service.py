@@ -15,7 +15,8 @@ from aiormq.abc import DeliveredMessage
 from consumer.batcher import Inbox
 from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, receipt_of, settle
-from consumer.metrics import serve as serve_metrics
+from consumer.hooks import Commit, Fanout, Hooks, Settlement
+from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
@@ -23,7 +24,7 @@ from consumer.subscription import Subscription
 from contract import amqp
 from contract.event import Limits
 from contract.topology import declare
-from store import BatchResult, StoreConfigError
+from store import BatchResult, StoreConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +37,42 @@ BATCH_MAX_BYTES = 1 << 20
 
 
 @dataclass
-class Summary:
+class Summary(Hooks):
+    """The run's tallies, logged in one line when it stops."""
+
     totals: BatchResult = field(default_factory=BatchResult)
     messages: int = 0
     batches: int = 0
+    redelivered: int = 0
     unsettled: int = 0
     commit_failures: int = 0
     backoff: float = 0.0  # the current wait before retrying a failing store
-    # Called once per committed batch with its message count and commit time (the metrics, when served).
-    on_commit: Callable[[int, float], None] | None = None
     started: float = field(default_factory=time.monotonic)
+
+    def on_store_ok(self) -> None:
+        self.backoff = 0.0
+
+    def on_store_error(self, error: StoreError, backoff: float) -> None:
+        self.commit_failures += 1
+        self.backoff = backoff
+
+    def on_commit(self, commit: Commit) -> None:
+        self.totals.add(commit.result)
+        self.messages += commit.messages
+        self.batches += 1
+        self.redelivered += commit.redelivered
+
+    def on_settle(self, settlement: Settlement) -> None:
+        self.unsettled += settlement.unsettled
 
     def line(self) -> str:
         t = self.totals
         return (
             f"messages={self.messages} batches={self.batches} received={t.received} "
             f"unique_processed={t.unique_processed} duplicate_dropped={t.duplicate_dropped} "
-            f"invalid={t.invalid} conflicts={t.conflicts} unsettled={self.unsettled} "
-            f"commit_failures={self.commit_failures} elapsed={time.monotonic() - self.started:.1f}s"
+            f"invalid={t.invalid} conflicts={t.conflicts} redelivered={self.redelivered} "
+            f"unsettled={self.unsettled} commit_failures={self.commit_failures} "
+            f"elapsed={time.monotonic() - self.started:.1f}s"
         )
 
 
@@ -62,18 +81,21 @@ async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | 
     faults = faults or Faults()
     summary = Summary()
     status = StatusFile(settings.db_path)
-    storage = Storage(settings, status, faults)
+    metrics = ConsumerMetrics() if settings.metrics_port else None
+    watchers: list[Hooks] = [summary, status] if metrics is None else [summary, status, metrics]
+    # The fault injection last: it may SIGKILL the process once the others have heard of the commit.
+    hooks = Fanout(*watchers, faults)
+    storage = Storage(settings, hooks, faults.store_hook())
     refused = False
     try:
         # The store first: a second consumer on one SQLite file is refused by the store's lock before it
         # writes the running consumer's status file or takes its metrics port.
-        if await storage.start(stop, summary):
-            metrics = serve_metrics(settings.metrics_port, summary)
+        if await storage.start(stop):
             if metrics is not None:
-                summary.on_commit = metrics.batch_committed
+                metrics.serve(settings.metrics_port)
             async with _connect(settings, stop) as connection:
                 if connection is not None:
-                    await _consume(connection, storage, settings, stop, summary, faults)
+                    await _consume(connection, storage, settings, stop, hooks)
     except StoreConfigError:
         refused = True
         raise
@@ -109,8 +131,7 @@ async def _consume(
     storage: Storage,
     settings: ConsumerSettings,
     stop: asyncio.Event,
-    summary: Summary,
-    faults: Faults,
+    hooks: Hooks,
 ) -> None:
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=settings.effective_prefetch())
@@ -128,7 +149,7 @@ async def _consume(
     # `halt` ends the loop on the stop signal, or at once when a commit failed for good (StoreConfigError):
     # its task is not awaited until the next batch, which an idle queue might never bring.
     halt = asyncio.Event()
-    pipeline = _Pipeline(storage, stop, summary, settings.limits(), faults, halt.set)
+    pipeline = _Pipeline(storage, stop, hooks, settings.limits(), halt.set)
     mirror = asyncio.create_task(_set_when(stop, halt))
     try:
         while not halt.is_set():
@@ -178,26 +199,28 @@ class _Pipeline:
         self,
         storage: Storage,
         stop: asyncio.Event,
-        summary: Summary,
+        hooks: Hooks,
         limits: Limits,
-        faults: Faults,
         on_failure: Callable[[], None],
     ) -> None:
         self._storage = storage
         self._on_failure = on_failure
         self._stop = stop
-        self._summary = summary
+        self._hooks = hooks
         self._limits = limits
-        self._faults = faults
         self._committing: asyncio.Task[bool] | None = None
         self._abandoned = False
+        self._commits = 0
 
     async def submit(self, messages: list[DeliveredMessage]) -> None:
         """Decode `messages` while the commit in flight runs, wait for it, then start theirs."""
         batch = decode_batch(messages, self._limits)
+        # Straight to the Basic.Deliver frame: aiormq's `redelivered` property costs 124 ns a message in its
+        # isinstance checks, this 10 ns (256 deliveries: 32 us against 2.5 us). Only Deliver reaches here.
+        redelivered = sum(1 for m in messages if m.delivery.redelivered)  # type: ignore[union-attr,misc]
         if not await self.finish():
             return
-        self._committing = asyncio.create_task(self._process(batch))
+        self._committing = asyncio.create_task(self._process(batch, redelivered))
         self._committing.add_done_callback(self._check)
 
     def _check(self, task: asyncio.Task[bool]) -> None:
@@ -211,24 +234,23 @@ class _Pipeline:
             self._abandoned = True
         return not self._abandoned
 
-    async def _process(self, batch: list[Decoded]) -> bool:
-        summary = self._summary
+    async def _process(self, batch: list[Decoded], redelivered: int) -> bool:
         payload = [item.for_store() for item in batch]
         # A message published by POST /publish?wait=stored carries a receipt, recorded in the batch's commit.
         receipts = [receipt_of(item.message) for item in batch]
         started = time.perf_counter()
         result = await self._storage.apply_with_retry(
-            payload, self._stop, summary, receipts if any(receipts) else None
+            payload, self._stop, receipts if any(receipts) else None
         )
         if result is None:
             return False  # stopping while the store is failing: nothing acked, the broker redelivers it
-        if summary.on_commit is not None:
-            summary.on_commit(len(batch), time.perf_counter() - started)
-        summary.totals.add(result)
-        summary.messages += len(batch)
-        summary.batches += 1
-        self._faults.after_commit(summary.batches)
-        summary.unsettled += await settle(batch)
+        seconds = time.perf_counter() - started
+        self._commits += 1
+        self._hooks.on_commit(
+            Commit(self._commits, len(batch), result, seconds, redelivered, _lag(batch[0].message))
+        )
+        unsettled = await settle(batch)
+        self._hooks.on_settle(_settlement(batch, result.invalid, unsettled))
         log.debug(
             "batch committed messages=%d received=%d unique=%d",
             len(batch),
@@ -236,3 +258,21 @@ class _Pipeline:
             result.unique_processed,
         )
         return True
+
+
+def _lag(first: DeliveredMessage) -> float | None:
+    """Seconds from `first`'s publish (its AMQP timestamp, whole seconds) until now; None without one."""
+    published = first.header.properties.timestamp  # pamqp decodes it as an aware datetime
+    return None if published is None else time.time() - published.timestamp()
+
+
+def _settlement(batch: list[Decoded], invalid: int, unsettled: int) -> Settlement:
+    """How `batch` was settled; settle() only says how many deliveries it could not settle."""
+    if not unsettled:
+        # Each invalid delivery is one rejected message, counted `invalid` by the store's commit.
+        return Settlement(len(batch) - invalid, invalid, 0)
+    # A channel closed under the batch (a reconnect): what was settled is what arrived on the channels still
+    # open. Per delivery, but only on this rare path.
+    live = [item for item in batch if not item.message.channel.is_closed]
+    rejected = sum(1 for item in live if item.events is None)
+    return Settlement(len(live) - rejected, rejected, unsettled)

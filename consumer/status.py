@@ -1,45 +1,48 @@
-"""The consumer's health as a small JSON file beside the store, which the api reads for GET /health."""
+"""The consumer's side of its status file (contract/status.py): written on state changes, never per batch."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from datetime import UTC, datetime
 from pathlib import Path
 
-from contract.schema import consumer_status_path
+from consumer.hooks import Hooks
+from contract import status
+from store import StoreError
 
 log = logging.getLogger(__name__)
 
 
-class StatusFile:
-    """Written on state changes only (not per batch), atomically by rename.
+class StatusFile(Hooks):
+    """`consuming` while the store takes commits, `store_failing` while it does not, `stopped` at the end.
 
-    It lives outside the store on purpose: when the store is failing the consumer cannot record that in it.
     If the disk is full this write fails too; that is logged and the api still infers a stall from the queue.
     """
 
-    def __init__(self, db_path: Path) -> None:
-        self._path = consumer_status_path(db_path)
-        self._state: str | None = None
+    __slots__ = ("_current", "_db_path")
 
-    def set(self, state: str, detail: str | None = None) -> None:
-        if state == self._state and detail is None:
-            return
-        self._state = state
-        record = {
-            "state": state,
-            "since": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "detail": detail,
-            "pid": os.getpid(),
-        }
-        # One temporary file per process: consumers on PostgreSQL may share DB_PATH's directory, and with one
-        # name the second rename finds the file the first one already moved.
-        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+    def __init__(self, db_path: Path) -> None:
+        self._db_path = db_path
+        self._current: status.Status | None = None
+
+    def on_store_ok(self) -> None:
+        self.set("consuming")
+
+    def on_store_error(self, error: StoreError, backoff: float) -> None:
+        self.set("store_failing", str(error))
+
+    def set(self, state: status.State, detail: str | None = None) -> None:
+        current = self._current
+        if current is not None and current.state == state:
+            if current.detail == detail:
+                return
+            # Still the same state: `since` keeps saying when it began, only the detail changes.
+            new = status.Status(state, current.since, detail, current.pid)
+        else:
+            new = status.Status.now(state, detail)
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(record))
-            tmp.replace(self._path)
+            status.write(self._db_path, new)
         except OSError as exc:
-            log.warning("could not write the consumer status file path=%s error=%s", self._path, exc)
+            path = status.path_for(self._db_path)
+            log.warning("could not write the consumer status file path=%s error=%s", path, exc)
+            return
+        self._current = new

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from consumer.faults import Faults
+from consumer.hooks import Hooks
 from consumer.settings import ConsumerSettings
-from consumer.status import StatusFile
 from store import BatchResult, Message, StoreConfigError, StoreError, Writer, locate, open_writer, utc_now
-
-if TYPE_CHECKING:
-    from consumer.service import Summary
 
 log = logging.getLogger(__name__)
 
@@ -24,37 +20,40 @@ class Storage:
     """Owns the Writer: opened on first use (and again after a failed open), closed on stop.
 
     The backends do their blocking work off the event loop (aiosqlite's thread, asyncpg's socket), so the
-    loop keeps receiving deliveries while a commit waits for its fsync.
+    loop keeps receiving deliveries while a commit waits for its fsync. `hooks` hear of each failed store call
+    and of the first one that works after them; `before_commit` runs inside every batch transaction (fault
+    injection for the crash tests).
     """
 
-    def __init__(self, settings: ConsumerSettings, status: StatusFile, faults: Faults) -> None:
+    def __init__(
+        self, settings: ConsumerSettings, hooks: Hooks, before_commit: Callable[[], None] | None = None
+    ) -> None:
         self._settings = settings
-        self._status = status
-        self._faults = faults
+        self._hooks = hooks
+        self._before_commit = before_commit
         self._writer: Writer | None = None
+        self._working = False  # the last store call worked
         self.location = locate(settings)  # StoreConfigError here: an unknown DATABASE_URL scheme
 
     async def _open(self) -> Writer:
         if self._writer is None:
-            hook = self._faults.before_commit if self._faults.commit_flag else None
-            self._writer = await open_writer(self._settings, hook)
+            self._writer = await open_writer(self._settings, self._before_commit)
             log.info("store opened backend=%s %s", self._writer.backend, self.location.describe())
         return self._writer
 
-    async def start(self, stop: asyncio.Event, summary: Summary) -> bool:
+    async def start(self, stop: asyncio.Event) -> bool:
         """Open the store and record the start; False when stopped first. StoreConfigError is fatal."""
 
         async def record(writer: Writer) -> bool:
             await writer.record_start(utc_now())
             return True
 
-        return await self._with_retry(record, stop, summary) is not None
+        return await self._with_retry(record, stop) is not None
 
     async def apply_with_retry(
         self,
         payload: list[Message],
         stop: asyncio.Event,
-        summary: Summary,
         receipts: list[str | None] | None = None,
     ) -> BatchResult | None:
         """Apply one batch in one transaction, retried until it commits; None when stopped first.
@@ -66,11 +65,9 @@ class Storage:
         async def apply(writer: Writer) -> BatchResult:
             return await writer.apply(payload, receipts)
 
-        return await self._with_retry(apply, stop, summary)
+        return await self._with_retry(apply, stop)
 
-    async def _with_retry(
-        self, fn: Callable[[Writer], Awaitable[T]], stop: asyncio.Event, summary: Summary
-    ) -> T | None:
+    async def _with_retry(self, fn: Callable[[Writer], Awaitable[T]], stop: asyncio.Event) -> T | None:
         """Retry with capped exponential backoff until it succeeds or we are told to stop."""
         delay = self._settings.retry_initial
         attempt = 0
@@ -81,8 +78,8 @@ class Storage:
             except StoreConfigError:
                 raise
             except StoreError as exc:
-                summary.commit_failures += 1
-                self._status.set("store_failing", str(exc))
+                self._working = False
+                self._hooks.on_store_error(exc, delay)
                 log.warning(
                     "store unavailable, consumption paused attempt=%d error=%s; retrying in %.1fs",
                     attempt,
@@ -90,10 +87,10 @@ class Storage:
                     delay,
                 )
             else:
-                self._status.set("consuming")
-                summary.backoff = 0.0
+                if not self._working:  # once per recovery, not per batch
+                    self._working = True
+                    self._hooks.on_store_ok()
                 return result
-            summary.backoff = delay
             if await sleep_unless(stop, delay):
                 log.error("stopping while the store is failing; the batch in hand is left for redelivery")
                 return None

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.schema import COUNTERS, consumer_status_path
+from contract import status
+from contract.schema import COUNTERS
 from store import BatchResult, StoreConfigError, StoreError, open_reader
 from store.sqlite import SCHEMA_VERSION, SchemaError, SqliteWriter, lock_path
 from tests.harness.stores import StoreSettings
@@ -281,7 +282,7 @@ async def test_a_second_consumer_on_the_same_sqlite_file_refuses_to_start_in_one
     try:
 
         def consuming() -> bool:
-            state = json.loads(consumer_status_path(path).read_text())
+            state = json.loads(status.path_for(path).read_text())
             return bool(state["state"] == "consuming")
 
         await eventually(consuming, 30, message="the first consumer holds the store")

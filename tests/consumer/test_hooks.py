@@ -1,0 +1,62 @@
+"""The consumer's hooks: one fan-out in order, the status file written on state changes only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from consumer.hooks import Commit, Fanout, Hooks, Settlement
+from consumer.service import Summary
+from consumer.status import StatusFile
+from contract import status
+from store import BatchResult, StoreError
+
+COMMIT = Commit(1, 3, BatchResult(received=3, unique_processed=2, duplicate_dropped=1), 0.01, 1, 2.5)
+
+
+class Recorder(Hooks):
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls = name, calls
+
+    def on_commit(self, commit: Commit) -> None:
+        self.calls.append(f"{self.name}:{commit.number}")
+
+
+def test_a_fanout_calls_every_hook_in_order_and_the_base_does_nothing() -> None:
+    calls: list[str] = []
+    hooks = Fanout(Recorder("a", calls), Hooks(), Recorder("b", calls))
+
+    hooks.on_commit(COMMIT)
+    hooks.on_settle(Settlement(2, 1, 0))
+    hooks.on_store_error(StoreError("disk I/O error"), 0.5)
+    hooks.on_store_ok()
+
+    assert calls == ["a:1", "b:1"]
+
+
+def test_the_summary_tallies_commits_settlements_and_store_failures() -> None:
+    summary = Summary()
+
+    summary.on_store_error(StoreError("disk I/O error"), 0.5)
+    assert (summary.commit_failures, summary.backoff) == (1, 0.5)
+    summary.on_store_ok()
+    summary.on_commit(COMMIT)
+    summary.on_settle(Settlement(0, 0, 3))
+
+    assert (summary.messages, summary.batches, summary.redelivered, summary.unsettled) == (3, 1, 1, 3)
+    assert summary.backoff == 0
+    assert "received=3 unique_processed=2 duplicate_dropped=1" in summary.line()
+
+
+def test_the_status_file_keeps_when_a_state_began_and_rewrites_only_what_changed(tmp_path: Path) -> None:
+    db_path = tmp_path / "events.db"
+    hooks = StatusFile(db_path)
+
+    hooks.on_store_error(StoreError("disk I/O error"), 0.5)
+    first = status.read(db_path)
+    hooks.on_store_error(StoreError("database or disk is full"), 1.0)
+    second = status.read(db_path)
+    hooks.on_store_ok()
+
+    assert (first.state, first.detail) == ("store_failing", "disk I/O error")
+    assert (second.since, second.detail) == (first.since, "database or disk is full")
+    assert status.read(db_path).state == "consuming"
