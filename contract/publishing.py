@@ -361,12 +361,8 @@ class ConfirmingPublisher(Settler):
             raise TypeError(f"expected an aiormq channel, got {type(raw).__name__}")
         frame_max = transport.connection.connection_tune.frame_max or 131_072  # 0 means no limit
         lane = Lane(self, raw.number, self.exchange, frame_max)
-        lane.channel = raw
+        lane.attach(raw)
         self.channels_opened += 1
-        # This lane keeps its own tag -> message map, so the channel's confirm and return frames come here
-        # rather than to aiormq, which would look for a future per message.
-        raw._on_confirm_frame = lane.on_confirm_frame  # type: ignore[method-assign]
-        raw._on_return_frame = lane.on_return_frame  # type: ignore[method-assign]
         raw.closing.add_done_callback(lambda closing: self._on_channel_closed(lane, closing))
         return lane
 

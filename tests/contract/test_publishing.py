@@ -3,6 +3,7 @@ confirms, nacks, a return among many messages in flight, and a connection cut wi
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from contract.confirms import Lane, Message, PublishFailed, Settler, Tally, Unroutable
+from contract.confirms import Lane, Message, PublishFailed, Settler, Tally, Unroutable, _ConfirmsInline
 from contract.event import Event
 from contract.publishing import ConfirmingPublisher, PublishOptions, envelopes
 from contract.topology import Topology, declare_exchange
@@ -83,6 +84,29 @@ async def test_single_and_multiple_acks_and_nacks_settle_exactly_the_tags_they_c
     assert lane.unsettled == {}
     assert lane.nacks == 2
     assert recorder.frames == 6
+
+
+async def test_a_confirm_is_settled_where_it_arrives_only_when_no_frame_of_its_channel_is_waiting() -> None:
+    recorder = Recorder()
+    lane = lane_with(4, recorder)
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    inline = _ConfirmsInline(queue, lane)
+
+    await inline.put((0, spec.Basic.Ack(delivery_tag=1)))
+    assert (recorder.settlements, queue.qsize()) == ([("e1", True)], 0)
+
+    # A return is still being read (its content follows): the confirm of its message must wait behind it.
+    lane.returning = True
+    await inline.put((0, spec.Basic.Ack(delivery_tag=2)))
+    lane.returning = False
+    # Something of the channel is queued: what follows it is queued too, in order.
+    await inline.put((0, spec.Basic.Ack(delivery_tag=3)))
+    assert (len(recorder.settlements), queue.qsize()) == (1, 2)
+
+    queue.get_nowait()
+    queue.get_nowait()
+    await inline.put((0, spec.Basic.Nack(delivery_tag=4)))
+    assert recorder.settlements[-1] == ("e4", False)
 
 
 async def test_a_multiple_confirm_below_the_lowest_unsettled_tag_settles_nothing() -> None:
@@ -197,11 +221,15 @@ def spy_on_confirms(publisher: ConfirmingPublisher) -> list[Any]:
     lane = publisher._lane
     assert lane is not None and lane.channel is not None
 
-    async def spy(frame: Any) -> None:
-        seen.append(frame)
-        await lane.on_confirm_frame(frame)
+    settle = lane.confirmed
 
-    lane.channel._on_confirm_frame = spy  # type: ignore[method-assign]
+    # Every confirm goes through `Lane.confirmed`, whether the connection's reader settled it inline or the
+    # channel's reader task did.
+    def spy(frame: Any) -> None:
+        seen.append(frame)
+        settle(frame)
+
+    lane.confirmed = spy  # type: ignore[method-assign]
     return seen
 
 

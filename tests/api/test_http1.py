@@ -1,0 +1,110 @@
+"""The api's HTTP/1.1 protocol: a fixed-length response is one transport write; nothing else waits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from api.http1 import _HeadWithBody
+
+
+class Transport:
+    """Records what the cycle writes, one entry per write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, parts: Any) -> None:
+        self.writes.append(b"".join(parts))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def cycle(transport: Transport, *, expect_100: bool = False) -> RequestResponseCycle:
+    scope: Any = {"type": "http", "method": "POST", "path": "/publish", "http_version": "1.1", "headers": []}
+    made = RequestResponseCycle(
+        scope=scope,
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=expect_100,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
+    made.transport = _HeadWithBody(transport, made)  # type: ignore[assignment]
+    return made
+
+
+START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+
+
+async def test_a_response_with_a_content_length_goes_out_in_one_write() -> None:
+    transport = Transport()
+    running = cycle(transport)
+    await running.send(START)  # type: ignore[arg-type]
+    assert transport.writes == []
+    await running.send({"type": "http.response.body", "body": b"{}"})
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert running.response_complete
+
+
+async def test_a_chunked_response_sends_its_head_at_once_and_its_chunks_as_they_come() -> None:
+    transport = Transport()
+    running = cycle(transport)
+    await running.send({"type": "http.response.start", "status": 200, "headers": []})
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    await running.send({"type": "http.response.body", "body": b"ab", "more_body": True})
+    await running.send({"type": "http.response.body", "body": b""})
+    assert transport.writes[1:] == [b"2\r\nab\r\n", b"0\r\n\r\n"]
+
+
+async def test_a_100_continue_is_not_held_back() -> None:
+    transport = Transport()
+    running = cycle(transport, expect_100=True)
+    running.more_body = False
+    running.message_event.set()
+    await running.receive()
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    await running.send(START)  # type: ignore[arg-type]
+    await running.send({"type": "http.response.body", "body": b"{}"})
+    assert transport.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+
+async def test_a_response_that_fails_after_its_head_still_sends_the_head_before_closing() -> None:
+    transport = Transport()
+    running = cycle(transport)
+    await running.send(START)  # type: ignore[arg-type]
+    running.transport.close()  # what uvicorn does when the app raises after starting the response
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"]
+    assert transport.closed
+
+
+async def test_a_body_in_several_parts_writes_the_head_once() -> None:
+    transport = Transport()
+    running = cycle(transport)
+    await running.send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+    await running.send({"type": "http.response.body", "body": b"ab", "more_body": True})
+    await running.send({"type": "http.response.body", "body": b"cd"})
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab", b"cd"]
