@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 import aio_pika
@@ -168,6 +169,7 @@ class ReceiptPublisher:
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=events[0].event_id if len(events) == 1 else receipt,
+                timestamp=datetime.now(UTC),  # the consumer's publish-to-commit lag, as contract/confirms.py
                 headers={RECEIPT_HEADER: receipt},
             )
             try:

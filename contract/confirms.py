@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -135,9 +136,11 @@ class Message:
 _FRAME = struct.Struct(">BHI")
 _HEADER = struct.Struct(">BHIHHQH")
 _PUBLISH = struct.Struct(">HHH").pack(60, 40, 0)  # class basic, method publish, reserved
-# content_type, delivery_mode and message_id set; persistent (delivery mode 2), JSON.
-_PROPERTY_FLAGS = 0x8000 | 0x1000 | 0x0080
+# content_type, delivery_mode, message_id and timestamp set; persistent (delivery mode 2), JSON. The
+# timestamp (whole seconds, the AMQP property's unit) is the consumer's publish-to-commit lag metric.
+_PROPERTY_FLAGS = 0x8000 | 0x1000 | 0x0080 | 0x0040
 _PROPERTIES = b"\x10application/json\x02"
+_TIMESTAMP = struct.Struct(">Q")
 _FRAME_END = b"\xce"
 
 
@@ -168,8 +171,14 @@ class Lane:
         self._exchange = _short(exchange)
         self._body_max = frame_max - 8
         self._methods: dict[str, bytes] = {}
+        self._timestamp = b""
+        self.stamp(time.time())
         self.channel: aiormq.Channel | None = None
         self.returning = False  # the channel's reader is taking in a basic.return and its content
+
+    def stamp(self, now: float) -> None:
+        """The AMQP timestamp of the messages framed from now on: set once per write, not per message."""
+        self._timestamp = _TIMESTAMP.pack(int(now))
 
     def frames(self, message: Message) -> bytes:
         """The frames of `message` under the next delivery tag, which now maps to it."""
@@ -184,7 +193,7 @@ class Lane:
             method = _FRAME.pack(1, self.number, len(payload)) + payload + _FRAME_END
             self._methods[message.routing_key] = method
         body = message.body
-        properties = _PROPERTIES + _short(message.message_id)
+        properties = _PROPERTIES + _short(message.message_id) + self._timestamp
         header = _HEADER.pack(2, self.number, 14 + len(properties), 60, 0, len(body), _PROPERTY_FLAGS)
         if len(body) <= self._body_max:
             content = _FRAME.pack(3, self.number, len(body)) + body + _FRAME_END

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -245,6 +246,7 @@ class ConfirmingPublisher(Settler):
         if not lane.unsettled:
             lane.progress_at = asyncio.get_running_loop().time()
         parts = []
+        lane.stamp(time.time())
         frames = lane.frames
         while space and queue:
             message = queue.popleft()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from typing import Any
 
 import aio_pika
@@ -27,6 +29,12 @@ def scrape(deployment: Deployment) -> Samples:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def consumer_samples(port: int) -> dict[str, float]:
+    """The consumer's metrics on `port` without labels, by sample name."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
 
 
 def event(event_id: str, topic: str) -> dict[str, Any]:
@@ -145,21 +153,24 @@ async def test_the_consumer_serves_its_own_metrics_counted_per_batch(
     await channel.close()
     await settled(deployment, amqp, 501)
 
-    def consumer_samples() -> dict[str, float]:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        return {
-            s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels
-        }
-
     samples = await eventually(
-        lambda: (found := consumer_samples())["eventagg_consumer_events_received_total"] == 501 and found,
+        lambda: (
+            (found := consumer_samples(port))["eventagg_consumer_events_received_total"] == 501
+            and found["eventagg_consumer_deliveries_acked_total"] > 0
+            and found
+        ),
         30,
         message="consumer metrics caught up",
     )
     assert samples["eventagg_consumer_events_stored_total"] == 400
     assert samples["eventagg_consumer_events_duplicate_total"] == 100
     assert samples["eventagg_consumer_deliveries_rejected_total"] == 1
+    assert (
+        samples["eventagg_consumer_deliveries_acked_total"]
+        == samples["eventagg_consumer_messages_committed_total"] - 1
+    )
     assert samples["eventagg_consumer_deliveries_unsettled_total"] == 0
+    assert samples["eventagg_consumer_redeliveries_total"] == 0
     assert samples["eventagg_consumer_store_failures_total"] == 0
     assert samples["eventagg_consumer_store_backoff_seconds"] == 0
     batches = samples["eventagg_consumer_batches_committed_total"]
@@ -169,4 +180,72 @@ async def test_the_consumer_serves_its_own_metrics_counted_per_batch(
     assert (
         samples["eventagg_consumer_batch_messages_sum"]
         == samples["eventagg_consumer_messages_committed_total"]
+    )
+
+
+async def test_the_consumer_counts_redeliveries_exactly_and_observes_the_publish_lag_once_per_batch(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    port, count, given_back = free_port(), 600, 37
+    await start_pipeline(procs, amqp, with_consumer=False)
+    published_from = time.time()
+    summary = procs.publish(
+        "--count", str(count), "--duplicates", "0", "--envelope-size", "1", "--seed", "11"
+    )
+    assert summary["exit_code"] == 0
+    published_until = time.time()
+    # Deliveries taken and given back unacked (their channel closes): the broker redelivers exactly these,
+    # with the redelivered flag.
+    channel = await amqp.channel()
+    queue = await channel.get_queue(deployment.queue, ensure=False)
+    taken = [await queue.get(no_ack=False) for _ in range(given_back)]
+    assert not any(message.redelivered for message in taken)
+    await channel.close()
+
+    consumer_started = time.time()
+    consumer = procs.consumer(METRICS_PORT=str(port), BATCH_SIZE="50")
+    samples = await eventually(
+        lambda: (
+            (found := consumer_samples(port))["eventagg_consumer_deliveries_acked_total"] == count and found
+        ),
+        60,
+        message="every delivery committed and acked",
+    )
+    committed_until = time.time()
+
+    assert samples["eventagg_consumer_messages_committed_total"] == count
+    assert samples["eventagg_consumer_redeliveries_total"] == given_back
+    batches = samples["eventagg_consumer_batches_committed_total"]
+    assert batches >= count / 50
+    # Every message carries the publisher's timestamp (whole seconds): one observation per batch, each at
+    # least from the last publish to the consumer's start, at most from the first publish (rounded down to
+    # its second) to the last commit.
+    assert samples["eventagg_consumer_publish_to_commit_lag_seconds_count"] == batches
+    lag = samples["eventagg_consumer_publish_to_commit_lag_seconds_sum"]
+    assert (
+        batches * (consumer_started - published_until)
+        <= lag
+        <= batches * (committed_until - published_from + 1)
+    )
+    assert lag > 0
+
+    # The api's waiting publish path stamps its messages too.
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as client:
+        answer = client.post("/publish", params={"wait": "stored"}, json=[event("lag-1", "metrics.lag")])
+        assert answer.status_code == 200, answer.text
+    samples = await eventually(
+        lambda: (
+            (found := consumer_samples(port))["eventagg_consumer_deliveries_acked_total"] == count + 1
+            and found
+        ),
+        30,
+        message="the waiting publish acked",
+    )
+    assert samples["eventagg_consumer_publish_to_commit_lag_seconds_count"] == batches + 1
+    assert samples["eventagg_consumer_batches_committed_total"] == batches + 1
+
+    assert consumer.terminate() == 0
+    assert re.search(
+        rf"consumer stopped messages={count + 1} .* redelivered={given_back} unsettled=0 ", consumer.output()
     )

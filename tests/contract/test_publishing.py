@@ -7,6 +7,7 @@ import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,8 @@ from contract.topology import Topology, declare_exchange
 from tests.broker import Broker
 from tests.proxy import FreezableProxy
 from tests.waiting import eventually
+
+STAMP = 1_764_633_600  # 2025-12-02T00:00:00Z
 
 
 def event(index: int, topic: str = "orders.created") -> Event:
@@ -142,7 +145,10 @@ def test_a_return_marks_the_oldest_unsettled_message_with_that_id_and_body() -> 
 
 def pamqp_frames(message: Message, channel: int, exchange: str, frame_max: int) -> bytes:
     properties = spec.Basic.Properties(
-        content_type="application/json", delivery_mode=2, message_id=message.message_id
+        content_type="application/json",
+        delivery_mode=2,
+        message_id=message.message_id,
+        timestamp=datetime.fromtimestamp(STAMP, UTC),
     )
     out = pamqp.frame.marshal(
         spec.Basic.Publish(exchange=exchange, routing_key=message.routing_key, mandatory=True), channel
@@ -162,6 +168,7 @@ def test_the_frames_written_are_the_ones_pamqp_would_marshal(size: int) -> None:
     )  # fmt: skip
     for frame_max in (4096, 131_072):
         lane = Lane(Recorder(), 7, "some.exchange", frame_max)
+        lane.stamp(STAMP + 0.75)  # the AMQP timestamp is whole seconds
         for events in ([event(1)], [event(i) for i in range(size)], [big]):
             message = Message(events, Tally())
             assert lane.frames(message) == pamqp_frames(message, 7, "some.exchange", frame_max)
