@@ -44,7 +44,8 @@ def test_three_nodes_share_one_cookie_and_find_each_other_by_the_classic_config_
         assert node["hostname"] == name
         assert node["environment"]["RABBITMQ_ERLANG_COOKIE"] == "c00kie"
         assert node["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
-        assert {CLUSTER_CONF, "/var/lib/rabbitmq"} <= targets(node)
+        # Every node serves its own Prometheus metrics, from compose.yaml's plugins file.
+        assert {CLUSTER_CONF, "/var/lib/rabbitmq", "/etc/rabbitmq/enabled_plugins"} <= targets(node)
     conf = (REPO / "compose" / "rabbitmq-cluster.conf").read_text()
     assert "cluster_formation.peer_discovery_backend = classic_config" in conf
     listed = {line.split("=")[1].strip() for line in conf.splitlines() if ".classic_config.nodes." in line}

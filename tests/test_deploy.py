@@ -25,6 +25,7 @@ from api.settings import ApiSettings
 from consumer.settings import ConsumerSettings
 from contract.topology import Topology
 from publisher.settings import PublisherSettings
+from tests.broker import RABBITMQ_SERVER, PrivateNode
 from tests.deploy import (
     COMPOSE_FILE,
     DEPLOYABLES,
@@ -44,6 +45,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "publisher": PublisherSettings,
 }
 HEALTHY_WITHIN = 30.0
+PLUGINS_FILE = REPO / "compose" / "rabbitmq-enabled-plugins"
 DEMO_EVENTS, DEMO_DUPLICATES = 5000, 1000
 
 
@@ -84,6 +86,39 @@ def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
 def depends_on(service: dict[str, Any]) -> dict[str, str]:
     """Dependency -> condition (compose v2 adds fields of its own, such as `required`)."""
     return {name: spec["condition"] for name, spec in service.get("depends_on", {}).items()}
+
+
+def unordered_volumes(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with each service's volumes sorted: compose 1.x reorders them when it merges an override."""
+    for service in config["services"].values():
+        if "volumes" in service:
+            service["volumes"] = sorted(service["volumes"], key=str)
+    return config
+
+
+def enabled_plugins(path: Path) -> list[str]:
+    """The plugin names in an enabled_plugins file: one Erlang list of atoms, `%` comments allowed."""
+    text = "\n".join(line.split("%")[0] for line in path.read_text().splitlines()).strip()
+    match = re.fullmatch(r"\[\s*([a-z0-9_]+(?:\s*,\s*[a-z0-9_]+)*)\s*\]\s*\.", text)
+    assert match, f"not an Erlang list of plugin names: {text!r}"
+    return [name.strip() for name in match[1].split(",")]
+
+
+class PluginsNode(PrivateNode):
+    """A private node with compose's enabled_plugins file, its HTTP listeners on free loopback ports."""
+
+    def __init__(self, tmp_root: Path) -> None:
+        self.prometheus_port, self.management_port = free_port(), free_port()
+        super().__init__(tmp_root)
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        with (self.root / "rabbitmq.conf").open("a") as conf:
+            conf.write(
+                f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"
+                f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+            )
+        (self.root / "enabled_plugins").write_text(PLUGINS_FILE.read_text())
 
 
 def seconds(duration: str) -> float:
@@ -135,7 +170,65 @@ def test_amqp_is_published_only_with_the_amqp_override_on_the_port_asked_for() -
     base = compose_config()
     merged = compose_config(overrides=(amqp,))
     merged["services"]["rabbitmq"]["ports"] = base["services"]["rabbitmq"]["ports"]
-    assert merged == base
+    assert unordered_volumes(merged) == unordered_volumes(base)
+
+
+def test_the_metrics_override_publishes_the_consumer_and_broker_metrics_ports_and_nothing_else() -> None:
+    metrics = REPO / "compose" / "compose.metrics.yaml"
+    svc = services(compose_config(overrides=(metrics,)))
+    assert published_ports(svc["rabbitmq"]) == {("127.0.0.1", 15672, 15672), ("127.0.0.1", 15692, 15692)}
+    assert published_ports(svc["consumer"]) == {("127.0.0.1", 9101, 9101)}
+    assert published_ports(svc["api"]) == {("127.0.0.1", 8080, 8080)}  # GET /metrics is on the api's port
+    assert svc["consumer"]["environment"]["METRICS_PORT"] == "9101"
+    moved = services(
+        compose_config(
+            overrides=(metrics,),
+            BROKER_METRICS_PORT="25692",
+            CONSUMER_METRICS_PORT="19101",
+            BIND_ADDRESS="0.0.0.0",
+        )
+    )
+    assert ("0.0.0.0", 25692, 15692) in published_ports(moved["rabbitmq"])
+    assert published_ports(moved["consumer"]) == {("0.0.0.0", 19101, 9101)}
+    base = compose_config()
+    merged = compose_config(overrides=(metrics,))
+    for name in ("rabbitmq", "consumer"):
+        merged["services"][name]["ports"] = base["services"][name].get("ports", [])
+        if not merged["services"][name]["ports"]:
+            del merged["services"][name]["ports"]
+    assert unordered_volumes(merged) == unordered_volumes(base)
+
+
+def test_the_broker_runs_the_management_and_prometheus_plugins_from_a_read_only_file(
+    config: dict[str, Any],
+) -> None:
+    broker = services(config)["rabbitmq"]
+    source, read_only = mounts(broker)["/etc/rabbitmq/enabled_plugins"]
+    assert (Path(source), read_only) == (PLUGINS_FILE, True)
+    assert enabled_plugins(PLUGINS_FILE) == ["rabbitmq_management", "rabbitmq_prometheus"]
+
+
+def test_the_plugins_file_makes_a_real_broker_serve_its_prometheus_metrics(tmp_path: Path) -> None:
+    """The same file on a node of the installed rabbitmq-server: the plugins exist by these names, the file
+    parses, and the node answers on the Prometheus port with its own metrics, the queue totals among them."""
+    if not RABBITMQ_SERVER.exists():
+        pytest.skip(f"no local rabbitmq-server at {RABBITMQ_SERVER}")
+    node = PluginsNode(tmp_path)
+    try:
+        node.start()
+        metrics = httpx.get(f"http://127.0.0.1:{node.prometheus_port}/metrics", timeout=10)
+        per_object = httpx.get(f"http://127.0.0.1:{node.prometheus_port}/metrics/per-object", timeout=10)
+        management = httpx.get(
+            f"http://127.0.0.1:{node.management_port}/api/overview", auth=("guest", "guest")
+        )
+    finally:
+        node.stop()
+    assert metrics.status_code == per_object.status_code == management.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    names = {
+        line.split("{")[0].split(" ")[0] for line in metrics.text.splitlines() if line[:1] not in ("#", "")
+    }
+    assert {"rabbitmq_build_info", "rabbitmq_queue_messages_ready", "rabbitmq_connections"} <= names, names
 
 
 def test_broker_credentials_come_from_the_environment_with_defaults(config: dict[str, Any]) -> None:
