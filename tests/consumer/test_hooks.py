@@ -1,11 +1,18 @@
-"""The consumer's hooks: one fan-out in order, the status file written on state changes only."""
+"""The consumer's hooks: one fan-out in order, the tallies they carry, the status file written on state
+changes only."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+
+from consumer.handler import Decoded
 from consumer.hooks import Commit, Fanout, Hooks, Settlement
-from consumer.service import Summary
+from consumer.service import Summary, _settlement
 from consumer.status import StatusFile
 from contract import status
 from store import BatchResult, StoreError
@@ -60,3 +67,27 @@ def test_the_status_file_keeps_when_a_state_began_and_rewrites_only_what_changed
     assert (first.state, first.detail) == ("store_failing", "disk I/O error")
     assert (second.since, second.detail) == (first.since, "database or disk is full")
     assert status.read(db_path).state == "consuming"
+
+
+class Channel:
+    def __init__(self, closed: bool) -> None:
+        self.is_closed = closed
+
+
+def delivered(tag: int, channel: Channel, valid: bool = True) -> Decoded:
+    message = DeliveredMessage(
+        Basic.Deliver("ctag", tag, False, "events", "t"),
+        ContentHeader(0, 2, Basic.Properties()),
+        b"{}",
+        cast(AbstractChannel, channel),
+    )
+    return Decoded(message, [] if valid else None)
+
+
+def test_a_settlement_counts_acks_and_rejects_and_only_what_reached_an_open_channel() -> None:
+    open_, closed = Channel(False), Channel(True)
+    batch = [delivered(1, open_), delivered(2, open_, valid=False), delivered(3, open_)]
+    assert _settlement(batch, invalid=1, unsettled=0) == Settlement(2, 1, 0)
+    # A reconnect mid-batch: the old channel's deliveries could not be settled, the new one's were.
+    mixed = [delivered(7, closed), delivered(8, closed, valid=False), delivered(1, open_), *batch[1:2]]
+    assert _settlement(mixed, invalid=2, unsettled=2) == Settlement(1, 1, 2)
