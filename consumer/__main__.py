@@ -13,6 +13,7 @@ from consumer.faults import Faults
 from consumer.service import run
 from consumer.settings import ConsumerSettings
 from contract.cli import describe, parse_args
+from contract.cli import run as run_async
 from contract.config import configure_logging
 from store import StoreConfigError, locate
 
@@ -53,7 +54,7 @@ def cli(argv: list[str] | None = None) -> int:
             settings.amqp_exchange,
             settings.safe_amqp_url(),
         )
-        asyncio.run(main(settings, faults))
+        run_async(main(settings, faults))
     except StoreConfigError as exc:  # one line naming the variable to fix, no traceback
         print(f"consumer: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,11 @@ single-event messages put that at about a sixth of the event loop's samples (Inc
 aio-pika's create_task 4 %), more than decoding the events. Here a delivery is aiormq's own
 `DeliveredMessage`, appended to the inbox as it is. aio-pika does not know about this consumer, so it is
 registered again on the new aiormq channel after every reopen (a reconnect, or a channel the broker closed).
+
+aiormq itself still runs every consumer callback in a task of its own (FutureStore.create_task, a done
+callback, one more loop turn per delivery). The channel's reader awaits `_on_deliver_frame` for each
+Basic.Deliver, so the subscription replaces that method on its own channel object with one that reads the
+content the same way and hands the message over synchronously; see `_deliver_frame`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Callable
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from contract.amqp import BROKER_ERRORS
 
@@ -43,13 +50,14 @@ class Subscription:
         await self._subscribe()
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
-        # aiormq 7 runs every consumer callback as a task of its own whatever its kind; a coroutine function
-        # at least spares it the extra wrapper it puts around a plain function.
+        # Only reached if aiormq dispatched a delivery itself (see _deliver_frame): the same hand-over.
         self._deliver(message)
 
     async def _subscribe(self) -> None:
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        if isinstance(underlay, aiormq.Channel):
+            _take_deliveries(underlay, self._deliver)
         ok = await underlay.basic_consume(self._queue, self._on_delivery, no_ack=False)
         self._underlay, self._tag = underlay, ok.consumer_tag
         log.debug("subscribed queue=%s channel=%s consumer_tag=%s", self._queue, underlay.number, self._tag)
@@ -87,7 +95,35 @@ class Subscription:
         underlay, tag = self._underlay, self._tag
         if underlay is None or tag is None or underlay.is_closed:
             return  # a closed channel delivers nothing more, and the broker requeued what it held
+        # The channel's reader hands each delivery to the inbox before it reads the next frame, so every
+        # delivery the broker sent before its cancel-ok is in the inbox when this returns.
         await underlay.basic_cancel(tag)
-        # Each delivery reaches the inbox through a task of aiormq's own; those scheduled before the
-        # cancel-ok are queued ahead of this coroutine's wake-up, one more turn lets any straggler finish.
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # and, should aiormq have dispatched one itself, its task has run
+
+
+def _take_deliveries(channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
+    """Have `channel` hand each delivery to `deliver` in its reader, without a task per delivery.
+
+    This channel carries only this subscription's consumer, so every Basic.Deliver on it is ours. The
+    content is read with aiormq's own readers, in the same order, so frames are consumed exactly as before;
+    a body that came in one frame (every event message: frames are 128 KiB) is taken as it is. Draining
+    50,000 queued single-event messages, aiormq's task per delivery was 7 % of the consumer's samples.
+    """
+    read_header = channel._Channel__get_content_header  # type: ignore[attr-defined]
+    read_body = channel._Channel__get_content_frame  # type: ignore[attr-defined]
+
+    async def on_deliver_frame(frame: Basic.Deliver) -> None:
+        header: ContentHeader = await read_header()
+        size = header.body_size
+        body = b""
+        if size:
+            body = (await read_body()).value
+            if len(body) < size:
+                parts = [body]
+                while size > sum(map(len, parts)):
+                    parts.append((await read_body()).value)
+                body = b"".join(parts)
+        if frame.consumer_tag in channel.consumers:  # as aiormq: nothing for a consumer already cancelled
+            deliver(DeliveredMessage(delivery=frame, header=header, body=body, channel=channel))
+
+    channel._on_deliver_frame = on_deliver_frame  # type: ignore[method-assign]

@@ -13,6 +13,8 @@ import aiormq
 from aio_pika import RobustConnection
 from yarl import URL
 
+from contract import frames
+
 log = logging.getLogger(__name__)
 
 # The header `POST /publish?wait=stored` sets on each of its messages (api/stored.py); the consumer records it
@@ -207,6 +209,7 @@ async def connect(
     the connection fails over between the nodes by itself for as long as it lives. Raises the last error
     when the attempts run out; `on_error` hears of every failed attempt.
     """
+    frames.install()
     order = first_choice(urls)
     attempt = 0
     while stop is None or not stop.is_set():

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from contract.amqp import BROKER_ERRORS
 from contract.cli import describe
+from contract.cli import run as run_async
 from contract.config import configure_logging
 from contract.event import Event
 from contract.publishing import OnConfirmed, PublishFailed
@@ -416,9 +417,9 @@ def cli(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        return asyncio.run(check(args, settings))
+        return run_async(check(args, settings))
     try:
-        return asyncio.run(main(args, settings))
+        return run_async(main(args, settings))
     except KeyboardInterrupt:
         return 130
 
