@@ -65,6 +65,16 @@ async def deliveries(channel: AbstractChannel, queue: str, count: int) -> list[D
     return got
 
 
+async def depth_reaches(connection: AbstractConnection, queue: str, depth: int) -> None:
+    """The queue holds exactly `depth` ready messages within 10 s: the quorum queue takes a closed channel's
+    unacked deliveries back a moment after the client's close returned."""
+
+    async def reached() -> bool:
+        return await queue_depth(connection, queue) == depth
+
+    await eventually(reached, 10, message=f"{queue} at depth {depth}")
+
+
 async def dead_letters(connection: AbstractConnection, declared: Declared, count: int) -> list[bytes]:
     async def arrived() -> bool:
         return await queue_depth(connection, declared.dead_letter_queue.name) == count
