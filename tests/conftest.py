@@ -11,10 +11,10 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests import crash
-from tests.broker import Broker, BrokerError, find_broker
+from tests.harness import crash
+from tests.harness.broker import Broker, BrokerError, find_broker
 from tests.harness.postgres import PostgresUnavailable, fresh_schema, session_database
-from tests.processes import Deployment, Processes
+from tests.harness.processes import Deployment, Processes
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 from bench.report import Results, Target, targets
 from bench.scenarios import SCENARIOS, percentile
 from bench.trial import Sample
-from tests.broker import Broker
+from tests.harness.broker import Broker
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,5 @@
-"""Tests of tests/broker.py: the broker it finds is usable and, when private, survives kill -9 intact."""
+"""Tests of tests/harness/broker.py: the broker it finds is usable and, when private, survives kill -9
+intact."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import aio_pika
 import pytest
 
-from tests.broker import Broker, BrokerError, PrivateNode, find_broker
+from tests.harness.broker import Broker, BrokerError, PrivateNode, find_broker
 
 
 @pytest.fixture(scope="module")

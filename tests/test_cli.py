@@ -18,10 +18,10 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.pipeline import start_pipeline
-from tests.probes import consumer_count
-from tests.processes import REPO, Processes, api_get, free_port
-from tests.waiting import eventually
+from tests.harness.pipeline import start_pipeline
+from tests.harness.probes import consumer_count
+from tests.harness.processes import REPO, Processes, api_get, free_port
+from tests.harness.waiting import eventually
 
 
 def json_lines(output: str) -> list[dict[str, Any]]:

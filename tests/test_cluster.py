@@ -25,13 +25,13 @@ from aio_pika.abc import AbstractRobustConnection
 from contract import amqp as broker_link
 from contract import event as wire
 from contract.event import Event
-from tests.broker import RABBITMQ_SERVER
-from tests.crash import Checked, Workload
+from tests.harness.broker import RABBITMQ_SERVER
 from tests.harness.cluster import Cluster, ClusterNode
-from tests.pipeline import counters, past
-from tests.probes import consumer_count
-from tests.processes import Deployment, Process, Processes, api_get
-from tests.waiting import eventually
+from tests.harness.crash import Checked, Workload
+from tests.harness.pipeline import counters, past
+from tests.harness.probes import consumer_count
+from tests.harness.processes import Deployment, Process, Processes, api_get
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -175,7 +175,8 @@ async def pipeline(
     )
     leader = await current_node(cluster, api)
     for queue in (deployment.queue, deployment.dead_letter_queue):
-        # RabbitMQ 3.10 loses a quorum queue this young to kill -9 (tests/broker.py, PrivateNode.start).
+        # RabbitMQ 3.10 loses a quorum queue this young to kill -9 (tests/harness/broker.py,
+        # PrivateNode.start).
         await asyncio.to_thread(cluster.wait_for_quorum_queue_registration, queue)
 
     def wanted(node: ClusterNode) -> bool:

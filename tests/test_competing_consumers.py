@@ -1,8 +1,9 @@
 """Competing consumers on PostgreSQL: several `python -m consumer` on one quorum queue and one database.
 
 Real processes, real SIGKILL (of consumers, and of a private PostgreSQL server), the real broker; the
-outcomes are checked with `python -m publisher --check` like every crash scenario (tests/crash.py): the
-stored set is exactly the confirmed unique set, the counters are exact, nothing valid is dead-lettered.
+outcomes are checked with `python -m publisher --check` like every crash scenario
+(tests/harness/crash.py): the stored set is exactly the confirmed unique set, the counters are exact,
+nothing valid is dead-lettered.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.crash import Checked, Workload, budget, scaled
+from tests.harness.crash import Checked, Workload, budget, scaled
+from tests.harness.pipeline import counters, past, start_pipeline
 from tests.harness.private_postgres import PostgresError, PrivatePostgres
-from tests.pipeline import counters, past, start_pipeline
-from tests.probes import consumer_count, queue_depth
-from tests.processes import Process, Processes, all_events, api_get
-from tests.waiting import eventually
+from tests.harness.probes import consumer_count, queue_depth
+from tests.harness.processes import Process, Processes, all_events, api_get
+from tests.harness.waiting import eventually
 
 pytestmark = [pytest.mark.crash, pytest.mark.backends("postgres")]
 

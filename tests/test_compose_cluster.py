@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from contract.config import CommonSettings
-from tests.deploy import CLEAN_ENV, COMPOSE_FILE, DEPLOYABLES, REPO, compose_command
+from tests.harness.deploy import CLEAN_ENV, COMPOSE_FILE, DEPLOYABLES, REPO, compose_command
 
 OVERRIDE = REPO / "compose" / "compose.cluster.yaml"
 NODES = ("rabbitmq", "rabbitmq-2", "rabbitmq-3")

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.deploy import CLEAN_ENV, COMPOSE_FILE, REPO, compose_command
+from tests.harness.deploy import CLEAN_ENV, COMPOSE_FILE, REPO, compose_command
 
 OVERRIDE = REPO / "compose" / "compose.postgres.yaml"
 

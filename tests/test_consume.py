@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
-from tests.pipeline import counters, settled, start_pipeline
-from tests.probes import queue_depth
-from tests.processes import Process, Processes, all_events
-from tests.proxy import FreezableProxy
-from tests.waiting import eventually
+from tests.harness.pipeline import counters, settled, start_pipeline
+from tests.harness.probes import queue_depth
+from tests.harness.processes import Process, Processes, all_events
+from tests.harness.proxy import FreezableProxy
+from tests.harness.waiting import eventually
 
 FAST_RETRY = {"RETRY_INITIAL": "0.1", "RETRY_MAX": "0.4"}
 

@@ -32,12 +32,12 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from contract import event as wire
-from tests.broker import Broker
-from tests.crash import Checked, Workload, budget, scaled
-from tests.pipeline import counters, past, start_pipeline
-from tests.probes import queue_depth
-from tests.processes import Deployment, Process, Processes, api_get
-from tests.waiting import eventually
+from tests.harness.broker import Broker
+from tests.harness.crash import Checked, Workload, budget, scaled
+from tests.harness.pipeline import counters, past, start_pipeline
+from tests.harness.probes import queue_depth
+from tests.harness.processes import Deployment, Process, Processes, api_get
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.crash
 

@@ -18,9 +18,9 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, Route, async_playwright
 
-from tests.pipeline import COUNTERS, settled, start_pipeline, stats
-from tests.processes import Deployment, Processes, api_get
-from tests.waiting import eventually
+from tests.harness.pipeline import COUNTERS, settled, start_pipeline, stats
+from tests.harness.processes import Deployment, Processes, api_get
+from tests.harness.waiting import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 TOPICS = ("dash.orders", "dash.auth", "dash.billing")

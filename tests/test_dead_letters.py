@@ -11,8 +11,8 @@ import aio_pika
 import httpx
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.pipeline import settled, start_pipeline, stats
-from tests.processes import Deployment, Processes
+from tests.harness.pipeline import settled, start_pipeline, stats
+from tests.harness.processes import Deployment, Processes
 
 
 def event(event_id: str, **extra: Any) -> dict[str, Any]:

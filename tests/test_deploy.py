@@ -25,8 +25,8 @@ from api.settings import ApiSettings
 from consumer.settings import ConsumerSettings
 from contract.topology import Topology
 from publisher.settings import PublisherSettings
-from tests.broker import RABBITMQ_SERVER, PrivateNode
-from tests.deploy import (
+from tests.harness.broker import RABBITMQ_SERVER, PrivateNode
+from tests.harness.deploy import (
     COMPOSE_FILE,
     DEPLOYABLES,
     REPO,
@@ -36,8 +36,8 @@ from tests.deploy import (
     local_environment,
     run_compose,
 )
-from tests.processes import Deployment, free_port
-from tests.waiting import eventually_sync
+from tests.harness.processes import Deployment, free_port
+from tests.harness.waiting import eventually_sync
 
 SETTINGS: dict[str, type[BaseSettings]] = {
     "consumer": ConsumerSettings,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy import DEPLOYABLES, REPO, Dockerfile, compose_config
+from tests.harness.deploy import DEPLOYABLES, REPO, Dockerfile, compose_config
 from tests.harness.docker import (
     Engine,
     EngineUnavailable,
@@ -36,7 +36,7 @@ from tests.harness.docker import (
     start_host_engine,
     unavailable,
 )
-from tests.waiting import eventually_sync
+from tests.harness.waiting import eventually_sync
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 

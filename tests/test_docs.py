@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy import REPO
+from tests.harness.deploy import REPO
 
 DOCS = sorted([REPO / "README.md", REPO / "bench" / "README.md", *(REPO / "docs").glob("*.md")])
 TOP_DIRS = sorted(p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.pipeline import settled, start_pipeline
-from tests.processes import Deployment, Processes
+from tests.harness.pipeline import settled, start_pipeline
+from tests.harness.processes import Deployment, Processes
 
 
 def event(event_id: str, topic: str, source: str) -> dict[str, Any]:

@@ -11,11 +11,11 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
-from tests.pipeline import COUNTERS, counters, settled, start_pipeline
-from tests.probes import queue_depth
-from tests.processes import Deployment, Processes, all_events, api_get, free_port
-from tests.proxy import FreezableProxy
-from tests.waiting import eventually
+from tests.harness.pipeline import COUNTERS, counters, settled, start_pipeline
+from tests.harness.probes import queue_depth
+from tests.harness.processes import Deployment, Processes, all_events, api_get, free_port
+from tests.harness.proxy import FreezableProxy
+from tests.harness.waiting import eventually
 
 # Every test here runs on both store backends, but those whose subject the api settles before the broker or
 # the store is involved (validation, limits, keys, the OpenAPI document).

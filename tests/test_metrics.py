@@ -12,10 +12,10 @@ import httpx
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.pipeline import COUNTERS, settled, start_pipeline, stats
-from tests.probes import queue_depth
-from tests.processes import Deployment, Processes, api_get, free_port
-from tests.waiting import eventually
+from tests.harness.pipeline import COUNTERS, settled, start_pipeline, stats
+from tests.harness.probes import queue_depth
+from tests.harness.processes import Deployment, Processes, api_get, free_port
+from tests.harness.waiting import eventually
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

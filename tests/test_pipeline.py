@@ -11,10 +11,10 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
-from tests.pipeline import counters, settled, start_pipeline, stats
-from tests.probes import queue_depth
-from tests.processes import Processes, all_events, api_get, free_port
-from tests.waiting import eventually
+from tests.harness.pipeline import counters, settled, start_pipeline, stats
+from tests.harness.probes import queue_depth
+from tests.harness.processes import Processes, all_events, api_get, free_port
+from tests.harness.waiting import eventually
 
 SEED = 20261122
 

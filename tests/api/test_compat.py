@@ -10,8 +10,8 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.pipeline import settled, start_pipeline
-from tests.processes import Deployment, Processes
+from tests.harness.pipeline import settled, start_pipeline
+from tests.harness.processes import Deployment, Processes
 
 PROFILES = ("default", "seed003", "seed004")
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.pipeline import settled, start_pipeline
-from tests.processes import Deployment, Processes, all_events, api_get
+from tests.harness.pipeline import settled, start_pipeline
+from tests.harness.processes import Deployment, Processes, all_events, api_get
 
 ORDER = ("status", "received", "accepted", "rejected", "enqueued", "count")
 

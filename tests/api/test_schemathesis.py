@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.pipeline import start_pipeline
-from tests.processes import Processes
+from tests.harness.pipeline import start_pipeline
+from tests.harness.processes import Processes
 
 # Enough to cover every operation and parameter (schemathesis' coverage phase adds its own cases), small
 # enough that one profile takes well under a minute here.

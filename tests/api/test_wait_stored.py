@@ -12,9 +12,9 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.pipeline import counters, start_pipeline
-from tests.processes import Deployment, Processes, all_events, api_get
-from tests.waiting import eventually
+from tests.harness.pipeline import counters, start_pipeline
+from tests.harness.processes import Deployment, Processes, all_events, api_get
+from tests.harness.waiting import eventually
 
 STORED_FIRST = [("wait.a", "a"), ("wait.a", "b"), ("wait.b", "c")]
 COUNTERS_ZERO = {"received": 0, "unique_processed": 0, "duplicate_dropped": 0, "invalid": 0, "conflicts": 0}

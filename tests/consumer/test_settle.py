@@ -15,9 +15,9 @@ from aiormq.abc import DeliveredMessage
 from consumer.handler import decode_batch, settle
 from contract.event import Limits
 from contract.topology import Declared, Topology, declare
-from tests.broker import Broker
-from tests.probes import queue_depth
-from tests.waiting import eventually
+from tests.harness.broker import Broker
+from tests.harness.probes import queue_depth
+from tests.harness.waiting import eventually
 
 INVALID = b"{not json"
 

@@ -16,10 +16,10 @@ from yarl import URL
 from contract import amqp
 from contract.amqp import BrokerUrlError, FailoverConnection, parse_urls, redact
 from contract.config import CommonSettings
-from tests.broker import Broker
-from tests.processes import free_port
-from tests.proxy import FreezableProxy
-from tests.waiting import eventually
+from tests.harness.broker import Broker
+from tests.harness.processes import free_port
+from tests.harness.proxy import FreezableProxy
+from tests.harness.waiting import eventually
 
 
 def test_a_single_url_is_a_list_of_one() -> None:

@@ -23,9 +23,9 @@ from contract.confirms import Lane, Message, PublishFailed, Settler, Tally, Unro
 from contract.event import Event
 from contract.publishing import ConfirmingPublisher, PublishOptions, envelopes
 from contract.topology import Topology, declare_exchange
-from tests.broker import Broker
-from tests.proxy import FreezableProxy
-from tests.waiting import eventually
+from tests.harness.broker import Broker
+from tests.harness.proxy import FreezableProxy
+from tests.harness.waiting import eventually
 
 STAMP = 1_764_633_600  # 2025-12-02T00:00:00Z
 

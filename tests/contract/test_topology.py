@@ -13,7 +13,7 @@ import pytest
 from aio_pika.abc import AbstractConnection
 
 from contract.topology import GROUP_SIZE, QUORUM_REPLICAS, Topology, declare
-from tests.broker import Broker
+from tests.harness.broker import Broker
 
 
 @pytest.fixture

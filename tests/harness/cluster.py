@@ -1,6 +1,6 @@
 """Owns a 3-node RabbitMQ cluster of the installed rabbitmq-server on this machine: start, ask, tear down.
 
-Each node is a tests/broker.py PrivateNode (own node name, AMQP and distribution ports, data dir, marker for
+Each node is a PrivateNode of broker.py (own node name, AMQP and distribution ports, data dir, marker for
 kill -9) that shares one Erlang cookie with the others; nodes 2 and 3 join node 1 with `rabbitmqctl
 join_cluster`. Only processes carrying a node's marker are ever signalled.
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from tests.broker import (
+from tests.harness.broker import (
     MARKER_VAR,
     POLL_INTERVAL,
     START_TIMEOUT,
@@ -174,7 +174,7 @@ class Cluster:
         return min(times, default=None)
 
     def wait_for_quorum_queue_registration(self, queue: str) -> None:
-        """Every node has the queue in Ra's registry, so that no kill -9 can lose it (tests/broker.py)."""
+        """Every node has the queue in Ra's registry, so that no kill -9 can lose it (broker.py)."""
         for node in self.nodes:
             node.wait_for_quorum_queue_registration(queue)
 

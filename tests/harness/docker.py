@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
-from tests.waiting import eventually_sync
+from tests.harness.waiting import eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 # Outside the repository: debootstrap's results, the inner engine's images and build cache, dockerd's log.

@@ -4,7 +4,7 @@ The shared cluster on :5432 is never stopped by the tests; scenarios that crash 
 their own, made with the installed PostgreSQL binaries in a temporary directory, listening on a free port on
 127.0.0.1 only, with trust authentication for the `postgres` role and `synchronous_commit=on` (DESIGN.md,
 invariant 2). PostgreSQL refuses to run as root, so under root it runs as the `postgres` user, as
-tests/broker.py runs RabbitMQ as `rabbitmq`.
+tests/harness/broker.py runs RabbitMQ as `rabbitmq`.
 """
 
 from __future__ import annotations

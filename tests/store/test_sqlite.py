@@ -18,8 +18,8 @@ from contract.schema import COUNTERS
 from store import BatchResult, StoreConfigError, StoreError, open_reader
 from store.sqlite import SCHEMA_VERSION, SchemaError, SqliteWriter, lock_path
 from tests.harness.stores import StoreSettings
+from tests.harness.waiting import eventually
 from tests.store.test_writer import event
-from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 

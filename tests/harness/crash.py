@@ -17,10 +17,10 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contract.event import Event
 from publisher.load import generate
-from tests.pipeline import counters, drained
-from tests.probes import queue_depth
-from tests.processes import Process, Processes
-from tests.waiting import eventually
+from tests.harness.pipeline import counters, drained
+from tests.harness.probes import queue_depth
+from tests.harness.processes import Process, Processes
+from tests.harness.waiting import eventually
 
 # `make crash` runs the same scenarios bigger (CRASH_SCALE=5); the suite runs them at 1.
 SCALE = float(os.environ.get("CRASH_SCALE", "1"))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose" / "compose.yaml"
 DEPLOYABLES = ("consumer", "api", "publisher")
 # What `docker compose` interpolates from the caller's shell; cleared so the checks see the file's defaults.

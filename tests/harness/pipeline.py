@@ -7,9 +7,9 @@ from typing import Any
 from aio_pika.abc import AbstractRobustConnection
 
 from contract.schema import COUNTERS
-from tests.probes import consumer_count, queue_depth
-from tests.processes import Deployment, Process, Processes, api_get
-from tests.waiting import eventually
+from tests.harness.probes import consumer_count, queue_depth
+from tests.harness.processes import Deployment, Process, Processes, api_get
+from tests.harness.waiting import eventually
 
 
 def stats(deployment: Deployment) -> dict[str, Any]:
