@@ -129,11 +129,15 @@ class ConfirmingPublisher(Settler):
         options: PublishOptions | None = None,
         *,
         connection_name: str = "eventagg-publisher",
+        reconnect_interval: float = 2.0,
     ) -> AsyncIterator[ConfirmingPublisher]:
         # Each node of the URL list once, from a random one: a publisher that cannot reach any says so
-        # instead of waiting; once connected it fails over between the nodes by itself.
+        # instead of waiting; once connected it fails over between the nodes by itself, resuming
+        # `reconnect_interval` after the loss (RECONNECT_INTERVAL, as for the consumer and the api).
         urls = parse_urls(url)
-        connection = await amqp_connect(urls, name=connection_name, attempts=len(urls))
+        connection = await amqp_connect(
+            urls, name=connection_name, attempts=len(urls), reconnect_interval=reconnect_interval
+        )
         if connection is None:
             raise RuntimeError("amqp.connect returned no connection without a stop event")
         async with connection, cls.open(connection, topology, options) as publisher:

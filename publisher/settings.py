@@ -16,6 +16,7 @@ class PublisherSettings(CommonSettings):
     max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 256
     confirm_timeout: Annotated[float, Field(gt=0)] = 5.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
     api_url: str = "http://localhost:8080"
     api_key: str | None = None
     # --via http: each request answers only once its events are stored (POST /publish?wait=stored).

@@ -37,7 +37,10 @@ class Transport(Protocol):
 async def open_transport(via: str, settings: PublisherSettings) -> AsyncIterator[Transport]:
     if via == "amqp":
         async with ConfirmingPublisher.connect(
-            settings.amqp_url, settings.topology(), settings.publish_options()
+            settings.amqp_url,
+            settings.topology(),
+            settings.publish_options(),
+            reconnect_interval=settings.reconnect_interval,
         ) as publisher:
             yield publisher
     elif via == "http":
