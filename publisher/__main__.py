@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,17 @@ from contract.publishing import OnConfirmed, PublishFailed
 from publisher import deadletters, load
 from publisher.check import CheckError, ConfirmedLog, run_check
 from publisher.files import BadLine, read_ndjson
+from publisher.progress import Progress, VerifyStatus
+from publisher.report import (
+    EXIT_INTERRUPTED,
+    EXIT_UNCONFIRMED,
+    EXIT_USAGE,
+    EXIT_VERIFY,
+    Report,
+    print_check,
+    print_interrupted,
+    print_summary,
+)
 from publisher.settings import PublisherSettings
 from publisher.transport import Batch, HttpTransport, Transport, open_transport
 from publisher.verify import Verifier, VerifyError, api_problem
@@ -32,87 +41,6 @@ from publisher.verify import Verifier, VerifyError, api_problem
 log = logging.getLogger("publisher")
 
 UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_ERRORS, httpx.TransportError)
-
-EXIT_OK, EXIT_UNCONFIRMED, EXIT_USAGE, EXIT_BAD_LINES, EXIT_VERIFY = 0, 1, 2, 3, 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
-
-
-@dataclass
-class Report:
-    sent: int = 0
-    unique: int = 0
-    duplicates: int = 0
-    confirmed: int = 0
-    unconfirmed: int = 0
-    bad_lines: int = 0
-    elapsed: float = 0.0
-    events_per_second: float = 0.0
-    # Wall-clock (epoch) times of the first send and the last confirm, comparable across processes.
-    first_publish_at: float | None = None
-    last_confirm_at: float | None = None
-    errors: list[str] = field(default_factory=list)
-    # --wait-stored: events the requests stored, found already stored, and not stored in time.
-    stored: dict[str, int] | None = None
-
-    def text(self) -> str:
-        lines = [
-            f"sent        {self.sent}",
-            f"unique      {self.unique}",
-            f"duplicates  {self.duplicates}",
-            f"confirmed   {self.confirmed}",
-        ]
-        if self.unconfirmed:
-            lines.append(f"UNCONFIRMED {self.unconfirmed}  (safe to re-send: the consumer deduplicates)")
-        if self.bad_lines:
-            lines.append(f"bad lines   {self.bad_lines}  (skipped, listed above)")
-        if self.stored is not None:
-            s = self.stored
-            lines.append(
-                f"stored      new {s['new']}, already stored {s['duplicates']}, not yet stored {s['pending']}"
-            )
-        lines += [f"elapsed     {self.elapsed:.2f}s", f"events/s    {self.events_per_second:,.0f}"]
-        return "\n".join(lines)
-
-
-class Progress:
-    """A one-line progress display on a terminal; silent when stderr is not one."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.total, self.enabled, self.done, self._last = total, enabled, 0, 0.0
-
-    def add(self, events: list[Event]) -> None:
-        self.done += len(events)
-        now = time.monotonic()
-        if self.enabled and (now - self._last > 0.1 or self.done == self.total):
-            self._last = now
-            of = f"/{self.total}" if self.total else ""
-            sys.stderr.write(f"\rconfirmed {self.done}{of}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
-class Status:
-    """What --verify is doing: one line on stderr (unless quiet), kept up to date in place on a terminal."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.live = quiet, sys.stderr.isatty() and not quiet
-
-    def start(self, text: str) -> None:
-        if not self.quiet:
-            sys.stderr.write(f"verifying   {text}" + ("" if self.live else "\n"))
-            sys.stderr.flush()
-
-    def show(self, text: str) -> None:
-        if self.live:
-            sys.stderr.write(f"\r\033[Kverifying   {text}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.live:
-            sys.stderr.write("\r\033[K")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -294,21 +222,10 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         progress.close()
         report.confirmed = progress.done
         report.unconfirmed = max(report.sent - report.confirmed, 0)
-        report.elapsed = time.monotonic() - started
-        report.events_per_second = report.confirmed / report.elapsed if report.elapsed > 0 else 0.0
+        report.stop_clock(started)
         if confirmed_log is not None:
             confirmed_log.close()
-        print(
-            f"publisher: interrupted; {report.confirmed} events confirmed, the rest may or may not have "
-            "arrived (re-sending them is safe: duplicates are dropped)",
-            file=sys.stderr,
-        )
-        if args.json:
-            print(json.dumps({**asdict(report), "verify": None, "exit_code": EXIT_INTERRUPTED}))
-        else:
-            print(report.text())
-        sys.stdout.flush()
-        sys.stderr.flush()
+        print_interrupted(report, args.json)
         os._exit(EXIT_INTERRUPTED)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted)
@@ -331,18 +248,11 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         progress.close()
         if confirmed_log is not None:
             confirmed_log.close()
-    report.elapsed = time.monotonic() - started
-    report.events_per_second = report.confirmed / report.elapsed if report.elapsed > 0 else 0.0
-    code = EXIT_OK
-    if report.bad_lines:
-        code = EXIT_BAD_LINES
-    if report.unconfirmed or report.errors:
-        code = EXIT_UNCONFIRMED
-    elif report.stored is not None and report.stored["pending"]:
-        code = EXIT_VERIFY  # confirmed, but the store did not catch up within the api's PUBLISH_TIMEOUT
+    report.stop_clock(started)
+    code = report.exit_code()
     verified: dict[str, object] | None = None
     if verifier is not None and code != EXIT_UNCONFIRMED:
-        status = Status(args.quiet)
+        status = VerifyStatus(args.quiet)
         status.start(f"waiting until the api shows the events took effect (up to {args.verify_timeout:g}s)")
         try:
             outcome = await verifier.check(sent, report.sent, status.show)
@@ -351,14 +261,7 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         verified = outcome.as_dict()
         if not outcome.ok:
             code = EXIT_VERIFY
-    if args.json:
-        print(json.dumps({**asdict(report), "verify": verified, "exit_code": code}))
-    else:
-        print(report.text())
-        for error in report.errors:
-            print(f"error: {error}", file=sys.stderr)
-        if verified is not None:
-            print(f"verify      {verified['summary']}")
+    print_summary(report, verified, code, args.json)
     return code
 
 
@@ -373,11 +276,7 @@ async def check(args: argparse.Namespace, settings: PublisherSettings) -> int:
     except CheckError as exc:
         print(f"publisher: {exc}", file=sys.stderr)
         return EXIT_UNCONFIRMED
-    if args.json:
-        print(json.dumps({**result.as_dict(), "exit_code": EXIT_OK if result.ok else EXIT_VERIFY}))
-    else:
-        print(result.text())
-    return EXIT_OK if result.ok else EXIT_VERIFY
+    return print_check(result, args.json)
 
 
 async def read_workload_file(name: str, settings: PublisherSettings) -> list[Event]:
@@ -421,7 +320,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         return run_async(main(args, settings))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
