@@ -78,7 +78,8 @@ class PublishFastPath:
                 status = answer.status_code
                 await answer(scope, receive, send)
             else:
-                # The 200 as JSONResponse sends it (same headers, same order), without building one.
+                # The 200 as JSONResponse sends it (same headers, same order), without building one: building
+                # and rendering it per request was 5.9 % of the api's py-spy samples on single-event POSTs.
                 status = 200
                 await send({"type": "http.response.start", "status": 200, "headers": answer[0]})
                 await send({"type": "http.response.body", "body": answer[1]})
