@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from tests.harness import crash
 from tests.harness.broker import Broker, BrokerError, find_broker
+from tests.harness.cleanups import Cleanups
 from tests.harness.postgres import PostgresUnavailable, fresh_schema, session_database
 from tests.harness.processes import Deployment, Processes
 
@@ -110,6 +111,13 @@ def _delete_topology(url: str, deployed: Deployment) -> None:
                 await channel.close()
 
     asyncio.run(delete())
+
+
+@pytest.fixture
+def cleanups() -> Iterator[Cleanups]:
+    """Register what a test starts (`cleanups.add(proxy.close)`); undone at teardown, the last first."""
+    with Cleanups() as registered:
+        yield registered
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
+from tests.harness.cleanups import Cleanups
 from tests.harness.pipeline import counters, settled, start_pipeline
 from tests.harness.probes import queue_depth
 from tests.harness.processes import Process, Processes, all_events
@@ -77,55 +78,51 @@ async def test_a_store_fault_on_the_next_batch_leaves_it_unacked_while_the_commi
 
 
 async def test_a_connection_lost_mid_batch_drops_its_settlements_and_the_redeliveries_are_deduplicated(
-    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
+    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path, cleanups: Cleanups
 ) -> None:
     deployment = procs.deployment
     broker = urlsplit(deployment.amqp_url)
     proxy = FreezableProxy(broker.hostname or "127.0.0.1", broker.port or 5672).start()
-    try:
-        flag = tmp_path / "fail-commits"
-        flag.touch()
-        consumer, _ = await start_pipeline(
-            procs,
-            amqp,
-            consumer_env={
-                **FAST_RETRY,
-                "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
-                "RECONNECT_INTERVAL": "0.5",
-                "EVENTAGG_FAULT_COMMIT": f"ioerror:{flag}",
-            },
-        )
-        assert consumer is not None
-        published = procs.publish(
-            "--count", "50", "--duplicates", "0", "--seed", "12", "--envelope-size", "1"
-        )
-        assert (published["exit_code"], published["confirmed"]) == (0, 50)
+    cleanups.add(proxy.close)
+    flag = tmp_path / "fail-commits"
+    flag.touch()
+    consumer, _ = await start_pipeline(
+        procs,
+        amqp,
+        consumer_env={
+            **FAST_RETRY,
+            "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+            "RECONNECT_INTERVAL": "0.5",
+            "EVENTAGG_FAULT_COMMIT": f"ioerror:{flag}",
+        },
+    )
+    assert consumer is not None
+    published = procs.publish("--count", "50", "--duplicates", "0", "--seed", "12", "--envelope-size", "1")
+    assert (published["exit_code"], published["confirmed"]) == (0, 50)
 
-        # All fifty delivered and held, their batch failing to commit: then the connection drops.
-        async def all_in_hand() -> bool:
-            return await queue_depth(amqp, deployment.queue) == 0 and commit_failures(consumer) >= 2
+    # All fifty delivered and held, their batch failing to commit: then the connection drops.
+    async def all_in_hand() -> bool:
+        return await queue_depth(amqp, deployment.queue) == 0 and commit_failures(consumer) >= 2
 
-        await eventually(all_in_hand, 60, message="every delivery in hand")
-        proxy.cut()
-        await eventually(
-            lambda: "consuming again after the channel reopened" in consumer.output(),
-            60,
-            message="reconnected",
-        )
-        flag.unlink()
+    await eventually(all_in_hand, 60, message="every delivery in hand")
+    proxy.cut()
+    await eventually(
+        lambda: "consuming again after the channel reopened" in consumer.output(),
+        60,
+        message="reconnected",
+    )
+    flag.unlink()
 
-        # The fifty held from the dead channel are committed, their acks dropped; the fifty redelivered on
-        # the new channel are duplicates, acked there.
-        assert await settled(deployment, amqp, 100) == {
-            "received": 100,
-            "unique_processed": 50,
-            "duplicate_dropped": 50,
-            "invalid": 0,
-            "conflicts": 0,
-        }
-        assert {(e["topic"], e["event_id"]) for e in all_events(deployment)} == keys(50, 12)
-        assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
-        assert consumer.terminate() == 0
-        assert unsettled(consumer) == 50
-    finally:
-        proxy.close()
+    # The fifty held from the dead channel are committed, their acks dropped; the fifty redelivered on
+    # the new channel are duplicates, acked there.
+    assert await settled(deployment, amqp, 100) == {
+        "received": 100,
+        "unique_processed": 50,
+        "duplicate_dropped": 50,
+        "invalid": 0,
+        "conflicts": 0,
+    }
+    assert {(e["topic"], e["event_id"]) for e in all_events(deployment)} == keys(50, 12)
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 0
+    assert consumer.terminate() == 0
+    assert unsettled(consumer) == 50

@@ -11,6 +11,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from publisher.load import generate
+from tests.harness.cleanups import Cleanups
 from tests.harness.pipeline import COUNTERS, counters, settled, start_pipeline
 from tests.harness.probes import queue_depth
 from tests.harness.processes import Deployment, Processes, all_events, api_get, free_port
@@ -326,29 +327,27 @@ def test_openapi_documents_every_endpoint_with_models(procs: Processes) -> None:
 
 
 async def test_no_confirm_within_the_timeout_gives_503_and_a_re_send_takes_effect_once(
-    procs: Processes, amqp: AbstractRobustConnection
+    procs: Processes, amqp: AbstractRobustConnection, cleanups: Cleanups
 ) -> None:
     deployment = procs.deployment
     broker = urlsplit(deployment.amqp_url)
     proxy = FreezableProxy(broker.hostname or "127.0.0.1", broker.port or 5672).start()
-    try:
-        via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
-        await start_pipeline(procs, amqp, api_env={"AMQP_URL": via_proxy, "PUBLISH_TIMEOUT": "1"})
-        with proxy.frozen():
-            answer = post(deployment, [event("slow-1"), event("slow-2")])
-            assert answer.status_code == 503
-            assert "did not confirm within 1s" in answer.json()["detail"]
-            # Reads do not depend on the broker at all.
-            assert api_get(deployment, "/events").status_code == 200
+    cleanups.add(proxy.close)
+    via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+    await start_pipeline(procs, amqp, api_env={"AMQP_URL": via_proxy, "PUBLISH_TIMEOUT": "1"})
+    with proxy.frozen():
+        answer = post(deployment, [event("slow-1"), event("slow-2")])
+        assert answer.status_code == 503
+        assert "did not confirm within 1s" in answer.json()["detail"]
+        # Reads do not depend on the broker at all.
+        assert api_get(deployment, "/events").status_code == 200
 
-        retry = post(deployment, [event("slow-1"), event("slow-2")])
-        assert retry.status_code == 200
-        # The first attempt may have reached the queue even though its confirm did not reach us in time;
-        # either way each event is stored exactly once.
-        await eventually(lambda: counters(deployment)["unique_processed"] == 2, 30, message="both stored")
-        final = counters(deployment)
-        assert final["received"] in (2, 4)
-        assert final["duplicate_dropped"] == final["received"] - 2
-        assert {e["event_id"] for e in all_events(deployment)} == {"slow-1", "slow-2"}
-    finally:
-        proxy.close()
+    retry = post(deployment, [event("slow-1"), event("slow-2")])
+    assert retry.status_code == 200
+    # The first attempt may have reached the queue even though its confirm did not reach us in time;
+    # either way each event is stored exactly once.
+    await eventually(lambda: counters(deployment)["unique_processed"] == 2, 30, message="both stored")
+    final = counters(deployment)
+    assert final["received"] in (2, 4)
+    assert final["duplicate_dropped"] == final["received"] - 2
+    assert {e["event_id"] for e in all_events(deployment)} == {"slow-1", "slow-2"}

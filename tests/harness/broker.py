@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import gc
@@ -26,6 +25,8 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 import aio_pika
+
+from tests.harness.cleanups import AT_EXIT
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class PrivateNode(Broker):
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
         super().__init__(f"amqp://guest:guest@127.0.0.1:{self.port}/", f"private node {self.node_name}")
-        _live_nodes.add(self)
+        AT_EXIT.add(self.stop, self.description)
 
     def _write_config(self) -> None:
         for sub in ("home", "mnesia", "log", "conf.d"):
@@ -317,7 +318,7 @@ class PrivateNode(Broker):
                 log.warning("%s ignored SIGTERM for %.0fs, killing it", self.description, STOP_TIMEOUT)
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
-        _live_nodes.discard(self)
+        AT_EXIT.discard(self.stop)
         log.info("%s stopped and %s removed", self.description, self.root)
 
 
@@ -522,14 +523,3 @@ def _docker_answers() -> bool:
         finally:
             gc.collect()
     return True
-
-
-_live_nodes: set[PrivateNode] = set()
-
-
-@atexit.register
-def _stop_leftover_nodes() -> None:
-    # A test session that dies before its fixtures tear down must not leave an Erlang VM running.
-    for node in list(_live_nodes):
-        with contextlib.suppress(Exception):
-            node.stop()

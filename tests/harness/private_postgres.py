@@ -9,7 +9,6 @@ tests/harness/broker.py runs RabbitMQ as `rabbitmq`.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -21,6 +20,8 @@ import socket
 import subprocess
 import tempfile
 import time
+
+from tests.harness.cleanups import AT_EXIT
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class PrivatePostgres:
         self.port = _free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._initdb()
-        _live.add(self)
+        AT_EXIT.add(self.stop, self.description)
 
     @property
     def description(self) -> str:
@@ -246,7 +247,7 @@ class PrivatePostgres:
                 )
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
-        _live.discard(self)
+        AT_EXIT.discard(self.stop)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL with the psql client (no driver needed); the unaligned, tuples-only output."""
@@ -323,14 +324,3 @@ def _group_members(group: int) -> list[int]:
         if int(fields[STAT_PGRP]) == group and fields[STAT_STATE] not in ("Z", "X"):
             members.append(int(entry))
     return members
-
-
-_live: set[PrivatePostgres] = set()
-
-
-@atexit.register
-def _stop_leftover_servers() -> None:
-    # A test session that dies before its fixtures tear down must not leave a server running.
-    for server in list(_live):
-        with contextlib.suppress(Exception):
-            server.stop()

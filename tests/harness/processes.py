@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from tests.harness.cleanups import Cleanups
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -123,15 +125,17 @@ class Process:
 
 
 class Processes:
-    """Starts processes for one test and kills whatever is left at teardown."""
+    """Starts processes for one test and kills whatever is left at teardown, the last started first."""
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
         self.all: list[Process] = []
+        self._cleanups = Cleanups()
 
     def start(self, module: str, *args: str, stdin: bytes | None = None, **env: str) -> Process:
         process = Process(module, self.deployment, list(args), self.deployment.env(**env), stdin)
         self.all.append(process)
+        self._cleanups.add(process.close, f"{module} pid {process.popen.pid}")
         return process
 
     def consumer(self, **env: str) -> Process:
@@ -152,8 +156,7 @@ class Processes:
         return summary
 
     def close(self) -> None:
-        for process in self.all:
-            process.close()
+        self._cleanups.run()
 
 
 @functools.cache
