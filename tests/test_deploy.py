@@ -5,6 +5,7 @@ start it (its environment, order and healthchecks) against the test broker, with
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -443,6 +444,94 @@ def test_images_install_their_own_extra_and_no_dev_tools() -> None:
         assert not wanted[name] & dev_only, (name, wanted[name] & dev_only)
     lock = install_deps.pins(REPO / "requirements.lock")
     assert any(pin.startswith("pytest==") for pin in lock)  # the lock has them, the images do not ask
+
+
+def imported_distributions(entry: str) -> dict[str, str]:
+    """The third-party distributions the deployable `entry` imports (its own package and every repository
+    module it reaches, TYPE_CHECKING blocks aside), each with one module that imports it."""
+    local = {"api", "consumer", "contract", "publisher", "store"}
+    owners = importlib.metadata.packages_distributions()
+    found: dict[str, str] = {}
+    todo, seen = [REPO / entry / "__main__.py"], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for statement in block.body
+            for node in ast.walk(statement)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in local:
+                    parts = module.split(".")
+                    for candidate in (
+                        REPO.joinpath(*parts).with_suffix(".py"),
+                        REPO.joinpath(*parts, "__init__.py"),
+                    ):
+                        if candidate.exists():
+                            todo.append(candidate)
+                elif top not in sys.stdlib_module_names and top != "__future__":
+                    for distribution in owners.get(top, [top]):
+                        found.setdefault(
+                            install_deps_module().normalize(distribution), str(path.relative_to(REPO))
+                        )
+    return found
+
+
+def install_deps_module() -> Any:
+    spec = importlib.util.spec_from_file_location("install_deps", REPO / "compose" / "install_deps.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """Every distribution that installing `requirements` brings in (their requirements, recursively)."""
+    from packaging.requirements import Requirement
+
+    normalize = install_deps_module().normalize
+    closure: set[str] = set()
+    expanded: set[tuple[str, frozenset[str]]] = set()
+    todo = [(Requirement(text), "") for text in requirements]
+    while todo:
+        requirement, extra = todo.pop()
+        name = normalize(requirement.name)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        if (name, frozenset(requirement.extras)) in expanded:
+            continue
+        expanded.add((name, frozenset(requirement.extras)))
+        closure.add(name)
+        for text in importlib.metadata.requires(name) or []:
+            todo.extend((Requirement(text), wanted) for wanted in ("", *requirement.extras))
+    return closure
+
+
+@pytest.mark.parametrize("deployable", DEPLOYABLES)
+def test_each_image_installs_every_library_its_code_imports(deployable: str) -> None:
+    # An image installs the core dependencies and its own extra only (compose/install_deps.py): a library
+    # that the deployable's code, or the shared contract/ and store/ it uses, imports must be among them.
+    installed = installed_closure(install_deps_module().requirements(REPO / "pyproject.toml", deployable))
+    missing = {
+        name: where for name, where in imported_distributions(deployable).items() if name not in installed
+    }
+    assert not missing, f"{deployable}'s image lacks what these modules import: {missing}"
 
 
 def test_dockerignore_keeps_the_build_context_to_what_the_dockerfiles_copy() -> None:
