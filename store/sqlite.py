@@ -31,6 +31,7 @@ from store.base import (
     Rejected,
     Row,
     Snapshot,
+    Sorted,
     StoreConfigError,
     StoreError,
     count_duplicates,
@@ -148,6 +149,10 @@ _DEAD_LETTER_TRIM = (
 )
 
 
+# This batch's rows: its inserts are given seq MAX(seq) + 1 onwards (seq is the rowid, no AUTOINCREMENT).
+_INSERTED_SINCE = "SELECT topic, event_id FROM events WHERE seq > ?"
+
+
 class SchemaError(StoreConfigError):
     """The store was written by a newer version of the product, or cannot be put in WAL mode."""
 
@@ -160,6 +165,24 @@ def _existing_query(count: int) -> str:
         "SELECT e.topic, e.event_id, e.timestamp, e.source, e.payload FROM events e"
         f" JOIN (VALUES {values}) k ON e.topic = k.column1 AND e.event_id = k.column2"
     )
+
+
+async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., None], *args: Any) -> None:
+    """Run `fn(*args)` on the connection's own thread, after whatever is queued there."""
+    await cast(Any, conn)._execute(fn, *args)
+
+
+def _keep_dead_letters(conn: sqlite3.Connection, rejected: list[Rejected]) -> None:
+    rows = []
+    for item in rejected:
+        body, truncated = item.stored_body()
+        size = len(item.body)
+        rows.append((item.at, item.kind, item.reason, item.routing_key, body, size, int(truncated)))
+    conn.executemany(_DEAD_LETTER, rows)
+    conn.executemany(_DEAD_LETTER_COUNT, Counter(item.kind for item in rejected).items())
+    dropped = conn.execute(_DEAD_LETTER_TRIM, (DEAD_LETTERS_KEPT - 1,)).rowcount
+    if dropped > 0:
+        conn.execute("UPDATE dead_letter_totals SET dropped = dropped + ?", (dropped,))
 
 
 def _error(exc: BaseException) -> StoreError:
@@ -317,72 +340,84 @@ class SqliteWriter:
         # Never earlier than the last batch's, even if the clock steps back: time filters on received_at
         # rely on it growing with seq (the reader turns a time bound into a seq bound).
         received_at = max(utc_now(), self._last_received_at)
+        rows = [
+            (e.topic, e.event_id, e.timestamp, e.source, e.payload_json(), received_at)
+            for e in batch.first.values()
+        ]
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            # The whole transaction in one call on aiosqlite's thread, through the private `_execute` its own
+            # methods use: each `await conn.execute` is a round trip between threads, and a batch took ~10.
+            # Measured (bench/store_apply.py): see bench/README.md, "SQLite batch apply".
+            await _on_thread(self._conn, self._write, batch, rows, messages, receipts, received_at)
+        except (sqlite3.Error, OSError) as exc:
+            raise _error(exc) from exc
+        self._last_received_at = received_at
+        return batch.result
+
+    def _write(
+        self,
+        batch: Sorted,
+        rows: list[tuple[str, str, str, str, str, str]],
+        messages: Sequence[Message],
+        receipts: Sequence[str | None] | None,
+        received_at: str,
+    ) -> None:
+        """The batch's transaction, run on the connection's thread; rolled back on any error."""
+        conn = self._conn._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            last_seq = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+            # Every first copy goes in; the UNIQUE key skips those already stored (the first copy wins).
+            added = conn.executemany(_INSERT, rows).rowcount if rows else 0
             stored: dict[tuple[str, str], tuple[str, str, str]] = {}
-            keys = list(batch.first)
-            for start in range(0, len(keys), _KEYS_PER_QUERY):
-                chunk = keys[start : start + _KEYS_PER_QUERY]
-                params = [part for key in chunk for part in key]
-                async with self._conn.execute(_existing_query(len(chunk)), params) as cur:
-                    for topic, event_id, timestamp, source, payload in await cur.fetchall():
-                        stored[(topic, event_id)] = (timestamp, source, payload)
-            new = [item for key, item in batch.first.items() if key not in stored]
-            # executemany instead of one execute per event: the whole batch in one call to the store thread.
-            async with self._conn.executemany(
-                _INSERT,
-                [(e.topic, e.event_id, e.timestamp, e.source, e.payload_json(), received_at) for e in new],
-            ) as cur:
-                if new and cur.rowcount != len(new):  # only this writer writes (the lock file): cannot happen
+            if added == len(rows):
+                inserted = set(batch.first)
+            else:
+                # seq is the rowid, given as MAX(seq) + 1: this batch's rows are exactly those past last_seq
+                # (a range on the primary key). Only the keys not among them are looked up, to count
+                # duplicates and conflicts against the stored copy.
+                inserted = set(conn.execute(_INSERTED_SINCE, (last_seq,)))
+                if len(inserted) != added:  # only this writer writes (the lock file): cannot happen
                     raise StoreError(
-                        f"inserted {cur.rowcount} of {len(new)} new events; store changed under us"
+                        f"inserted {added} events but found {len(inserted)}; store changed under us"
                     )
-            inserted = {(e.topic, e.event_id) for e in new}
+                keys = [key for key in batch.first if key not in inserted]
+                for start in range(0, len(keys), _KEYS_PER_QUERY):
+                    chunk = keys[start : start + _KEYS_PER_QUERY]
+                    params = [part for key in chunk for part in key]
+                    for topic, event_id, timestamp, source, payload in conn.execute(
+                        _existing_query(len(chunk)), params
+                    ):
+                        stored[(topic, event_id)] = (timestamp, source, payload)
             count_duplicates(batch, stored, inserted)
             result = batch.result
             marked = receipt_rows(messages, receipts, batch, inserted)
             if marked:
-                await self._conn.executemany(
+                conn.executemany(
                     "INSERT INTO receipts (receipt, new, duplicates, committed_at) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (receipt) DO NOTHING",
                     [(*row, received_at) for row in marked],
                 )
-                await self._conn.execute(
-                    "DELETE FROM receipts WHERE committed_at < ?", (receipts_expired_before(),)
-                )
-            await self._conn.executemany(
+                conn.execute("DELETE FROM receipts WHERE committed_at < ?", (receipts_expired_before(),))
+            conn.executemany(
                 "UPDATE counters SET value = value + ? WHERE name = ?",
                 [(delta, name) for name, delta in result.deltas()],
             )
-            await self._conn.executemany(_TOPICS, result.topic_deltas(Counter(e.topic for e in new)))
-            await self._conn.execute(_STATE, ("last_commit_at", received_at))
+            conn.executemany(_TOPICS, result.topic_deltas(Counter(topic for topic, _ in inserted)))
+            conn.execute(_STATE, ("last_commit_at", received_at))
             rejected = rejected_in(messages)
             if rejected:
-                await self._keep_dead_letters(rejected)
+                _keep_dead_letters(conn, rejected)
             if self._before_commit is not None:
                 self._before_commit()
-            await self._conn.execute("COMMIT")
-            self._last_received_at = received_at
-        except (sqlite3.Error, OSError, StoreError) as exc:
-            await self._rollback()
-            raise exc if isinstance(exc, StoreError) else _error(exc) from exc
+            conn.execute("COMMIT")
         except BaseException:
-            await self._rollback()
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("rollback failed; the connection will discard the transaction", exc_info=True)
             raise
-        return result
-
-    async def _keep_dead_letters(self, rejected: list[Rejected]) -> None:
-        rows = []
-        for item in rejected:
-            body, truncated = item.stored_body()
-            size = len(item.body)
-            rows.append((item.at, item.kind, item.reason, item.routing_key, body, size, int(truncated)))
-        await self._conn.executemany(_DEAD_LETTER, rows)
-        await self._conn.executemany(_DEAD_LETTER_COUNT, Counter(item.kind for item in rejected).items())
-        async with self._conn.execute(_DEAD_LETTER_TRIM, (DEAD_LETTERS_KEPT - 1,)) as cur:
-            dropped = cur.rowcount
-        if dropped > 0:
-            await self._conn.execute("UPDATE dead_letter_totals SET dropped = dropped + ?", (dropped,))
 
     async def _rollback(self) -> None:
         if self._conn.in_transaction:
