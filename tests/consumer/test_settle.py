@@ -120,5 +120,5 @@ async def test_settlements_of_a_closed_channel_are_dropped_and_never_sent_on_its
 
     assert lost == 3
     await second.close()  # had the old tags been sent on it, it would have settled the redeliveries
-    assert await queue_depth(connection, declared.queue.name) == 3
+    await depth_reaches(connection, declared.queue.name, 3)
     assert await queue_depth(connection, declared.dead_letter_queue.name) == 0
