@@ -70,7 +70,8 @@ class ThrowawayDatabase:
         """The store's counters, or {} before the consumer created its tables."""
         conn = await self._connection()
         try:
-            rows = await conn.fetch("SELECT name, value FROM counters")
+            # One row per counter and writer slot (store/postgres.py); the sum is the counter.
+            rows = await conn.fetch("SELECT name, SUM(value) FROM counters GROUP BY name")
         except asyncpg.UndefinedTableError:
             return {}
         return {str(r[0]): int(r[1]) for r in rows}

@@ -49,6 +49,13 @@ BACKEND: Final = "postgresql"
 _MIGRATION_LOCK = 0x65766167_00000001
 _SEQ_LOCK = 0x65766167_00000002
 
+# Rows each counter and each topic's counts are striped over. A batch leases one slot for its transaction
+# (_LEASE), so batches committing at the same time never move the same counter row: each consumer has one
+# transaction open at a time, and 16 is more consumers than one PostgreSQL serves before it should be
+# partitioned (docs/scaling.md). The lowest free slot is leased, so the rows in use follow the consumers that
+# actually commit at once, not this number; a read sums at most SLOTS rows per counter and per topic.
+SLOTS: Final = 16
+
 # The same tables as SQLite's, with two additions for concurrent writers:
 # - `txid`, the writing transaction's id. Several consumers commit concurrently, so a batch holding seq 10
 #   can commit after one holding seq 11 is visible; a page read must not step past 10 before it exists.
@@ -127,6 +134,33 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE topics ADD COLUMN duplicates bigint NOT NULL DEFAULT 0;
     ALTER TABLE topics ADD COLUMN conflicts bigint NOT NULL DEFAULT 0;
     """,
+    # Striped counters (see _LEASE): every counter and per-topic count is a sum over SLOTS rows, one per
+    # writer slot, so concurrent batches move different rows and do not wait on each other's commit. What
+    # the store held moves to slot 0 exactly; the first-seen row of a topic stays in `topics`, written once.
+    f"""
+    CREATE TABLE writer_slots (slot smallint PRIMARY KEY, last_commit_at text);
+    INSERT INTO writer_slots (slot) SELECT generate_series(0, {SLOTS - 1});
+    UPDATE writer_slots SET last_commit_at = (SELECT value FROM consumer_state WHERE key = 'last_commit_at')
+    WHERE slot = 0;
+    DELETE FROM consumer_state WHERE key = 'last_commit_at';
+    ALTER TABLE counters ADD COLUMN slot smallint NOT NULL DEFAULT 0;
+    ALTER TABLE counters DROP CONSTRAINT counters_pkey;
+    ALTER TABLE counters ADD PRIMARY KEY (name, slot);
+    ALTER TABLE counters ALTER COLUMN slot DROP DEFAULT;
+    INSERT INTO counters (name, slot, value)
+    SELECT name, s, 0 FROM counters, generate_series(1, {SLOTS - 1}) AS s;
+    CREATE TABLE topic_counts (
+        topic       text NOT NULL,
+        slot        smallint NOT NULL,
+        count       bigint NOT NULL,
+        duplicates  bigint NOT NULL,
+        conflicts   bigint NOT NULL,
+        PRIMARY KEY (topic, slot)
+    );
+    INSERT INTO topic_counts (topic, slot, count, duplicates, conflicts)
+    SELECT topic, 0, count, duplicates, conflicts FROM topics;
+    ALTER TABLE topics DROP COLUMN count, DROP COLUMN duplicates, DROP COLUMN conflicts;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -142,14 +176,50 @@ _STORED = """
     SELECT topic, event_id, timestamp, source, payload FROM events
     WHERE (topic, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
+# The slot for the rest of the transaction: the lowest one no other transaction holds, locked until the
+# commit, and the batch's commit time recorded on it. SKIP LOCKED never waits; when every slot is held
+# (more than SLOTS consumers) _LEASE_ANY waits for one chosen at random. It runs after eventagg_allocate:
+# locking the row assigns the transaction its id, which must come with its seqs (see above).
+_LEASE = """
+    UPDATE writer_slots SET last_commit_at = $1
+    WHERE slot = (SELECT slot FROM writer_slots ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING slot
+"""
+_LEASE_ANY = "UPDATE writer_slots SET last_commit_at = $1 WHERE slot = $2 RETURNING slot"
+# A topic's first-seen row is written once, by the first batch that stores it; only batches seeing a topic
+# for the first time at the same moment meet here, in topic order. Its counts go to the leased slot's rows,
+# which no concurrent batch touches.
 _TOPICS = """
-    INSERT INTO topics (topic, count, first_seq, duplicates, conflicts)
-    SELECT t, c, (SELECT MIN(seq) FROM events WHERE topic = t), d, x
+    WITH first_seen AS (
+        INSERT INTO topics (topic, first_seq)
+        SELECT t, (SELECT MIN(seq) FROM events WHERE topic = t) FROM unnest($1::text[]) AS u(t)
+        WHERE NOT EXISTS (SELECT FROM topics WHERE topic = t)
+        ORDER BY t
+        ON CONFLICT (topic) DO NOTHING
+    )
+    INSERT INTO topic_counts (topic, slot, count, duplicates, conflicts)
+    SELECT t, $5::smallint, c, d, x
     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(t, c, d, x)
     ORDER BY t
-    ON CONFLICT (topic) DO UPDATE SET count = topics.count + excluded.count,
-        duplicates = topics.duplicates + excluded.duplicates,
-        conflicts = topics.conflicts + excluded.conflicts
+    ON CONFLICT (topic, slot) DO UPDATE SET count = topic_counts.count + excluded.count,
+        duplicates = topic_counts.duplicates + excluded.duplicates,
+        conflicts = topic_counts.conflicts + excluded.conflicts
+"""
+_COUNTERS = """
+    UPDATE counters SET value = value + u.delta FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
+    WHERE counters.slot = $3 AND counters.name = u.name
+"""
+_SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counters GROUP BY name"
+_SUMMED_TOPICS = """
+    SELECT topic, SUM(c.count)::bigint, SUM(c.duplicates)::bigint, SUM(c.conflicts)::bigint
+    FROM topics JOIN topic_counts AS c USING (topic)
+    GROUP BY topic, first_seq ORDER BY first_seq, topic
+"""
+# The consumer state, with the newest commit time of any slot as `last_commit_at`.
+_CONSUMER_STATE = """
+    SELECT key, value FROM consumer_state
+    UNION ALL
+    SELECT 'last_commit_at', MAX(last_commit_at) FROM writer_slots HAVING MAX(last_commit_at) IS NOT NULL
 """
 _RECEIPTS = """
     INSERT INTO receipts (receipt, new, duplicates, committed_at)
@@ -395,15 +465,15 @@ class PostgresWriter:
                     received_at,
                 )
                 await conn.execute("DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before())
+            slot = await conn.fetchval(_LEASE, received_at)
+            if slot is None:
+                slot = await conn.fetchval(_LEASE_ANY, received_at, random.randrange(SLOTS))
             per_topic = result.topic_deltas(Counter(key[0] for key in inserted))
             if per_topic:
-                await conn.execute(_TOPICS, *(list(column) for column in zip(*per_topic, strict=True)))
-            # Counter rows in COUNTERS order, the same in every writer: no lock cycle between consumers.
-            await conn.executemany(
-                "UPDATE counters SET value = value + $1 WHERE name = $2",
-                [(delta, name) for name, delta in result.deltas()],
-            )
-            await conn.execute(_STATE, "last_commit_at", received_at)
+                await conn.execute(_TOPICS, *(list(column) for column in zip(*per_topic, strict=True)), slot)
+            deltas = result.deltas()
+            if deltas:
+                await conn.execute(_COUNTERS, [name for name, _ in deltas], [d for _, d in deltas], slot)
             rejected = rejected_in(messages)
             if rejected:
                 await _keep_dead_letters(conn, rejected)
@@ -412,7 +482,7 @@ class PostgresWriter:
         return result
 
     async def counters(self) -> dict[str, int]:
-        rows = await (await self._connection()).fetch("SELECT name, value FROM counters")
+        rows = await (await self._connection()).fetch(_SUMMED_COUNTERS)
         return {str(r[0]): int(r[1]) for r in rows}
 
 
@@ -537,11 +607,9 @@ class PostgresReader:
         pool = await self._get_pool()
         try:
             async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                counters = await conn.fetch("SELECT name, value FROM counters")
-                topics = await conn.fetch(
-                    "SELECT topic, count, duplicates, conflicts FROM topics ORDER BY first_seq, topic"
-                )
-                consumer = await conn.fetch("SELECT key, value FROM consumer_state")
+                counters = await conn.fetch(_SUMMED_COUNTERS)
+                topics = await conn.fetch(_SUMMED_TOPICS)
+                consumer = await conn.fetch(_CONSUMER_STATE)
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
             return empty_snapshot(BACKEND)
         except _DB_ERRORS as exc:

@@ -21,10 +21,18 @@ class StoreSettings:
 class Peek(Protocol):
     """Reads the store's tables directly, bypassing the product's reader."""
 
+    # Where each backend keeps the per-topic counts and the consumer state (PostgreSQL stripes the counts
+    # and the last commit time over writer slots, store/postgres.py).
+    topic_counts_sql: str
+    consumer_state_sql: str
+
     async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
 
 
 class SqlitePeek:
+    topic_counts_sql = "SELECT topic, count FROM topics"
+    consumer_state_sql = "SELECT key, value FROM consumer_state"
+
     def __init__(self, path: Path) -> None:
         self._path = path
 
@@ -37,6 +45,12 @@ class SqlitePeek:
 
 
 class PostgresPeek:
+    topic_counts_sql = "SELECT topic, SUM(count) FROM topic_counts GROUP BY topic"
+    consumer_state_sql = (
+        "SELECT key, value FROM consumer_state UNION ALL SELECT 'last_commit_at', MAX(last_commit_at)"
+        " FROM writer_slots HAVING MAX(last_commit_at) IS NOT NULL"
+    )
+
     def __init__(self, url: str) -> None:
         self._url = url
 
@@ -46,6 +60,13 @@ class PostgresPeek:
             return [tuple(r) for r in await conn.fetch(sql, *args)]
         finally:
             await conn.close()
+
+
+async def counters(peek: Peek) -> dict[str, int]:
+    """Each counter, summed over its rows (one on SQLite, one per writer slot on PostgreSQL)."""
+    return {
+        str(r[0]): int(r[1]) for r in await peek.rows("SELECT name, SUM(value) FROM counters GROUP BY name")
+    }
 
 
 async def stored_count(peek: Peek) -> int:
@@ -62,7 +83,7 @@ async def stored_payload(peek: Peek, topic: str, event_id: str) -> str:
 
 
 async def topic_counts(peek: Peek) -> dict[str, int]:
-    return {str(r[0]): int(r[1]) for r in await peek.rows("SELECT topic, count FROM topics")}
+    return {str(r[0]): int(r[1]) for r in await peek.rows(peek.topic_counts_sql)}
 
 
 async def counted_per_topic(peek: Peek) -> dict[str, int]:
@@ -72,4 +93,4 @@ async def counted_per_topic(peek: Peek) -> dict[str, int]:
 
 
 async def consumer_state(peek: Peek) -> dict[str, str]:
-    return {str(r[0]): str(r[1]) for r in await peek.rows("SELECT key, value FROM consumer_state")}
+    return {str(r[0]): str(r[1]) for r in await peek.rows(peek.consumer_state_sql)}

@@ -16,8 +16,8 @@ from store import BatchResult, Message, StoreConfigError, StoreError, open_reade
 from store.postgres import WRITER_APPLICATION, PostgresWriter
 from tests.harness.postgres import fresh_schema, with_database
 from tests.harness.private_postgres import PostgresError, PrivatePostgres
-from tests.harness.stores import PostgresPeek, StoreSettings, stored_keys
-from tests.store.test_writer import counters, event
+from tests.harness.stores import PostgresPeek, StoreSettings, counters, stored_keys
+from tests.store.test_writer import event
 
 
 @pytest.fixture

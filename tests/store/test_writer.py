@@ -14,6 +14,7 @@ from tests.harness.stores import (
     StoreSettings,
     consumer_state,
     counted_per_topic,
+    counters,
     stored_count,
     stored_keys,
     stored_payload,
@@ -31,10 +32,6 @@ def event(event_id: str, topic: str = "orders", **payload: Any) -> Event:
         source="test",
         payload=payload,
     )
-
-
-async def counters(peek: Peek) -> dict[str, int]:
-    return {str(r[0]): int(r[1]) for r in await peek.rows("SELECT name, value FROM counters")}
 
 
 async def test_a_new_store_has_every_counter_at_zero(writer: Writer, peek: Peek) -> None:
