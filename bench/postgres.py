@@ -71,7 +71,7 @@ class ThrowawayDatabase:
         conn = await self._connection()
         try:
             # One row per counter and writer slot (store/postgres.py); the sum is the counter.
-            rows = await conn.fetch("SELECT name, SUM(value) FROM counters GROUP BY name")
+            rows = await conn.fetch("SELECT name, SUM(value) FROM counter_slots GROUP BY name")
         except asyncpg.UndefinedTableError:
             return {}
         return {str(r[0]): int(r[1]) for r in rows}

@@ -185,7 +185,7 @@ async def run_psycopg(url: str, batches: Batches) -> float:
         return {f"p{n}": v for n, v in enumerate(values, start=1)}
 
     insert, stored_sql, topics = pg(postgres._INSERT), pg(postgres._STORED), pg(postgres._TOPICS)
-    state = pg(postgres._STATE)
+    lease, counters = pg(postgres._LEASE), pg(postgres._COUNTERS)
     writer = await postgres.PostgresWriter.open(url)  # migrates
     await writer.close()
     base, _, schema = url.rpartition("search_path=")  # psycopg takes it as a server option, not in the URL
@@ -221,14 +221,13 @@ async def run_psycopg(url: str, batches: Batches) -> float:
                     for r in await cur.fetchall():
                         stored[(r[0], r[1])] = (r[2], r[3], r[4])
                 count_duplicates(batch, stored, inserted)
-                per_topic = sorted(Counter(k[0] for k in inserted).items())
+                await cur.execute(lease, named(received_at))
+                slot = (await cur.fetchall())[0][0]
+                per_topic = batch.result.topic_deltas(Counter(k[0] for k in inserted))
                 if per_topic:
-                    await cur.execute(topics, named([t for t, _ in per_topic], [n for _, n in per_topic]))
-                await cur.executemany(
-                    "UPDATE counters SET value = value + %s WHERE name = %s",
-                    [(d, name) for name, d in batch.result.deltas()],
-                )
-                await cur.execute(state, named("last_commit_at", received_at))
+                    await cur.execute(topics, named(*(list(c) for c in zip(*per_topic, strict=True)), slot))
+                deltas = batch.result.deltas()
+                await cur.execute(counters, named([n for n, _ in deltas], [d for _, d in deltas], slot))
         return time.perf_counter() - started
 
 

@@ -137,18 +137,22 @@ MIGRATIONS: tuple[str, ...] = (
     # Striped counters (see _LEASE): every counter and per-topic count is a sum over SLOTS rows, one per
     # writer slot, so concurrent batches move different rows and do not wait on each other's commit. What
     # the store held moves to slot 0 exactly; the first-seen row of a topic stays in `topics`, written once.
+    # `counters` is renamed and the counts leave `topics`, so a consumer of an earlier release still running
+    # while this migrates fails its batches (acking nothing; they are redelivered) instead of adding each
+    # count to every slot's row.
     f"""
     CREATE TABLE writer_slots (slot smallint PRIMARY KEY, last_commit_at text);
     INSERT INTO writer_slots (slot) SELECT generate_series(0, {SLOTS - 1});
     UPDATE writer_slots SET last_commit_at = (SELECT value FROM consumer_state WHERE key = 'last_commit_at')
     WHERE slot = 0;
     DELETE FROM consumer_state WHERE key = 'last_commit_at';
-    ALTER TABLE counters ADD COLUMN slot smallint NOT NULL DEFAULT 0;
-    ALTER TABLE counters DROP CONSTRAINT counters_pkey;
-    ALTER TABLE counters ADD PRIMARY KEY (name, slot);
-    ALTER TABLE counters ALTER COLUMN slot DROP DEFAULT;
-    INSERT INTO counters (name, slot, value)
-    SELECT name, s, 0 FROM counters, generate_series(1, {SLOTS - 1}) AS s;
+    ALTER TABLE counters RENAME TO counter_slots;
+    ALTER TABLE counter_slots ADD COLUMN slot smallint NOT NULL DEFAULT 0;
+    ALTER TABLE counter_slots DROP CONSTRAINT counters_pkey;
+    ALTER TABLE counter_slots ADD PRIMARY KEY (name, slot);
+    ALTER TABLE counter_slots ALTER COLUMN slot DROP DEFAULT;
+    INSERT INTO counter_slots (name, slot, value)
+    SELECT name, s, 0 FROM counter_slots, generate_series(1, {SLOTS - 1}) AS s;
     CREATE TABLE topic_counts (
         topic       text NOT NULL,
         slot        smallint NOT NULL,
@@ -206,10 +210,11 @@ _TOPICS = """
         conflicts = topic_counts.conflicts + excluded.conflicts
 """
 _COUNTERS = """
-    UPDATE counters SET value = value + u.delta FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
-    WHERE counters.slot = $3 AND counters.name = u.name
+    UPDATE counter_slots AS c SET value = c.value + u.delta
+    FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
+    WHERE c.slot = $3 AND c.name = u.name
 """
-_SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counters GROUP BY name"
+_SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counter_slots GROUP BY name"
 _SUMMED_TOPICS = """
     SELECT topic, SUM(c.count)::bigint, SUM(c.duplicates)::bigint, SUM(c.conflicts)::bigint
     FROM topics JOIN topic_counts AS c USING (topic)
@@ -636,7 +641,7 @@ class PostgresReader:
         return {str(r[0]): (int(r[1]), int(r[2])) for r in rows or []}
 
     async def check(self) -> str:
-        rows = await self._fetch("SELECT value FROM counters LIMIT 1")
+        rows = await self._fetch("SELECT value FROM counter_slots LIMIT 1")
         return "missing" if rows is None else "ok"
 
     async def durability(self) -> Durability:

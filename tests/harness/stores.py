@@ -23,6 +23,7 @@ class Peek(Protocol):
 
     # Where each backend keeps the per-topic counts and the consumer state (PostgreSQL stripes the counts
     # and the last commit time over writer slots, store/postgres.py).
+    counters_sql: str
     topic_counts_sql: str
     consumer_state_sql: str
 
@@ -30,6 +31,7 @@ class Peek(Protocol):
 
 
 class SqlitePeek:
+    counters_sql = "SELECT name, value FROM counters"
     topic_counts_sql = "SELECT topic, count FROM topics"
     consumer_state_sql = "SELECT key, value FROM consumer_state"
 
@@ -45,6 +47,7 @@ class SqlitePeek:
 
 
 class PostgresPeek:
+    counters_sql = "SELECT name, SUM(value) FROM counter_slots GROUP BY name"
     topic_counts_sql = "SELECT topic, SUM(count) FROM topic_counts GROUP BY topic"
     consumer_state_sql = (
         "SELECT key, value FROM consumer_state UNION ALL SELECT 'last_commit_at', MAX(last_commit_at)"
@@ -64,9 +67,7 @@ class PostgresPeek:
 
 async def counters(peek: Peek) -> dict[str, int]:
     """Each counter, summed over its rows (one on SQLite, one per writer slot on PostgreSQL)."""
-    return {
-        str(r[0]): int(r[1]) for r in await peek.rows("SELECT name, SUM(value) FROM counters GROUP BY name")
-    }
+    return {str(r[0]): int(r[1]) for r in await peek.rows(peek.counters_sql)}
 
 
 async def stored_count(peek: Peek) -> int:

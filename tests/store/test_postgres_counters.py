@@ -225,4 +225,21 @@ async def test_a_store_written_before_the_stripes_migrates_with_every_counter_to
     peek = PostgresPeek(url)
     assert (await peek.rows("SELECT max(version) FROM eventagg_schema"))[0][0] == SCHEMA_VERSION
     assert await peek.rows("SELECT key FROM consumer_state WHERE key = 'last_commit_at'") == []
-    assert (await peek.rows("SELECT count(*) FROM counters"))[0][0] == 5 * SLOTS
+    assert (await peek.rows("SELECT count(*) FROM counter_slots"))[0][0] == 5 * SLOTS
+
+
+async def test_an_earlier_release_writing_to_a_migrated_store_fails_its_batch_rather_than_miscount(
+    url: str, writer: PostgresWriter
+) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        # The statements an earlier release's writer moves its counts with: they must not add to every slot.
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await conn.execute("UPDATE counters SET value = value + $1 WHERE name = $2", 1, "invalid")
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await conn.execute(
+                "INSERT INTO topics (topic, count, first_seq, duplicates, conflicts) VALUES ('a', 1, 1, 0, 0)"
+            )
+    finally:
+        await conn.close()
+    assert (await writer.counters())["invalid"] == 0
