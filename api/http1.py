@@ -6,8 +6,8 @@ bench --only pika_roundtrip,shim_sequential` (py-spy and time stamps in the api)
 the body's took a median 101 us of a 720 us request, most of it the first write waking the client. Here the
 head of a response that declares its Content-Length waits, inside the request's cycle, for the first body
 message and goes out in the same write (Starlette's `Response` sends both in one step of the loop, so it
-waits for nothing). A chunked (streaming) response's head still goes out at once, and so does a `100
-Continue`.
+waits for nothing). A chunked (streaming) response's head still goes out at once, and so do a `100
+Continue` and the answer to a HEAD request, which has no body to wait for.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ class _HeadWithBody:
             self._transport.writelines((held, data))  # one writev under uvloop
             return
         cycle = self._cycle
-        # The cycle marks the response started and decides its framing before it writes the head.
+        # The cycle marks the response started and decides its framing before it writes the head. A HEAD
+        # request's response has no body, and uvicorn writes nothing for it: its head goes out at once.
         if not self._head_seen and cycle.response_started:
             self._head_seen = True
-            if cycle.chunked_encoding is False:
+            if cycle.chunked_encoding is False and cycle.scope["method"] != "HEAD":
                 self._held = bytes(data)
                 return
         self._transport.write(data)

@@ -195,6 +195,27 @@ async def test_reads_need_the_key_too_when_configured(procs: Processes) -> None:
     assert api_get(deployment, "/health").status_code == 200
 
 
+@pytest.mark.backends("sqlite")
+async def test_every_kind_of_answer_reaches_the_client_head_requests_and_errors_included(
+    procs: Processes,
+) -> None:
+    # The api writes a fixed-length response's head together with its body (api/http1.py); an answer
+    # without a body to follow must still go out, on a connection that stays open for the next request.
+    deployment = procs.deployment
+    await start_pipeline(procs, None, with_consumer=False)
+    with httpx.Client(base_url=deployment.api_url, timeout=5) as client:
+        for method, path in (
+            ("HEAD", "/health"),
+            ("HEAD", "/stats"),
+            ("HEAD", "/publish"),
+            ("GET", "/nowhere"),
+        ):
+            answer = client.request(method, path)
+            assert answer.status_code in (200, 404, 405), (method, path, answer.status_code)
+            assert answer.headers.get("content-length") is not None, (method, path)
+        assert client.get("/health").status_code == 200  # the same connection still works
+
+
 async def test_broker_down_gives_503_on_publish_while_reads_keep_working(procs: Processes) -> None:
     deployment = procs.deployment
     nothing_there = f"amqp://guest:guest@127.0.0.1:{free_port()}/"

@@ -38,8 +38,8 @@ class Transport:
         pass
 
 
-def cycle(transport: Transport, *, expect_100: bool = False) -> RequestResponseCycle:
-    scope: Any = {"type": "http", "method": "POST", "path": "/publish", "http_version": "1.1", "headers": []}
+def cycle(transport: Transport, *, expect_100: bool = False, method: str = "POST") -> RequestResponseCycle:
+    scope: Any = {"type": "http", "method": method, "path": "/publish", "http_version": "1.1", "headers": []}
     made = RequestResponseCycle(
         scope=scope,
         transport=transport,  # type: ignore[arg-type]
@@ -108,3 +108,13 @@ async def test_a_body_in_several_parts_writes_the_head_once() -> None:
     await running.send({"type": "http.response.body", "body": b"ab", "more_body": True})
     await running.send({"type": "http.response.body", "body": b"cd"})
     assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab", b"cd"]
+
+
+async def test_the_answer_to_a_head_request_goes_out_at_once_having_no_body() -> None:
+    transport = Transport()
+    running = cycle(transport, method="HEAD")
+    await running.send(START)  # type: ignore[arg-type]
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"]
+    await running.send({"type": "http.response.body", "body": b""})
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"]
+    assert running.response_complete
