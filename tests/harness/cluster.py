@@ -136,7 +136,10 @@ class Cluster:
             node.ctl("start_app")
             node._wait_until_ready(time.monotonic() + START_TIMEOUT, 0)
 
-        _each(self.nodes[1:], join)
+        # One at a time: two nodes joining at once can both be rebuilding their Mnesia schema from the first
+        # node, and under load one of them then fails to start (`{mnesia_app,start}` from start_app).
+        for node in self.nodes[1:]:
+            join(node)
         members = set(json.loads(first.ctl("cluster_status", "--formatter", "json"))["running_nodes"])
         if members != {node.node_name for node in self.nodes}:
             raise BrokerError(f"the cluster formed with {sorted(members)} running, not all {SIZE} nodes")
