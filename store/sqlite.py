@@ -149,10 +149,6 @@ _DEAD_LETTER_TRIM = (
 )
 
 
-# This batch's rows: its inserts are given seq MAX(seq) + 1 onwards (seq is the rowid, no AUTOINCREMENT).
-_INSERTED_SINCE = "SELECT topic, event_id FROM events WHERE seq > ?"
-
-
 class SchemaError(StoreConfigError):
     """The store was written by a newer version of the product, or cannot be put in WAL mode."""
 
@@ -366,29 +362,21 @@ class SqliteWriter:
         conn = self._conn._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            last_seq = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
-            # Every first copy goes in; the UNIQUE key skips those already stored (the first copy wins).
-            added = conn.executemany(_INSERT, rows).rowcount if rows else 0
             stored: dict[tuple[str, str], tuple[str, str, str]] = {}
-            if added == len(rows):
-                inserted = set(batch.first)
-            else:
-                # seq is the rowid, given as MAX(seq) + 1: this batch's rows are exactly those past last_seq
-                # (a range on the primary key). Only the keys not among them are looked up, to count
-                # duplicates and conflicts against the stored copy.
-                inserted = set(conn.execute(_INSERTED_SINCE, (last_seq,)))
-                if len(inserted) != added:  # only this writer writes (the lock file): cannot happen
-                    raise StoreError(
-                        f"inserted {added} events but found {len(inserted)}; store changed under us"
-                    )
-                keys = [key for key in batch.first if key not in inserted]
-                for start in range(0, len(keys), _KEYS_PER_QUERY):
-                    chunk = keys[start : start + _KEYS_PER_QUERY]
-                    params = [part for key in chunk for part in key]
-                    for topic, event_id, timestamp, source, payload in conn.execute(
-                        _existing_query(len(chunk)), params
-                    ):
-                        stored[(topic, event_id)] = (timestamp, source, payload)
+            keys = list(batch.first)
+            for start in range(0, len(keys), _KEYS_PER_QUERY):
+                chunk = keys[start : start + _KEYS_PER_QUERY]
+                params = [part for key in chunk for part in key]
+                for topic, event_id, timestamp, source, payload in conn.execute(
+                    _existing_query(len(chunk)), params
+                ):
+                    stored[(topic, event_id)] = (timestamp, source, payload)
+            new = [row for row in rows if (row[0], row[1]) not in stored] if stored else rows
+            # executemany instead of one execute per event: the whole batch in one statement's loop in C.
+            added = conn.executemany(_INSERT, new).rowcount if new else 0
+            if added != len(new):  # only this writer writes (the lock file): cannot happen
+                raise StoreError(f"inserted {added} of {len(new)} new events; store changed under us")
+            inserted = {(row[0], row[1]) for row in new}
             count_duplicates(batch, stored, inserted)
             result = batch.result
             marked = receipt_rows(messages, receipts, batch, inserted)
