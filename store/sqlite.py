@@ -343,7 +343,7 @@ class SqliteWriter:
         try:
             # The whole transaction in one call on aiosqlite's thread, through the private `_execute` its own
             # methods use: each `await conn.execute` is a round trip between threads, and a batch took ~10.
-            # That saved 2-8% of the CPU per event (bench/store_apply.py; bench/README.md has the figures).
+            # One hop saved about 10% of the apply's CPU and wall time per event (bench/README.md).
             await _on_thread(self._conn, self._write, batch, rows, messages, receipts, received_at)
         except (sqlite3.Error, OSError) as exc:
             raise _error(exc) from exc
