@@ -291,7 +291,15 @@ def _connect_error(url: str, exc: BaseException) -> StoreError:
     return StoreError(f"{_where(url)}: {type(exc).__name__}: {exc}")
 
 
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# InternalClientError: seen when the server died under a transaction (asyncpg then refused the COMMIT with
+# "cannot switch to state 15; another operation (2) is in progress"); it must be a store error to retry.
+_DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 async def _connect(url: str) -> Any:
@@ -397,8 +405,11 @@ class PostgresWriter:
             log.warning("STORE NOT DURABLE: %s", report.warning)
 
     def _error(self, exc: BaseException) -> StoreError:
-        if self._conn is not None and self._conn.is_closed():
-            self._conn = None
+        # An error the server reported leaves the connection usable; any other (lost, timed out, or asyncpg's
+        # protocol left mid-operation) may not, so the next attempt opens a new one.
+        if self._conn is not None and (self._conn.is_closed() or not isinstance(exc, asyncpg.PostgresError)):
+            conn, self._conn = self._conn, None
+            conn.terminate()
         return StoreError(f"{_where(self._url)}: {type(exc).__name__}: {exc}")
 
     async def apply(

@@ -185,7 +185,10 @@ async def test_postgresql_killed_mid_stream_pauses_the_consumers_and_they_resume
     assert await queue_depth(amqp, deployment.queue) > 0, "nothing left to consume; proves nothing"
     # Every consumer holds a batch it cannot commit: it retries with backoff and acks nothing meanwhile.
     for consumer in consumers:
-        await eventually(lambda c=consumer: store_failures(c) >= 3, 60, message="the consumer retried")
+        try:
+            await eventually(lambda c=consumer: store_failures(c) >= 3, 60, message="the consumer retried")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ends:\n{consumer.output()[-3000:]}") from None
         assert consumer.alive
     # Health says so: the consumers report a failing store, and the api cannot read the store either.
     answer = api_get(deployment, "/health")
