@@ -199,7 +199,7 @@ class PrivateNode(Broker):
             raise
         log.info("%s ready on port %d after %.2fs", self.description, self.port, time.monotonic() - began)
 
-    def _wait_until_ready(self, deadline: float, log_offset: int) -> None:
+    def _wait_for_login(self, deadline: float) -> None:
         # A TCP connect alone proves nothing (another process may own the port); the AMQP greeting does.
         while not _speaks_amqp(self.port):
             self._check_progress(deadline, "no AMQP greeting")
@@ -207,10 +207,13 @@ class PrivateNode(Broker):
         while True:
             try:
                 _run_in_fresh_loop(_log_in, self.url)
-                break
+                return
             except Exception as exc:
                 self._check_progress(deadline, f"guest cannot log in: {exc!r}")
             time.sleep(POLL_INTERVAL)
+
+    def _wait_until_ready(self, deadline: float, log_offset: int) -> None:
+        self._wait_for_login(deadline)
         # The listener opens only after the Ra systems are up, so a new quorum queue can be declared at
         # once (seen with 3.10), but queues recovered from disk still have to elect a leader; until then a
         # passive declare reports 0 messages and consumers get nothing.

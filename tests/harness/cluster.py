@@ -22,13 +22,9 @@ from datetime import datetime
 
 from tests.harness.broker import (
     MARKER_VAR,
-    POLL_INTERVAL,
     START_TIMEOUT,
     BrokerError,
     PrivateNode,
-    _log_in,
-    _run_in_fresh_loop,
-    _speaks_amqp,
 )
 
 log = logging.getLogger(__name__)
@@ -61,16 +57,9 @@ class ClusterNode(PrivateNode):
             os.chown(path, user.pw_uid, user.pw_gid)
 
     def _wait_until_ready(self, deadline: float, log_offset: int) -> None:
-        while not _speaks_amqp(self.port):
-            self._check_progress(deadline, "no AMQP greeting")
-            time.sleep(POLL_INTERVAL)
-        while True:
-            try:
-                _run_in_fresh_loop(_log_in, self.url)
-                return
-            except Exception as exc:
-                self._check_progress(deadline, f"guest cannot log in: {exc!r}")
-            time.sleep(POLL_INTERVAL)
+        # The greeting and a login only: where a cluster's quorum queues lead is asked of the cluster
+        # (Cluster.queue_status), not read from one node's boot log.
+        self._wait_for_login(deadline)
 
     def ctl(self, *args: str, timeout: float = CLI_TIMEOUT) -> str:
         """`rabbitmqctl -n <this node> args...`; its output, or BrokerError saying what went wrong."""
