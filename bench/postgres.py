@@ -70,7 +70,7 @@ class ThrowawayDatabase:
         """The store's counters, or {} before the consumer created its tables."""
         conn = await self._connection()
         try:
-            # One row per counter and writer slot (store/postgres.py); the sum is the counter.
+            # One row per counter and writer slot (store/postgres/); the sum is the counter.
             rows = await conn.fetch("SELECT name, SUM(value) FROM counter_slots GROUP BY name")
         except asyncpg.UndefinedTableError:
             return {}

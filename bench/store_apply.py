@@ -174,7 +174,8 @@ async def run_psycopg(url: str, batches: Batches) -> float:
     """PostgresWriter._apply's statements, one for one, through psycopg 3's async connection."""
     import psycopg
 
-    from store import postgres
+    from store.postgres import PostgresWriter
+    from store.postgres import writer as postgres
 
     def pg(sql: str) -> str:  # asyncpg's $n placeholders in psycopg's named style
         for n in range(9, 0, -1):
@@ -186,7 +187,7 @@ async def run_psycopg(url: str, batches: Batches) -> float:
 
     insert, stored_sql, topics = pg(postgres._INSERT), pg(postgres._STORED), pg(postgres._TOPICS)
     lease, counters = pg(postgres._LEASE), pg(postgres._COUNTERS)
-    writer = await postgres.PostgresWriter.open(url)  # migrates
+    writer = await PostgresWriter.open(url)  # migrates
     await writer.close()
     base, _, schema = url.rpartition("search_path=")  # psycopg takes it as a server option, not in the URL
     plain = base.rstrip("?&")

@@ -1,6 +1,6 @@
 """What every deployable names about the store: its counters.
 
-The DDL, migrations and pragmas belong to the store backends (store/sqlite.py, store/postgres.py); the
+The DDL, migrations and pragmas belong to the store backends (store/sqlite/, store/postgres/); the
 consumer's status file beside the store belongs to contract/status.py.
 """
 

@@ -22,7 +22,7 @@ class Peek(Protocol):
     """Reads the store's tables directly, bypassing the product's reader."""
 
     # Where each backend keeps the per-topic counts and the consumer state (PostgreSQL stripes the counts
-    # and the last commit time over writer slots, store/postgres.py).
+    # and the last commit time over writer slots, store/postgres/).
     counters_sql: str
     topic_counts_sql: str
     consumer_state_sql: str

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from contract.event import Event
 from store import Filters, Page, Reader, Writer
-from store.sqlite import _SEQ_ENDS, _SEQ_PROBE, NEWEST_SEQ, page_query
+from store.sqlite.reader import _SEQ_ENDS, _SEQ_PROBE, NEWEST_SEQ, page_query
 from tests.harness.stores import StoreSettings
 
 

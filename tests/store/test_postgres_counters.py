@@ -12,16 +12,9 @@ import asyncpg
 import pytest
 
 from store import open_reader
-from store.postgres import (
-    _COUNTERS,
-    _LEASE,
-    _TOPICS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SLOTS,
-    WRITER_APPLICATION,
-    PostgresWriter,
-)
+from store.postgres import SCHEMA_VERSION, SLOTS, WRITER_APPLICATION, PostgresWriter
+from store.postgres.schema import MIGRATIONS
+from store.postgres.writer import _COUNTERS, _LEASE, _TOPICS
 from tests.harness.postgres import fresh_schema
 from tests.harness.stores import PostgresPeek, StoreSettings, counted_per_topic, counters, topic_counts
 from tests.store.test_writer import event
