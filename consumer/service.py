@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, receipt_of, settle
 from consumer.hooks import Commit, Fanout, Hooks, Settlement
 from consumer.metrics import ConsumerMetrics
+from consumer.retention import sweep_periodically
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
@@ -93,9 +95,17 @@ async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | 
         if await storage.start(stop):
             if metrics is not None:
                 metrics.serve(settings.metrics_port)
-            async with _connect(settings, stop) as connection:
-                if connection is not None:
-                    await _consume(connection, storage, settings, stop, hooks)
+            sweeper = asyncio.create_task(
+                sweep_periodically(storage, settings.retention_sweep_interval, stop), name="retention-sweeper"
+            )
+            try:
+                async with _connect(settings, stop) as connection:
+                    if connection is not None:
+                        await _consume(connection, storage, settings, stop, hooks)
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
     except StoreConfigError:
         refused = True
         raise

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from contract.config import CommonSettings
+from contract.config import CommonSettings, Duration
+from store import Retention
 
 
 class ConsumerSettings(CommonSettings):
@@ -28,11 +29,32 @@ class ConsumerSettings(CommonSettings):
         int, Field(ge=0, le=65_535, description="Prometheus metrics port; 0 turns them off")
     ] = 9101
 
+    # Events older than this by received_at are expired: never read again, swept in the background. Their
+    # keys stay (a re-send is still a duplicate) until KEY_RETENTION, if set. The store records both; the
+    # last consumer to start sets them for every reader and sweeper (store/base.py Retention).
+    retention: Duration = None
+    retention_sweep_interval: Annotated[
+        float, Field(gt=0, le=86_400, description="seconds between retention sweeps")
+    ] = 60.0
+    key_retention: Duration = None
+
     @model_validator(mode="after")
     def _check_retry(self) -> ConsumerSettings:
         if self.retry_max < self.retry_initial:
             raise ValueError("RETRY_MAX must be at least RETRY_INITIAL")
         return self
+
+    @model_validator(mode="after")
+    def _check_key_retention(self) -> ConsumerSettings:
+        events, keys = self.retention, self.key_retention
+        if keys is not None and events is not None and keys < events:
+            raise ValueError("KEY_RETENTION must be at least RETENTION (a stored event keeps its key)")
+        if keys is not None and events is None:
+            raise ValueError("KEY_RETENTION needs RETENTION: events kept forever keep their keys")
+        return self
+
+    def store_retention(self) -> Retention:
+        return Retention(self.retention, self.key_retention)
 
     def effective_prefetch(self) -> int:
         return self.prefetch or min(4 * self.batch_size, 65_535)

@@ -9,7 +9,17 @@ from typing import TypeVar
 
 from consumer.hooks import Hooks
 from consumer.settings import ConsumerSettings
-from store import BatchResult, Message, StoreConfigError, StoreError, Writer, locate, open_writer, utc_now
+from store import (
+    BatchResult,
+    Message,
+    StoreConfigError,
+    StoreError,
+    SweepResult,
+    Writer,
+    locate,
+    open_writer,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,12 @@ class Storage:
 
         async def record(writer: Writer) -> bool:
             await writer.record_start(utc_now())
+            wanted = self._settings.store_retention()
+            before = await writer.record_retention(wanted)
+            if before != wanted:
+                # Several consumers share one store: the last one started sets it for every reader and
+                # sweeper, so two started with different values do not expire events by two clocks.
+                log.warning("store retention changed from %s to %s", before.describe(), wanted.describe())
             return True
 
         return await self._with_retry(record, stop) is not None
@@ -95,6 +111,11 @@ class Storage:
                 log.error("stopping while the store is failing; the batch in hand is left for redelivery")
                 return None
             delay = min(delay * 2, self._settings.retry_max)
+
+    async def sweep(self) -> SweepResult:
+        """One sweep by the store's recorded retention; StoreError when the store fails (tried again at the
+        next interval: nothing is lost by sweeping late, reads are exact without it)."""
+        return await (await self._open()).sweep()
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.amqp import parse_urls, redact, redact_all
@@ -63,7 +65,30 @@ class CommonSettings(BaseSettings):
         return redact_all(self.amqp_urls())
 
 
-__all__ = ["CommonSettings", "configure_logging", "redact"]
+__all__ = ["CommonSettings", "configure_logging", "parse_duration", "redact"]
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+
+
+def parse_duration(value: object) -> timedelta | None:
+    """`90s`, `15m`, `12h`, `30d`, `2w` (a bare number is seconds); unset, empty or 0 is None (forever)."""
+    if value is None or isinstance(value, timedelta):
+        return value if value else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value).strip().lower())
+        if match is None:
+            raise ValueError("must be a duration such as 90s, 15m, 12h or 30d (0 or unset: forever)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+# A duration setting: `RETENTION=30d`; None (unset or 0) means forever.
+Duration = Annotated[timedelta | None, BeforeValidator(parse_duration)]
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from hashlib import blake2b
 from typing import Any, Literal, Protocol
 
 from contract.event import Event, content_hash
@@ -150,6 +151,82 @@ class Durability:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the store keeps events (`RETENTION`) and their dedup keys (`KEY_RETENTION`); None: forever.
+
+    The store records the one in force (the last consumer to start sets it): reads and sweeps both take it
+    from there, so an api or a second consumer started with other settings cannot disagree with them.
+    """
+
+    events: timedelta | None = None
+    keys: timedelta | None = None
+
+    def event_cutoff(self, now: datetime | None = None) -> str | None:
+        """Events received before this moment (as `received_at` is stored) are expired."""
+        return None if self.events is None else utc_text((now or datetime.now(UTC)) - self.events)
+
+    def key_cutoff(self, now: datetime | None = None) -> str | None:
+        """Keys received before this moment are forgotten: their event may be stored again."""
+        return None if self.keys is None else utc_text((now or datetime.now(UTC)) - self.keys)
+
+    def as_state(self) -> dict[str, str]:
+        """As the store records it (consumer_state rows); "0" keeps forever."""
+        return {
+            "retention_seconds": _seconds_text(self.events),
+            "key_retention_seconds": _seconds_text(self.keys),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, str]) -> Retention:
+        return cls(_duration(state.get("retention_seconds")), _duration(state.get("key_retention_seconds")))
+
+    def describe(self) -> str:
+        return f"retention={_seconds_text(self.events)}s key_retention={_seconds_text(self.keys)}s"
+
+
+KEEP_ALL = Retention()
+
+
+def _seconds_text(span: timedelta | None) -> str:
+    return "0" if span is None else f"{span.total_seconds():g}"
+
+
+def _duration(text: str | None) -> timedelta | None:
+    seconds = float(text) if text else 0.0
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A key whose event has expired: GET by key answers 410 with these (the store's clock)."""
+
+    received_at: str
+    expired_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one sweep removed, in how many transactions, and the longest one (seconds)."""
+
+    events: int = 0
+    keys: int = 0
+    transactions: int = 0
+    longest: float = 0.0
+    skipped: str | None = None  # why nothing was done (another consumer sweeping, nothing to keep)
+
+
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    """What the store holds now, beside the lifetime counters: /stats and /metrics show it."""
+
+    stored_events: int
+    expired_events: int  # unique_processed - stored_events: swept, or expired and not swept yet
+    oldest_received_at: str | None
+    size_bytes: int | None
+    retention: Retention
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     counters: dict[str, int]
     topic_counts: dict[str, int]  # in the order the topics were first stored
@@ -158,6 +235,7 @@ class Snapshot:
     durability: Durability
     topic_duplicates: dict[str, int] = field(default_factory=dict)
     topic_conflicts: dict[str, int] = field(default_factory=dict)
+    holdings: Holdings | None = None
 
 
 def empty_snapshot(backend: Backend) -> Snapshot:
@@ -168,6 +246,15 @@ class Writer(Protocol):
     backend: Backend
 
     async def record_start(self, started_at: str) -> None: ...
+
+    async def record_retention(self, retention: Retention) -> Retention:
+        """Make `retention` the store's; returns the one recorded before (KEEP_ALL on a new store)."""
+        ...
+
+    async def sweep(self) -> SweepResult:
+        """Remove expired events and forgotten keys by the store's recorded retention, in short
+        transactions (each well under 50 ms), so batches carry on between them."""
+        ...
 
     async def apply(
         self, messages: Sequence[Message], receipts: Sequence[str | None] | None = None
@@ -195,7 +282,9 @@ class Reader(Protocol):
         """Events after seq `after` in store order, or before it newest first (`descending`)."""
         ...
 
-    async def event_row(self, topic: str, event_id: str) -> Row | None: ...
+    async def event_row(self, topic: str, event_id: str) -> Row | Expired | None:
+        """The stored event; Expired when its key is known but the event expired; None when unknown."""
+        ...
 
     async def snapshot(self) -> Snapshot: ...
 
@@ -298,11 +387,23 @@ def conflicts_with(timestamp: str, source: str, payload: str, item: Event) -> bo
     return bool(content_hash(timestamp, source, stored) != item.content_hash())
 
 
+def key_hash(topic: str, event_id: str) -> bytes:
+    """The dedup key as the key tables hold it: 128 bits of BLAKE2b over topic, NUL, event_id (a topic
+    cannot contain NUL). Two keys share a hash with a chance of about n^2 / 2^129 among n keys."""
+    return blake2b(f"{topic}\x00{event_id}".encode(), digest_size=16).digest()
+
+
+# What a batch found already stored under a key: the stored copy's (timestamp, source, payload), or None
+# when only the key is left (the event expired): a duplicate whose conflict cannot be seen.
+StoredCopy = tuple[str, str, str] | None
+
+
 def count_duplicates(
-    sorted_batch: Sorted, stored: dict[tuple[str, str], tuple[str, str, str]], inserted: set[tuple[str, str]]
+    sorted_batch: Sorted, stored: dict[tuple[str, str], StoredCopy], inserted: set[tuple[str, str]]
 ) -> None:
     """Count duplicates and conflicts: a first copy that was not inserted duplicates the stored row; a repeat
-    duplicates the stored row, which is its batch's first copy when that one was inserted."""
+    duplicates the stored row, which is its batch's first copy when that one was inserted. Against an
+    expired event (its copy is gone) a duplicate is never a conflict."""
     result = sorted_batch.result
     duplicates, conflicts = result.topic_duplicates, result.topic_conflicts
     for key, item in sorted_batch.first.items():
@@ -311,7 +412,8 @@ def count_duplicates(
             continue
         result.duplicate_dropped += 1
         duplicates[key[0]] += 1
-        if conflicts_with(*stored[key], item):
+        copy = stored[key]
+        if copy is not None and conflicts_with(*copy, item):
             result.conflicts += 1
             conflicts[key[0]] += 1
     for item in sorted_batch.repeats:
@@ -325,6 +427,8 @@ def count_duplicates(
             ):
                 result.conflicts += 1
                 conflicts[key[0]] += 1
-        elif conflicts_with(*stored[key], item):
-            result.conflicts += 1
-            conflicts[key[0]] += 1
+        else:
+            copy = stored[key]
+            if copy is not None and conflicts_with(*copy, item):
+                result.conflicts += 1
+                conflicts[key[0]] += 1
