@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from hashlib import blake2b
@@ -204,6 +204,13 @@ class Expired:
     expired_at: str
 
 
+def expires_at(received_at: str, retention: Retention) -> str:
+    """When an event received at `received_at` expires (or expired) under `retention`."""
+    if retention.events is None:
+        return received_at  # expired under an earlier, shorter retention; swept before this one was set
+    return utc_text(datetime.fromisoformat(received_at) + retention.events)
+
+
 @dataclass(frozen=True, slots=True)
 class SweepResult:
     """What one sweep removed, in how many transactions, and the longest one (seconds)."""
@@ -399,7 +406,7 @@ StoredCopy = tuple[str, str, str] | None
 
 
 def count_duplicates(
-    sorted_batch: Sorted, stored: dict[tuple[str, str], StoredCopy], inserted: set[tuple[str, str]]
+    sorted_batch: Sorted, stored: Mapping[tuple[str, str], StoredCopy], inserted: set[tuple[str, str]]
 ) -> None:
     """Count duplicates and conflicts: a first copy that was not inserted duplicates the stored row; a repeat
     duplicates the stored row, which is its batch's first copy when that one was inserted. Against an

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -20,16 +21,25 @@ from store.base import (
     DeadLetterCounts,
     DeadLetterPage,
     Durability,
+    Expired,
     Filters,
+    Holdings,
     Page,
+    Retention,
     Row,
     Snapshot,
     dead_letter,
     empty_snapshot,
+    expires_at,
+    key_hash,
 )
-from store.sqlite.schema import BACKEND, error, open_reader, recorded
+from store.sqlite.keys import NEWEST_SEQ, expired_bound, first_seq_at_or_after
+from store.sqlite.schema import BACKEND, error, ms_text, open_reader, received_ms, recorded
+from store.sqlite.thread import on_thread
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class SqliteReader:
@@ -44,7 +54,6 @@ class SqliteReader:
         self._path = path
         self._conn: aiosqlite.Connection | None = None
         self._opening = asyncio.Lock()
-        self._snapshot_lock = asyncio.Lock()
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -75,6 +84,21 @@ class SqliteReader:
         except sqlite3.Error as exc:
             raise error(exc) from exc
 
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """`fn(conn, *args)` in one call on the connection's thread; None while the store or its tables do
+        not exist yet (the consumer creates and migrates them)."""
+        try:
+            conn = await self._connection()
+            if conn is None:
+                return None
+            return await on_thread(conn, fn, *args)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc) or "no such column" in str(exc):
+                return None
+            raise error(exc) from exc
+        except sqlite3.Error as exc:
+            raise error(exc) from exc
+
     async def page(
         self,
         topic: str | None,
@@ -83,93 +107,19 @@ class SqliteReader:
         descending: bool = False,
         filters: Filters = NO_FILTERS,
     ) -> Page:
-        bounds = await self._seq_bounds(filters)
-        if bounds is None:
-            return Page([], None)
-        sql, params = page_query(topic, limit, after, descending, filters, bounds)
-        rows = await self._query(sql, params)
+        rows = await self._read(_page, topic, limit, after, descending, filters)
         rows = rows or []
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(cast(list[Row], rows), rows[-1][0] if more else None)
+        return Page(rows, rows[-1][0] if more else None)
 
-    async def _seq_bounds(self, filters: Filters) -> tuple[int, int] | None:
-        """The seqs a received_at range covers; None when it covers none."""
-        low, high = 0, NEWEST_SEQ
-        if filters.since is not None:
-            first = await self._first_seq_at_or_after(filters.since)
-            if first is None:
-                return None
-            low = first
-        if filters.until is not None:
-            beyond = await self._first_seq_at_or_after(filters.until)
-            if beyond is not None:
-                high = beyond - 1
-        return (low, high) if low <= high else None
-
-    async def _first_seq_at_or_after(self, moment: str) -> int | None:
-        """The first seq stored at or after `moment`, by binary search on the primary key.
-
-        The writer keeps received_at non-decreasing as seq grows, so this costs about 20 primary-key seeks
-        at 1,000,000 events, where an index on received_at would add a B-tree write to every insert.
-        """
-        ends = await self._query(_SEQ_ENDS)
-        if not ends or ends[0][0] is None:
-            return None
-        low, high = int(ends[0][0]), int(ends[0][1])
-        found = None
-        while low <= high:
-            middle = (low + high) // 2
-            rows = await self._query(_SEQ_PROBE, (middle,))
-            if not rows or int(rows[0][0]) > high:  # no row between middle and high
-                high = middle - 1
-                continue
-            seq, received_at = int(rows[0][0]), str(rows[0][1])
-            if received_at >= moment:
-                found, high = seq, middle - 1
-            else:
-                low = seq + 1
-        return found
-
-    async def event_row(self, topic: str, event_id: str) -> Row | None:
-        rows = await self._query(
-            f"SELECT {COLUMNS} FROM events WHERE topic = ? AND event_id = ?", (topic, event_id)
-        )
-        return cast(Row, tuple(rows[0])) if rows else None
+    async def event_row(self, topic: str, event_id: str) -> Row | Expired | None:
+        return await self._read(_event_row, topic, event_id)
 
     async def snapshot(self) -> Snapshot:
-        """Counters and per-topic counts in one read transaction, so they agree with each other."""
-        async with self._snapshot_lock:
-            try:
-                conn = await self._connection()
-                if conn is None:
-                    return empty_snapshot(BACKEND)
-                await conn.execute("BEGIN")
-                try:
-                    counters = await conn.execute_fetchall("SELECT name, value FROM counters")
-                    topics = await conn.execute_fetchall(
-                        "SELECT topic, count, duplicates, conflicts FROM topics ORDER BY first_seq, topic"
-                    )
-                    consumer = await conn.execute_fetchall("SELECT key, value FROM consumer_state")
-                finally:
-                    await conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc) or "no such column" in str(exc):
-                    return empty_snapshot(BACKEND)
-                raise error(exc) from exc
-            except sqlite3.Error as exc:
-                raise error(exc) from exc
-        state = {str(k): str(v) for k, v in consumer}
-        values = {str(k): int(v) for k, v in counters}
-        return Snapshot(
-            {name: values.get(name, 0) for name in COUNTERS},
-            {str(r[0]): int(r[1]) for r in topics},
-            state,
-            "ok",
-            recorded(state),
-            {str(r[0]): int(r[2]) for r in topics},
-            {str(r[0]): int(r[3]) for r in topics},
-        )
+        """Counters, per-topic counts and holdings in one read transaction, so they agree with each other."""
+        found = await self._read(_snapshot, self._path)
+        return empty_snapshot(BACKEND) if found is None else found
 
     async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         if not ids:
@@ -206,13 +156,107 @@ class SqliteReader:
         return DeadLetterCounts(by_kind, sum(by_kind.values()) - gone, gone)
 
 
-NEWEST_SEQ = 2**63 - 1
+def _retention(conn: sqlite3.Connection) -> Retention:
+    rows = conn.execute(
+        "SELECT key, value FROM consumer_state WHERE key IN ('retention_seconds', 'key_retention_seconds')"
+    ).fetchall()
+    return Retention.from_state({str(k): str(v) for k, v in rows})
 
 
-# The two statements of the binary search over received_at; each a seek on the primary key.
-# (MIN and MAX in one SELECT would scan the table; each in its own subquery is one seek.)
-_SEQ_ENDS = "SELECT (SELECT MIN(seq) FROM events), (SELECT MAX(seq) FROM events)"
-_SEQ_PROBE = "SELECT seq, received_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1"
+def _page(
+    conn: sqlite3.Connection, topic: str | None, limit: int, after: int, descending: bool, filters: Filters
+) -> list[Row]:
+    bounds = _seq_bounds(conn, filters, _retention(conn).event_cutoff())
+    if bounds is None:
+        return []
+    sql, params = page_query(topic, limit, after, descending, filters, bounds)
+    return cast(list[Row], conn.execute(sql, params).fetchall())
+
+
+def _seq_bounds(conn: sqlite3.Connection, filters: Filters, cutoff: str | None) -> tuple[int, int] | None:
+    """The seqs a received_at range covers, expired events left out; None when it covers none."""
+    low, high = 0, NEWEST_SEQ
+    since = max(filters.since, cutoff) if filters.since and cutoff else (filters.since or cutoff)
+    if since is not None:
+        first = first_seq_at_or_after(conn, since)
+        if first is None:
+            return None
+        low = first
+    if filters.until is not None:
+        beyond = first_seq_at_or_after(conn, filters.until)
+        if beyond is not None:
+            high = beyond - 1
+    return (low, high) if low <= high else None
+
+
+def _event_row(conn: sqlite3.Connection, topic: str, event_id: str) -> Row | Expired | None:
+    key = conn.execute(
+        "SELECT seq, received_ms FROM keys WHERE h = ?", (key_hash(topic, event_id),)
+    ).fetchone()
+    if key is None:
+        return None
+    seq, ms = int(key[0]), int(key[1])
+    retention = _retention(conn)
+    forgotten = retention.key_cutoff()
+    if forgotten is not None and ms < received_ms(forgotten):
+        return None
+    row = conn.execute(f"SELECT {COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
+    cutoff = retention.event_cutoff()
+    if row is not None and (row[1], row[2]) != (topic, event_id):
+        return None  # another key with the same 128-bit hash: see key_hash
+    if row is not None and (cutoff is None or str(row[6]) >= cutoff):
+        return cast(Row, tuple(row))
+    received_at = str(row[6]) if row is not None else ms_text(ms)
+    return Expired(received_at, expires_at(received_at, retention))
+
+
+def _snapshot(conn: sqlite3.Connection, path: Path) -> Snapshot:
+    conn.execute("BEGIN")
+    try:
+        counters = conn.execute("SELECT name, value FROM counters").fetchall()
+        swept = int(conn.execute("SELECT swept FROM sweep_totals").fetchone()[0])
+        topics = conn.execute(
+            "SELECT topic, count, duplicates, conflicts FROM topics ORDER BY first_seq, topic"
+        ).fetchall()
+        state = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM consumer_state")}
+        retention = Retention.from_state(state)
+        bound = expired_bound(conn, retention.event_cutoff())
+        unswept = (
+            conn.execute("SELECT COUNT(*) FROM events WHERE seq < ?", (bound,)).fetchone()[0] if bound else 0
+        )
+        oldest = conn.execute(
+            "SELECT received_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (bound,)
+        ).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    values = {str(k): int(v) for k, v in counters}
+    stored = values.get("unique_processed", 0) - swept - unswept
+    holdings = Holdings(
+        stored,
+        values.get("unique_processed", 0) - stored,
+        str(oldest[0]) if oldest else None,
+        _size_on_disk(path),
+        retention,
+    )
+    return Snapshot(
+        {name: values.get(name, 0) for name in COUNTERS},
+        {str(r[0]): int(r[1]) for r in topics},
+        state,
+        "ok",
+        recorded(state),
+        {str(r[0]): int(r[2]) for r in topics},
+        {str(r[0]): int(r[3]) for r in topics},
+        holdings,
+    )
+
+
+def _size_on_disk(path: Path) -> int:
+    """The store's file and its WAL, in bytes (what a volume must hold)."""
+    total = 0
+    for part in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += part.stat().st_size
+    return total
 
 
 def page_query(

@@ -7,26 +7,31 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
 
 import aiosqlite
 
 from store.base import (
     DEAD_LETTERS_KEPT,
+    KEEP_ALL,
     Backend,
     BatchResult,
     Durability,
     Message,
     Rejected,
+    Retention,
     Sorted,
-    StoreError,
+    StoredCopy,
+    SweepResult,
     count_duplicates,
+    key_hash,
     receipt_rows,
     receipts_expired_before,
     rejected_in,
     sort_batch,
     utc_now,
 )
+from store.sqlite.keys import copies, lookup
+from store.sqlite.retention import KeyCursor, sweep
 from store.sqlite.schema import (
     BACKEND,
     WriterLock,
@@ -35,16 +40,20 @@ from store.sqlite.schema import (
     error,
     migrate,
     read_durability,
+    received_ms,
 )
+from store.sqlite.thread import on_thread
 
 log = logging.getLogger(__name__)
 
-# Keys per existence query: two bound parameters each, far below SQLite's 32,766-parameter limit.
-_KEYS_PER_QUERY = 500
-
 _INSERT = (
-    "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO NOTHING"
+    "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# A forgotten key (older than KEY_RETENTION) is taken over by the event stored again under it.
+_KEY = (
+    "INSERT INTO keys (h, seq, received_ms) VALUES (?, ?, ?)"
+    " ON CONFLICT (h) DO UPDATE SET seq = excluded.seq, received_ms = excluded.received_ms"
 )
 _TOPICS = (
     "INSERT INTO topics (topic, count, first_seq, duplicates, conflicts)"
@@ -69,21 +78,6 @@ _DEAD_LETTER_COUNT = (
 _DEAD_LETTER_TRIM = (
     "DELETE FROM dead_letters WHERE id < (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
-
-
-def _existing_query(count: int) -> str:
-    # A join with a VALUES list searches the UNIQUE index once per key; `(topic, event_id) IN (VALUES ...)`
-    # would scan the whole table (EXPLAIN QUERY PLAN, SQLite 3.40).
-    values = ",".join(["(?,?)"] * count)
-    return (
-        "SELECT e.topic, e.event_id, e.timestamp, e.source, e.payload FROM events e"
-        f" JOIN (VALUES {values}) k ON e.topic = k.column1 AND e.event_id = k.column2"
-    )
-
-
-async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., None], *args: Any) -> None:
-    """Run `fn(*args)` on the connection's own thread, after whatever is queued there."""
-    await cast(Any, conn)._execute(fn, *args)
 
 
 def _keep_dead_letters(conn: sqlite3.Connection, rejected: list[Rejected]) -> None:
@@ -111,6 +105,8 @@ class SqliteWriter:
         self._lock = lock
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
         self._last_received_at = ""
+        self._retention = KEEP_ALL  # the store's, as this (its only) writer recorded it
+        self._key_cursor = KeyCursor()
 
     @classmethod
     async def open(cls, path: Path, before_commit: Callable[[], None] | None = None) -> SqliteWriter:
@@ -142,7 +138,34 @@ class SqliteWriter:
             await writer.close()
             raise error(exc) from exc
         writer._last_received_at = str(row[0]) if row and row[0] else ""
+        writer._retention = await writer._recorded_retention()
         return writer
+
+    async def _recorded_retention(self) -> Retention:
+        try:
+            async with self._conn.execute("SELECT key, value FROM consumer_state") as cur:
+                state = {str(k): str(v) for k, v in await cur.fetchall()}
+        except (sqlite3.Error, OSError) as exc:
+            raise error(exc) from exc
+        return Retention.from_state(state)
+
+    async def record_retention(self, retention: Retention) -> Retention:
+        before = await self._recorded_retention()
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            await self._conn.executemany(_STATE, list(retention.as_state().items()))
+            await self._conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            await self._rollback()
+            raise error(exc) from exc
+        self._retention = retention
+        return before
+
+    async def sweep(self) -> SweepResult:
+        try:
+            return await sweep(self._conn, on_thread, self._retention, self._key_cursor)
+        except (sqlite3.Error, OSError) as exc:
+            raise error(exc) from exc
 
     async def close(self) -> None:
         try:
@@ -182,10 +205,8 @@ class SqliteWriter:
             for e in batch.first.values()
         ]
         try:
-            # The whole transaction in one call on aiosqlite's thread, through the private `_execute` its own
-            # methods use: each `await conn.execute` is a round trip between threads, and a batch took ~10.
-            # One hop saved about 10% of the apply's CPU and wall time per event (bench/README.md).
-            await _on_thread(self._conn, self._write, batch, rows, messages, receipts, received_at)
+            # The whole transaction in one call on aiosqlite's thread.
+            await on_thread(self._conn, self._write, batch, rows, messages, receipts, received_at)
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
         self._last_received_at = received_at
@@ -193,6 +214,7 @@ class SqliteWriter:
 
     def _write(
         self,
+        conn: sqlite3.Connection,
         batch: Sorted,
         rows: list[tuple[str, str, str, str, str, str]],
         messages: Sequence[Message],
@@ -200,23 +222,19 @@ class SqliteWriter:
         received_at: str,
     ) -> None:
         """The batch's transaction, run on the connection's thread; rolled back on any error."""
-        conn = self._conn._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            stored: dict[tuple[str, str], tuple[str, str, str]] = {}
-            keys = list(batch.first)
-            for start in range(0, len(keys), _KEYS_PER_QUERY):
-                chunk = keys[start : start + _KEYS_PER_QUERY]
-                params = [part for key in chunk for part in key]
-                for topic, event_id, timestamp, source, payload in conn.execute(
-                    _existing_query(len(chunk)), params
-                ):
-                    stored[(topic, event_id)] = (timestamp, source, payload)
+            stored, hashes = self._known(conn, batch)
             new = [row for row in rows if (row[0], row[1]) not in stored] if stored else rows
-            # executemany instead of one execute per event: the whole batch in one statement's loop in C.
-            added = conn.executemany(_INSERT, new).rowcount if new else 0
-            if added != len(new):  # only this writer writes (the lock file): cannot happen
-                raise StoreError(f"inserted {added} of {len(new)} new events; store changed under us")
+            if new:
+                last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+                first = (int(last[0]) if last else 0) + 1
+                # executemany instead of one execute per event: the whole batch in one statement's loop in C.
+                conn.executemany(_INSERT, [(seq, *row) for seq, row in enumerate(new, start=first)])
+                ms = received_ms(received_at)
+                conn.executemany(
+                    _KEY, [(hashes[(row[0], row[1])], seq, ms) for seq, row in enumerate(new, start=first)]
+                )
             inserted = {(row[0], row[1]) for row in new}
             count_duplicates(batch, stored, inserted)
             result = batch.result
@@ -247,6 +265,33 @@ class SqliteWriter:
                 except sqlite3.Error:
                     log.warning("rollback failed; the connection will discard the transaction", exc_info=True)
             raise
+
+    def _known(
+        self, conn: sqlite3.Connection, batch: Sorted
+    ) -> tuple[dict[tuple[str, str], StoredCopy], dict[tuple[str, str], bytes]]:
+        """The batch's keys already known, with the stored copy of those whose event has not expired, and
+        every key's hash. A key older than KEY_RETENTION is forgotten: its event is stored again."""
+        hashes = {key: key_hash(*key) for key in batch.first}
+        found = lookup(conn, list(hashes.values()))
+        stored: dict[tuple[str, str], StoredCopy] = {}
+        if not found:
+            return stored, hashes
+        key_cutoff = self._retention.key_cutoff()
+        forgotten = received_ms(key_cutoff) if key_cutoff else None
+        event_cutoff = self._retention.event_cutoff()
+        expired = received_ms(event_cutoff) if event_cutoff else None
+        live: dict[int, tuple[str, str]] = {}
+        for key, h in hashes.items():
+            hit = found.get(h)
+            if hit is None or (forgotten is not None and hit[1] < forgotten):
+                continue
+            stored[key] = None
+            if expired is None or hit[1] >= expired:
+                live[hit[0]] = key
+        if live:
+            for seq, copy in copies(conn, list(live)).items():
+                stored[live[seq]] = copy
+        return stored, hashes
 
     async def _rollback(self) -> None:
         if self._conn.in_transaction:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from contract.event import Event
 from store import Filters, Page, Reader, Writer
-from store.sqlite.reader import _SEQ_ENDS, _SEQ_PROBE, NEWEST_SEQ, page_query
+from store.sqlite.keys import NEWEST_SEQ, SEQ_ENDS, SEQ_PROBE
+from store.sqlite.reader import page_query
 from tests.harness.stores import StoreSettings
 
 
@@ -113,5 +114,5 @@ def check_plans(conn: sqlite3.Connection, expect_index: bool) -> None:
         assert not any("TEMP B-TREE" in step for step in steps), where
         expected = "events_by_topic" if topic else "events_by_source" if filters.source else "PRIMARY KEY"
         assert expected in steps[0] or not expect_index, where
-    assert plan(conn, _SEQ_PROBE, [1]) == ["SEARCH events USING INTEGER PRIMARY KEY (rowid>?)"]
-    assert [step for step in plan(conn, _SEQ_ENDS, []) if "events" in step] == ["SEARCH events"] * 2
+    assert plan(conn, SEQ_PROBE, [1]) == ["SEARCH events USING INTEGER PRIMARY KEY (rowid>?)"]
+    assert [step for step in plan(conn, SEQ_ENDS, []) if "events" in step] == ["SEARCH events"] * 2

@@ -15,7 +15,7 @@ import pytest
 
 from contract import status
 from contract.schema import COUNTERS
-from store import BatchResult, StoreConfigError, StoreError, open_reader
+from store import BatchResult, StoreConfigError, StoreError, key_hash, open_reader
 from store.sqlite import SCHEMA_VERSION, SchemaError, SqliteWriter, lock_path
 from tests.harness.stores import StoreSettings
 from tests.harness.waiting import eventually
@@ -80,6 +80,9 @@ async def test_opening_creates_the_store_its_directory_and_its_tables(
             "dead_letters",
             "dead_letter_counts",
             "dead_letter_totals",
+            "keys",
+            "sqlite_sequence",
+            "sweep_totals",
         }
         assert dict(conn.execute("SELECT name, value FROM counters").fetchall()) == dict.fromkeys(COUNTERS, 0)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -126,10 +129,8 @@ async def test_a_store_from_a_newer_version_is_refused_in_one_line(path: Path) -
 
 async def test_the_event_key_is_unique_in_the_schema(path: Path, writer: SqliteWriter) -> None:
     conn = raw(path)
-    row = ("t", "e", "2026-01-01T00:00:00Z", "s", "{}", "2026-01-01T00:00:00Z")
-    insert = (
-        "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at) VALUES (?,?,?,?,?,?)"
-    )
+    row = (key_hash("t", "e"), 1, 0)
+    insert = "INSERT INTO keys (h, seq, received_ms) VALUES (?, ?, ?)"
     try:
         conn.execute(insert, row)
         with pytest.raises(sqlite3.IntegrityError):

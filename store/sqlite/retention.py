@@ -1,0 +1,130 @@
+"""The SQLite store's sweeps: expired events and forgotten keys leave in short transactions.
+
+Each transaction runs in one call on the writer's thread, so a batch queued meanwhile commits between two
+of them. Events go from the front of the table (received_at grows with seq), a chunk sized to take about
+SWEEP_TARGET; the pages they free go on SQLite's freelist and are reused by new events, so the file stops
+growing once as much expires as arrives (it does not shrink: auto_vacuum is off, as it always was).
+Forgotten keys are found by walking `keys` in hash order from where the last sweep stopped, a bounded
+stretch per sweep: dedup and reads treat them as gone at once, so deleting them can lag.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from store.base import Retention, SweepResult
+from store.sqlite.keys import expired_bound
+from store.sqlite.schema import received_ms
+
+log = logging.getLogger(__name__)
+
+# Each sweep transaction aims at this much time holding the writer (the issue's bound is about 50 ms).
+SWEEP_TARGET = 0.02
+_FIRST_CHUNK = 1000
+_MIN_CHUNK, _MAX_CHUNK = 50, 50_000
+# Keys looked at per transaction, and per sweep (about 60 MB of `keys` at 33 bytes a key).
+KEY_CHUNK = 5000
+KEYS_PER_SWEEP = 2_000_000
+
+OnThread = Callable[..., Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class KeyCursor:
+    """Where the walk over `keys` stopped: the next sweep goes on from this hash (b"" from the start)."""
+
+    after: bytes = b""
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _sweep_events(conn: sqlite3.Connection, cutoff: str, limit: int) -> tuple[int, float]:
+    """Delete up to `limit` of the oldest events received before `cutoff`; (removed, seconds)."""
+    started = time.perf_counter()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "SELECT seq, received_at FROM events ORDER BY seq LIMIT 1 OFFSET ?", (limit,)
+        ).fetchone()
+        if row is not None and str(row[1]) < cutoff:
+            upper = int(row[0])  # the whole chunk is expired
+        else:
+            bound = expired_bound(conn, cutoff)
+            upper = bound if row is None else min(bound, int(row[0]))
+        removed = conn.execute("DELETE FROM events WHERE seq < ?", (upper,)).rowcount if upper else 0
+        if removed:
+            conn.execute("UPDATE sweep_totals SET swept = swept + ?", (removed,))
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return removed, time.perf_counter() - started
+
+
+def _sweep_keys(
+    conn: sqlite3.Connection, after: bytes, forgotten_ms: int, limit: int
+) -> tuple[int, bytes | None, float]:
+    """Delete the keys received before `forgotten_ms` among the next `limit` after `after` in hash order;
+    (removed, the last hash looked at or None at the end of the table, seconds)."""
+    started = time.perf_counter()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "SELECT h FROM keys WHERE h > ? ORDER BY h LIMIT 1 OFFSET ?", (after, limit)
+        ).fetchone()
+        upper = None if row is None else bytes(row[0])
+        if upper is None:
+            removed = conn.execute(
+                "DELETE FROM keys WHERE h > ? AND received_ms < ?", (after, forgotten_ms)
+            ).rowcount
+        else:
+            removed = conn.execute(
+                "DELETE FROM keys WHERE h > ? AND h <= ? AND received_ms < ?", (after, upper, forgotten_ms)
+            ).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return removed, upper, time.perf_counter() - started
+
+
+def _next_chunk(limit: int, removed: int, took: float) -> int:
+    if removed < limit or took <= 0:
+        return limit
+    return max(_MIN_CHUNK, min(_MAX_CHUNK, int(limit * SWEEP_TARGET / took)))
+
+
+async def sweep(conn: Any, on_thread: OnThread, retention: Retention, cursor: KeyCursor) -> SweepResult:
+    """One sweep by `retention` (the store's); each transaction one call on the connection's thread."""
+    if retention.events is None and retention.keys is None:
+        return SweepResult(skipped="RETENTION is not set: every event is kept")
+    events = keys = transactions = 0
+    longest = 0.0
+    cutoff = retention.event_cutoff()
+    if cutoff is not None:
+        limit = _FIRST_CHUNK
+        while True:
+            removed, took = await on_thread(conn, _sweep_events, cutoff, limit)
+            events, transactions, longest = events + removed, transactions + 1, max(longest, took)
+            if removed < limit:
+                break
+            limit = _next_chunk(limit, removed, took)
+    key_cutoff = retention.key_cutoff()
+    if key_cutoff is not None:
+        forgotten_ms = received_ms(key_cutoff)
+        for _ in range(KEYS_PER_SWEEP // KEY_CHUNK):
+            removed, upper, took = await on_thread(conn, _sweep_keys, cursor.after, forgotten_ms, KEY_CHUNK)
+            keys, transactions, longest = keys + removed, transactions + 1, max(longest, took)
+            if upper is None:
+                cursor.after = b""
+                break
+            cursor.after = upper
+    return SweepResult(events, keys, transactions, longest)
