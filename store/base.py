@@ -198,7 +198,8 @@ def _duration(text: str | None) -> timedelta | None:
 
 @dataclass(frozen=True, slots=True)
 class Expired:
-    """A key whose event has expired: GET by key answers 410 with these (the store's clock)."""
+    """A key whose event has expired: GET by key answers 410 with these (the store's clock; the moment
+    received is kept to the millisecond in the key)."""
 
     received_at: str
     expired_at: str

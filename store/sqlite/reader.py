@@ -206,7 +206,8 @@ def _event_row(conn: sqlite3.Connection, topic: str, event_id: str) -> Row | Exp
         return None  # another key with the same 128-bit hash: see key_hash
     if row is not None and (cutoff is None or str(row[6]) >= cutoff):
         return cast(Row, tuple(row))
-    received_at = str(row[6]) if row is not None else ms_text(ms)
+    # From the key, not the row, so the answer is the same before and after the sweep (to the millisecond).
+    received_at = ms_text(ms)
     return Expired(received_at, expires_at(received_at, retention))
 
 
