@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import StateDep, require_read_key
+from store import Holdings
 
 # The classic text format: every Prometheus version and most other scrapers read it.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -53,6 +54,7 @@ class Scrape:
     queue_consumers: int | None
     dead_letter_queue: str
     dead_letter_messages: int | None
+    holdings: Holdings | None = None
 
 
 class ApiMetrics:
@@ -142,6 +144,8 @@ class _ScrapeCollector(Collector):
             for topic, count in values.items():
                 per_topic.add_metric((topic,), count)
             yield per_topic
+        if s.holdings is not None:
+            yield from _holdings(s.holdings)
         if s.last_commit_at is not None:
             committed = datetime.fromisoformat(s.last_commit_at).timestamp()
             yield GaugeMetricFamily(
@@ -182,6 +186,28 @@ class _ScrapeCollector(Collector):
                 s.dead_letter_queue,
                 s.dead_letter_messages,
             )
+
+
+def _holdings(held: Holdings) -> Iterator[Metric]:
+    yield GaugeMetricFamily("eventagg_stored_events", "events GET /events can return now", held.stored_events)
+    yield GaugeMetricFamily(
+        "eventagg_expired_events", "events expired by RETENTION, swept or not yet", held.expired_events
+    )
+    if held.oldest_received_at is not None:
+        yield GaugeMetricFamily(
+            "eventagg_oldest_event_timestamp_seconds",
+            "received_at of the oldest readable event (Unix time)",
+            value=datetime.fromisoformat(held.oldest_received_at).timestamp(),
+        )
+    # 0 when unset: keep forever.
+    for name, span in (("retention", held.retention.events), ("key_retention", held.retention.keys)):
+        yield GaugeMetricFamily(
+            f"eventagg_{name}_seconds",
+            f"{name.upper()} in force, as the store records it; 0 keeps forever",
+            value=span.total_seconds() if span else 0.0,
+        )
+    if held.size_bytes is not None:
+        yield GaugeMetricFamily("eventagg_store_size_bytes", "the store's size on disk", held.size_bytes)
 
 
 def _labelled(name: str, help_text: str, label: str, value: str, sample: float) -> GaugeMetricFamily:
@@ -256,5 +282,6 @@ async def metrics(request: Request, st: StateDep) -> Response:
         queue_consumers=depths.consumers,
         dead_letter_queue=topology.dead_letter_queue,
         dead_letter_messages=depths.dead_letter_queue,
+        holdings=snapshot.holdings,
     )
     return Response(metrics_of(request).exposition(scrape), media_type=CONTENT_TYPE)

@@ -143,6 +143,21 @@ class DeadLetterStats(BaseModel):
     dropped: int = Field(description="the oldest, deleted to keep the newest 100,000")
 
 
+class RetentionInfo(BaseModel):
+    events_seconds: float | None = Field(
+        description="RETENTION in force (recorded in the store by the consumer); null keeps every event"
+    )
+    keys_seconds: float | None = Field(
+        description="KEY_RETENTION in force; null keeps the keys of expired events forever"
+    )
+
+
+class Gone(BaseModel):
+    detail: str
+    received_at: str = Field(description="when the consumer stored the event (to the millisecond)")
+    expired_at: str = Field(description="when it expired: received_at plus RETENTION")
+
+
 class Stats(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -177,7 +192,9 @@ class Stats(BaseModel):
     received: int = Field(
         description="events in valid messages plus one per invalid message; counts redeliveries"
     )
-    unique_processed: int = Field(description="events stored; equals the number of stored events")
+    unique_processed: int = Field(
+        description="events stored over the store's life; stored_events + expired_events"
+    )
     duplicate_dropped: int
     invalid: int = Field(description="messages dead-lettered as invalid")
     conflicts: int = Field(description="duplicates whose content differed from the stored event")
@@ -188,7 +205,7 @@ class Stats(BaseModel):
         description="duplicate_dropped as a percentage of received, 2 decimals; 0 if none"
     )
     topics: list[str] = Field(description="topic names in the order they were first stored")
-    topic_counts: dict[str, int] = Field(description="stored events per topic")
+    topic_counts: dict[str, int] = Field(description="events stored per topic over the store's life")
     topic_duplicates: dict[str, int] = Field(default_factory=dict, description="duplicates dropped per topic")
     topic_conflicts: dict[str, int] = Field(default_factory=dict, description="conflicts per topic")
     uptime: float = Field(description="seconds since the api started")
@@ -202,6 +219,14 @@ class Stats(BaseModel):
         None, description="the dead letters the store keeps; null until the consumer has created the store"
     )
     consumer: ConsumerInfo
+    stored_events: int = Field(0, description="events GET /events can return now (not expired)")
+    expired_events: int = Field(0, description="events expired by RETENTION (swept or not yet)")
+    oldest_received_at: str | None = Field(None, description="received_at of the oldest readable event")
+    retention: RetentionInfo = Field(
+        default_factory=lambda: RetentionInfo(events_seconds=None, keys_seconds=None),
+        description="the retention in force, as the store records it",
+    )
+    store_size_bytes: int | None = Field(None, description="the store's size on disk")
 
 
 class Info(BaseModel):

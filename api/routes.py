@@ -22,8 +22,10 @@ from api.models import (
     DeadLetterStats,
     ErrorMessage,
     EventsWrapper,
+    Gone,
     PublishAccepted,
     QueueInfo,
+    RetentionInfo,
     Stats,
     StoredEvent,
     ValidationFailed,
@@ -36,7 +38,7 @@ from contract import status as status_file
 from contract.amqp import BROKER_ERRORS
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from contract.publishing import PublishFailed
-from store import Filters
+from store import Expired, Filters, Snapshot
 from store.base import utc_text
 
 log = logging.getLogger(__name__)
@@ -274,7 +276,10 @@ def _utc(moment: datetime | None) -> str | None:
     "/events/{topic}/{event_id:path}",
     response_model=StoredEvent,
     summary="One stored event: did it take effect?",
-    responses={404: {"model": ErrorMessage, "description": "not stored (yet)"}},
+    responses={
+        404: {"model": ErrorMessage, "description": "not stored (yet)"},
+        410: {"model": Gone, "description": "stored once, expired by RETENTION: the key is still known"},
+    },
     dependencies=[Depends(require_read_key)],
 )
 async def get_event(
@@ -285,6 +290,13 @@ async def get_event(
     found = await st.reader.event_row(topic, event_id)
     if found is None:
         raise HTTPException(404, f"no event {event_id!r} stored under topic {topic!r}")
+    if isinstance(found, Expired):
+        gone = Gone(
+            detail=f"event {event_id!r} under topic {topic!r} expired at {found.expired_at} (RETENTION)",
+            received_at=found.received_at,
+            expired_at=found.expired_at,
+        )
+        return JSONResponse(gone.model_dump(), status_code=410)
     return Response(row_json(found).encode(), media_type="application/json")
 
 
@@ -325,8 +337,25 @@ async def stats(st: StateDep) -> JSONResponse:
             st.settings.consumer_stall_seconds,
             status_file.read_or_none(st.settings.db_path),
         ),
+        **holdings_fields(snapshot),
     )
     return JSONResponse(stats_body(st.settings.api_compat, body))
+
+
+def holdings_fields(snapshot: Snapshot) -> dict[str, Any]:
+    held = snapshot.holdings
+    if held is None:
+        return {}
+    return {
+        "stored_events": held.stored_events,
+        "expired_events": held.expired_events,
+        "oldest_received_at": held.oldest_received_at,
+        "retention": RetentionInfo(
+            events_seconds=held.retention.events.total_seconds() if held.retention.events else None,
+            keys_seconds=held.retention.keys.total_seconds() if held.retention.keys else None,
+        ),
+        "store_size_bytes": held.size_bytes,
+    }
 
 
 def _percent(part: int, whole: int) -> float:
