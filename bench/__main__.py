@@ -74,11 +74,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--db-dir", type=Path, help="directory for the throwaway stores (default: system temp dir)"
     )
+    p.add_argument(
+        "--stored",
+        type=int,
+        metavar="N",
+        help="events in the pre-filled store of the scale scenarios (default 1000000; quick 10000)",
+    )
+    p.add_argument(
+        "--keep-stores",
+        type=Path,
+        metavar="DIR",
+        help="build the pre-filled stores in DIR once and reuse them on later runs with the same --stored",
+    )
     return p
 
 
 def chosen_sizes(args: argparse.Namespace) -> Sizes:
     sizes = QUICK if args.quick else FULL
+    if args.stored is not None:
+        sizes = replace(sizes, stored=args.stored)
     return sizes if args.count is None else replace(sizes, count=args.count)
 
 
@@ -99,11 +113,24 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
     sizes = ctx.sizes
     chosen = [s for s in SCENARIOS if s.name in args.only]
     try:
-        if any(s.needs_big_store for s in chosen):
-            started = time.monotonic()
-            ctx.big_store = workdir / "prefilled.db"
-            await asyncio.to_thread(bigstore.build, ctx.big_store, sizes.stored, 1)
-            _progress(f"store with {sizes.stored:,} events built in {time.monotonic() - started:.1f}s")
+        kept = args.keep_stores or workdir
+        for kind, needed in (
+            ("events", any(s.needs_big_store == "events" for s in chosen)),
+            ("tombstones", any(s.needs_big_store == "tombstones" for s in chosen)),
+        ):
+            if not needed:
+                continue
+            path = kept / f"prefilled-{kind}-{sizes.stored}.db"
+            if not path.exists():
+                started = time.monotonic()
+                building = path.with_name(path.name + ".building")
+                await asyncio.to_thread(bigstore.build, building, sizes.stored, 1, kind == "tombstones")
+                building.rename(path)
+                _progress(f"store with {sizes.stored:,} {kind} built in {time.monotonic() - started:.1f}s")
+            if kind == "events":
+                ctx.big_store = path
+            else:
+                ctx.tombstone_store = path
         samples: list[Sample] = []
         for round_ in range(args.runs):
             # Rotate the order each round so no scenario always runs first (or right after another one).

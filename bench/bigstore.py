@@ -17,11 +17,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from store import key_hash
 from store.sqlite import SqliteWriter
+from store.sqlite.schema import received_ms
 
 TOPICS = ("orders", "payments", "auth", "search", "billing", "shipping", "inventory", "email")
 CHUNK = 50_000
-RECEIVED_AT = "2026-01-01T00:00:00Z"
+RECEIVED_AT = "2026-01-01T00:00:00.000000Z"
 
 
 def _rows(count: int, seed: int, topics: Counter[str]) -> Iterator[tuple[str, str, str, str, str, str]]:
@@ -45,33 +47,47 @@ def _rows(count: int, seed: int, topics: Counter[str]) -> Iterator[tuple[str, st
         )
 
 
-def build(path: Path, count: int, seed: int = 1) -> None:
-    """Write `count` events into a new store at `path`."""
+def build(path: Path, count: int, seed: int = 1, tombstones: bool = False) -> None:
+    """Write `count` events into a new store at `path`; with `tombstones`, only their keys (the events
+    expired and swept), as a store that has run for months under RETENTION holds them."""
     asyncio.run(_create(path))
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous = OFF")  # the build only; the consumer reopens it with FULL
         conn.execute("PRAGMA cache_size = -262144")
+        conn.create_function("eventagg_key", 2, key_hash, deterministic=True)
         topics: Counter[str] = Counter()
         rows = _rows(count, seed, topics)
+        seq = 0
         while True:
             chunk = [row for _, row in zip(range(CHUNK), rows, strict=False)]
             if not chunk:
                 break
+            numbered = [(seq + i, *row) for i, row in enumerate(chunk, start=1)]
+            seq += len(chunk)
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
-                "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                chunk,
+                "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                numbered,
             )
             conn.execute("COMMIT")
         conn.execute("BEGIN IMMEDIATE")
+        # The keys in hash order: one pass that fills each page once, as the migration does.
+        conn.execute(
+            "INSERT INTO keys (h, seq, received_ms) SELECT eventagg_key(topic, event_id), seq, ?"
+            " FROM events ORDER BY 1",
+            (received_ms(RECEIVED_AT),),
+        )
         for name in ("received", "unique_processed"):
             conn.execute("UPDATE counters SET value = ? WHERE name = ?", (count, name))
         conn.execute(
             "INSERT INTO topics (topic, count, first_seq) SELECT topic, COUNT(*), MIN(seq) FROM events"
             " WHERE true GROUP BY topic"
         )
+        if tombstones:
+            conn.execute("DELETE FROM events")
+            conn.execute("UPDATE sweep_totals SET swept = ?", (count,))
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

@@ -117,6 +117,7 @@ def targets(
     ratio("envelopes of 100 end to end / baseline", "e2e_envelopes", "baseline", 50.0)
     ratio("HTTP shim / envelopes of 100 (AMQP path)", "shim", "e2e_envelopes", 0.5)
     ratio("ingest with store pre-filled / empty store", "ingest_at_scale", "e2e_envelopes", 0.8)
+    ratio("ingest over tombstones / empty store", "ingest_over_tombstones", "e2e_envelopes", 0.8)
     ratio("publisher CLI single-event / pika publisher", "publisher_single", "pika_publisher", 1.0)
     ratio("POST /publish, 1 topic per event / pika publisher", "shim_topics", "pika_publisher", 0.7)
     ratio(
@@ -178,6 +179,7 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "pika_roundtrip": [("p50_ms", "p50 ms", "{:.2f}".format), ("p99_ms", "p99 ms", "{:.2f}".format)],
     "shim_sequential": [("p50_ms", "p50 ms", "{:.2f}".format), ("p99_ms", "p99 ms", "{:.2f}".format)],
     "ingest_at_scale": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "ingest_over_tombstones": [("events_per_second", "events/s", "{:,.0f}".format)],
     "latency": [("p50_ms", "p50 ms", "{:.1f}".format), ("p99_ms", "p99 ms", "{:.1f}".format)],
     "queries": [
         (f"{kind}_{q}_ms", f"{label} {q} ms", "{:.2f}".format)
@@ -213,6 +215,7 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "pika_roundtrip": f"{sizes.sequential_requests:,} messages",
         "shim_sequential": f"{sizes.sequential_requests:,} requests",
         "ingest_at_scale": f"{sizes.count:,} onto {sizes.stored:,}",
+        "ingest_over_tombstones": f"{sizes.count:,} onto {sizes.stored:,} keys",
         "latency": f"{sizes.latency_rate:,.0f}/s for {sizes.latency_seconds:g}s",
         "queries": f"{sizes.stored:,} stored, {sizes.query_requests} each",
         "backlog": f"{sizes.backlog:,} queued",

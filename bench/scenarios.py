@@ -77,6 +77,7 @@ class Context:
     seed: int
     timeout: float
     big_store: Path | None = None  # built once, before the rounds, when a scale scenario runs
+    tombstone_store: Path | None = None  # as big_store, with only the keys left (the events swept)
     info: dict[str, Any] = field(default_factory=dict)  # what a repetition reports beside its figures
     latency_linger: float = DEFAULT_LINGER  # the publisher CLI's default
     round: int = 0  # the repetition being measured, from 0
@@ -137,6 +138,12 @@ async def ingest_at_scale(ctx: Context, tag: str) -> dict[str, float]:
     if ctx.big_store is None:
         raise BenchError("no prebuilt store")
     return await _ingest(ctx, tag, 100, ctx.big_store)
+
+
+async def ingest_over_tombstones(ctx: Context, tag: str) -> dict[str, float]:
+    if ctx.tombstone_store is None:
+        raise BenchError("no prebuilt store of tombstones")
+    return await _ingest(ctx, tag, 100, ctx.tombstone_store)
 
 
 async def ceiling(ctx: Context, tag: str) -> dict[str, float]:
@@ -540,7 +547,7 @@ class Scenario:
     name: str
     label: str
     measure: Measure
-    needs_big_store: bool = False
+    needs_big_store: str | None = None  # "events" or "tombstones": the pre-filled store it starts from
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -558,8 +565,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("pika_roundtrip", "REFERENCE: pika publish + wait for confirm", pika_roundtrip),
     Scenario("shim_sequential", "HTTP shim: single-event POSTs one at a time", shim_sequential),
     Scenario("latency", "publish -> queryable at a steady rate", latency),
-    Scenario("ingest_at_scale", "end to end, envelopes of 100, store pre-filled", ingest_at_scale, True),
-    Scenario("queries", "GET /events, /stats at scale", queries, True),
+    Scenario("ingest_at_scale", "end to end, envelopes of 100, store pre-filled", ingest_at_scale, "events"),
+    Scenario(
+        "ingest_over_tombstones",
+        "end to end, envelopes of 100, store of keys only",
+        ingest_over_tombstones,
+        "tombstones",
+    ),
+    Scenario("queries", "GET /events, /stats at scale", queries, "events"),
     Scenario("backlog", "consumer draining a backlog (envelopes of 100)", backlog),
     Scenario("postgres_1", "end to end, envelopes of 100, PostgreSQL, 1 consumer", postgres_1),
     Scenario("postgres_2", "end to end, envelopes of 100, PostgreSQL, 2 consumers", postgres_2),
