@@ -11,6 +11,9 @@
   before its acks, create that flag file, so the batches after it fail until the flag is removed. The next
   batch is already decoded and in hand by then: this makes "batch N committed, batch N+1 failing" reachable.
 
+- `EVENTAGG_FAULT_KILL_IN_SWEEP=N`: SIGKILL this process inside its N-th retention sweep transaction that
+  removes something, after its deletes and before its COMMIT.
+
 These are not settings: they exist to prove the crash guarantees and are logged loudly when active.
 """
 
@@ -21,7 +24,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from consumer.hooks import Commit, Hooks
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 KILL_AFTER_COMMIT = "EVENTAGG_FAULT_KILL_AFTER_COMMIT"
 COMMIT = "EVENTAGG_FAULT_COMMIT"
 FAIL_AFTER_COMMIT = "EVENTAGG_FAULT_FAIL_AFTER_COMMIT"
+KILL_IN_SWEEP = "EVENTAGG_FAULT_KILL_IN_SWEEP"
 ERRORS = {"ioerror": (errno.EIO, "disk I/O error"), "full": (errno.ENOSPC, "database or disk is full")}
 
 
@@ -40,13 +44,18 @@ class Faults(Hooks):
     commit_error: str | None = None
     commit_flag: Path | None = None
     fail_after_commit: int | None = None
+    kill_in_sweep: int | None = None
+    sweeps: list[int] = field(default_factory=lambda: [0], compare=False)  # sweep transactions so far
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Faults:
         kill_after = environ.get(KILL_AFTER_COMMIT)
         commit = environ.get(COMMIT)
         fail_after = environ.get(FAIL_AFTER_COMMIT)
+        in_sweep = environ.get(KILL_IN_SWEEP)
         faults = cls()
+        if in_sweep:
+            faults = replace(faults, kill_in_sweep=_positive(KILL_IN_SWEEP, in_sweep))
         if kill_after:
             faults = replace(faults, kill_after_commit=_positive(KILL_AFTER_COMMIT, kill_after))
         if commit:
@@ -65,11 +74,23 @@ class Faults(Hooks):
 
     @property
     def active(self) -> bool:
-        return self.kill_after_commit is not None or self.commit_flag is not None
+        return any(x is not None for x in (self.kill_after_commit, self.commit_flag, self.kill_in_sweep))
 
     def store_hook(self) -> Callable[[], None] | None:
         """What the store calls inside every batch transaction, if anything."""
         return self.before_commit if self.commit_flag is not None else None
+
+    def sweep_hook(self) -> Callable[[], None] | None:
+        """What the store calls inside every sweep transaction that removes something, before its COMMIT."""
+        return self.in_sweep if self.kill_in_sweep is not None else None
+
+    def in_sweep(self) -> None:
+        self.sweeps[0] += 1
+        if self.kill_in_sweep is not None and self.sweeps[0] >= self.kill_in_sweep:
+            log.warning(
+                "fault injection: SIGKILL inside sweep transaction %d, before its COMMIT", self.sweeps[0]
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def before_commit(self) -> None:
         """Called inside the batch transaction right before COMMIT; the store rolls the batch back."""

@@ -87,7 +87,7 @@ async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | 
     watchers: list[Hooks] = [summary, status] if metrics is None else [summary, status, metrics]
     # The fault injection last: it may SIGKILL the process once the others have heard of the commit.
     hooks = Fanout(*watchers, faults)
-    storage = Storage(settings, hooks, faults.store_hook())
+    storage = Storage(settings, hooks, faults.store_hook(), faults.sweep_hook())
     refused = False
     try:
         # The store first: a second consumer on one SQLite file is refused by the store's lock before it

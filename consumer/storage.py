@@ -36,11 +36,16 @@ class Storage:
     """
 
     def __init__(
-        self, settings: ConsumerSettings, hooks: Hooks, before_commit: Callable[[], None] | None = None
+        self,
+        settings: ConsumerSettings,
+        hooks: Hooks,
+        before_commit: Callable[[], None] | None = None,
+        in_sweep: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._hooks = hooks
         self._before_commit = before_commit
+        self._in_sweep = in_sweep
         self._writer: Writer | None = None
         self._working = False  # the last store call worked
         self.location = locate(settings)  # StoreConfigError here: an unknown DATABASE_URL scheme
@@ -115,7 +120,7 @@ class Storage:
     async def sweep(self) -> SweepResult:
         """One sweep by the store's recorded retention; StoreError when the store fails (tried again at the
         next interval: nothing is lost by sweeping late, reads are exact without it)."""
-        return await (await self._open()).sweep()
+        return await (await self._open()).sweep(self._in_sweep)
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from hashlib import blake2b
@@ -259,9 +259,10 @@ class Writer(Protocol):
         """Make `retention` the store's; returns the one recorded before (KEEP_ALL on a new store)."""
         ...
 
-    async def sweep(self) -> SweepResult:
+    async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
         """Remove expired events and forgotten keys by the store's recorded retention, in short
-        transactions (each well under 50 ms), so batches carry on between them."""
+        transactions (each well under 50 ms), so batches carry on between them. `before_commit` runs inside
+        each transaction that removes something (fault injection for the crash tests)."""
         ...
 
     async def apply(

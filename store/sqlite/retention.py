@@ -32,6 +32,7 @@ KEY_CHUNK = 5000
 KEYS_PER_SWEEP = 2_000_000
 
 OnThread = Callable[..., Awaitable[Any]]
+Hook = Callable[[], None] | None
 
 
 @dataclass(slots=True)
@@ -46,7 +47,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _sweep_events(conn: sqlite3.Connection, cutoff: str, limit: int) -> tuple[int, float]:
+def _sweep_events(
+    conn: sqlite3.Connection, cutoff: str, limit: int, before_commit: Hook
+) -> tuple[int, float]:
     """Delete up to `limit` of the oldest events received before `cutoff`; (removed, seconds)."""
     started = time.perf_counter()
     try:
@@ -62,6 +65,8 @@ def _sweep_events(conn: sqlite3.Connection, cutoff: str, limit: int) -> tuple[in
         removed = conn.execute("DELETE FROM events WHERE seq < ?", (upper,)).rowcount if upper else 0
         if removed:
             conn.execute("UPDATE sweep_totals SET swept = swept + ?", (removed,))
+            if before_commit is not None:
+                before_commit()
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
@@ -70,7 +75,7 @@ def _sweep_events(conn: sqlite3.Connection, cutoff: str, limit: int) -> tuple[in
 
 
 def _sweep_keys(
-    conn: sqlite3.Connection, after: bytes, forgotten_ms: int, limit: int
+    conn: sqlite3.Connection, after: bytes, forgotten_ms: int, limit: int, before_commit: Hook
 ) -> tuple[int, bytes | None, float]:
     """Delete the keys received before `forgotten_ms` among the next `limit` after `after` in hash order;
     (removed, the last hash looked at or None at the end of the table, seconds)."""
@@ -89,6 +94,8 @@ def _sweep_keys(
             removed = conn.execute(
                 "DELETE FROM keys WHERE h > ? AND h <= ? AND received_ms < ?", (after, upper, forgotten_ms)
             ).rowcount
+        if removed and before_commit is not None:
+            before_commit()
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
@@ -102,7 +109,9 @@ def _next_chunk(limit: int, removed: int, took: float) -> int:
     return max(_MIN_CHUNK, min(_MAX_CHUNK, int(limit * SWEEP_TARGET / took)))
 
 
-async def sweep(conn: Any, on_thread: OnThread, retention: Retention, cursor: KeyCursor) -> SweepResult:
+async def sweep(
+    conn: Any, on_thread: OnThread, retention: Retention, cursor: KeyCursor, before_commit: Hook = None
+) -> SweepResult:
     """One sweep by `retention` (the store's); each transaction one call on the connection's thread."""
     if retention.events is None and retention.keys is None:
         return SweepResult(skipped="RETENTION is not set: every event is kept")
@@ -112,7 +121,7 @@ async def sweep(conn: Any, on_thread: OnThread, retention: Retention, cursor: Ke
     if cutoff is not None:
         limit = _FIRST_CHUNK
         while True:
-            removed, took = await on_thread(conn, _sweep_events, cutoff, limit)
+            removed, took = await on_thread(conn, _sweep_events, cutoff, limit, before_commit)
             events, transactions, longest = events + removed, transactions + 1, max(longest, took)
             if removed < limit:
                 break
@@ -121,7 +130,9 @@ async def sweep(conn: Any, on_thread: OnThread, retention: Retention, cursor: Ke
     if key_cutoff is not None:
         forgotten_ms = received_ms(key_cutoff)
         for _ in range(KEYS_PER_SWEEP // KEY_CHUNK):
-            removed, upper, took = await on_thread(conn, _sweep_keys, cursor.after, forgotten_ms, KEY_CHUNK)
+            removed, upper, took = await on_thread(
+                conn, _sweep_keys, cursor.after, forgotten_ms, KEY_CHUNK, before_commit
+            )
             keys, transactions, longest = keys + removed, transactions + 1, max(longest, took)
             if upper is None:
                 cursor.after = b""

@@ -161,9 +161,9 @@ class SqliteWriter:
         self._retention = retention
         return before
 
-    async def sweep(self) -> SweepResult:
+    async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
         try:
-            return await sweep(self._conn, on_thread, self._retention, self._key_cursor)
+            return await sweep(self._conn, on_thread, self._retention, self._key_cursor, before_commit)
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
 
