@@ -58,6 +58,9 @@ def build(path: Path, count: int, seed: int = 1, tombstones: bool = False) -> No
         conn.create_function("eventagg_key", 2, key_hash, deterministic=True)
         topics: Counter[str] = Counter()
         rows = _rows(count, seed, topics)
+        if tombstones:
+            _tombstones(conn, rows, count)
+            return
         seq = 0
         while True:
             chunk = [row for _, row in zip(range(CHUNK), rows, strict=False)]
@@ -85,13 +88,30 @@ def build(path: Path, count: int, seed: int = 1, tombstones: bool = False) -> No
             "INSERT INTO topics (topic, count, first_seq) SELECT topic, COUNT(*), MIN(seq) FROM events"
             " WHERE true GROUP BY topic"
         )
-        if tombstones:
-            conn.execute("DELETE FROM events")
-            conn.execute("UPDATE sweep_totals SET swept = ?", (count,))
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+
+
+def _tombstones(conn: sqlite3.Connection, rows: Iterator[tuple[str, ...]], count: int) -> None:
+    """Only the keys, in hash order, and counters as if every event had been stored, then swept."""
+    ms = received_ms(RECEIVED_AT)
+    hashes = sorted(key_hash(row[0], row[1]) for row in rows)
+    conn.execute("BEGIN IMMEDIATE")
+    for start in range(0, count, CHUNK):
+        chunk = hashes[start : start + CHUNK]
+        conn.executemany(
+            "INSERT INTO keys (h, seq, received_ms) VALUES (?, ?, ?)",
+            [(h, start + i + 1, ms) for i, h in enumerate(chunk)],
+        )
+    for name in ("received", "unique_processed"):
+        conn.execute("UPDATE counters SET value = ? WHERE name = ?", (count, name))
+    conn.execute("UPDATE sweep_totals SET swept = ?", (count,))
+    # The events' seqs are gone with them, never to be handed out again.
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (count,))
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 async def _create(path: Path) -> None:

@@ -105,6 +105,40 @@ async def test_consumer_killed_at_random_moments_and_between_commit_and_ack_lose
     assert consumer.terminate() == 0
 
 
+@BOTH_BACKENDS
+async def test_consumer_killed_while_retention_sweeps_loses_nothing_and_expired_keys_stay_known(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    rng = random.Random(21)
+    checked = Checked(procs, Workload(scaled(4000), seed=77))
+    # Events expire and are swept while the stream, its re-sends and the kills go on.
+    env = {"BATCH_SIZE": "20", "RETENTION": "5s", "RETENTION_SWEEP_INTERVAL": "0.5"}
+    consumer, _ = await start_pipeline(procs, amqp, consumer_env=env)
+    assert consumer is not None
+    publisher = checked.publish("--envelope-size", "1")
+
+    kills = 0
+    while kills < max(8, scaled(4)):
+        taken = counters(deployment)["received"]
+        await past(deployment, taken + rng.randint(100, 400))
+        consumer.kill9()
+        kills += 1
+        assert still_streaming(checked), "the stream ended before the kill; proves nothing"
+        consumer = procs.consumer(**env)
+
+    assert publisher.wait(budget(300)) == 0, publisher.output()
+    await checked.settle(amqp, 300)
+    result = await checked.check(
+        amqp, "consumer kill -9, RETENTION 5s", f"{kills} kills, sweeps every 0.5 s", expiring=True
+    )
+    assert "retention sweep removed" in "".join(p.output() for p in procs.all if p.module == "consumer")
+    c = counters(deployment)
+    assert c["duplicate_dropped"] == c["received"] - checked.workload.unique
+    assert result["counters"]["unique_processed"] == checked.workload.unique
+    assert consumer.terminate() == 0
+
+
 async def test_a_crash_loop_redelivering_one_batch_25_times_dead_letters_nothing(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
