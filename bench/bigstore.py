@@ -19,6 +19,7 @@ from pathlib import Path
 
 from store import key_hash
 from store.sqlite import SqliteWriter
+from store.sqlite.keys import BUCKET_KEYS
 from store.sqlite.schema import received_ms
 
 TOPICS = ("orders", "payments", "auth", "search", "billing", "shipping", "inventory", "email")
@@ -60,51 +61,80 @@ def build(path: Path, count: int, seed: int = 1, tombstones: bool = False) -> No
         rows = _rows(count, seed, topics)
         if tombstones:
             _tombstones(conn, rows, count)
-            return
-        seq = 0
-        while True:
-            chunk = [row for _, row in zip(range(CHUNK), rows, strict=False)]
-            if not chunk:
-                break
-            numbered = [(seq + i, *row) for i, row in enumerate(chunk, start=1)]
-            seq += len(chunk)
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                numbered,
-            )
-            conn.execute("COMMIT")
-        conn.execute("BEGIN IMMEDIATE")
-        # The keys in hash order: one pass that fills each page once, as the migration does.
-        conn.execute(
-            "INSERT INTO keys (h, seq, received_ms) SELECT eventagg_key(topic, event_id), seq, ?"
-            " FROM events ORDER BY 1",
-            (received_ms(RECEIVED_AT),),
-        )
-        for name in ("received", "unique_processed"):
-            conn.execute("UPDATE counters SET value = ? WHERE name = ?", (count, name))
-        conn.execute(
-            "INSERT INTO topics (topic, count, first_seq) SELECT topic, COUNT(*), MIN(seq) FROM events"
-            " WHERE true GROUP BY topic"
-        )
-        conn.execute("COMMIT")
+        else:
+            _events(conn, rows, count, topics)
+    finally:
+        conn.close()
+    asyncio.run(_create(path))  # the writer builds the filters of the sealed key buckets
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
 
 
+def _events(
+    conn: sqlite3.Connection,
+    rows: Iterator[tuple[str, str, str, str, str, str]],
+    count: int,
+    topics: Counter[str],
+) -> None:
+    seq = 0
+    while True:
+        chunk = [row for _, row in zip(range(CHUNK), rows, strict=False)]
+        if not chunk:
+            break
+        numbered = [(seq + i, *row) for i, row in enumerate(chunk, start=1)]
+        seq += len(chunk)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            numbered,
+        )
+        conn.execute("COMMIT")
+    conn.execute("BEGIN IMMEDIATE")
+    # The keys in buckets by seq, each in hash order, as the migration does; the writer builds the
+    # filters of the sealed buckets below, so that the consumer of every round finds them.
+    conn.execute(
+        f"INSERT INTO keys (bucket, h, seq, received_ms) SELECT seq / {BUCKET_KEYS},"
+        " eventagg_key(topic, event_id), seq, ? FROM events ORDER BY 1, 2",
+        (received_ms(RECEIVED_AT),),
+    )
+    _buckets(conn)
+    for name in ("received", "unique_processed"):
+        conn.execute("UPDATE counters SET value = ? WHERE name = ?", (count, name))
+    conn.execute(
+        "INSERT INTO topics (topic, count, first_seq) SELECT topic, COUNT(*), MIN(seq) FROM events"
+        " WHERE true GROUP BY topic"
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _buckets(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM key_buckets")
+    conn.execute(
+        "INSERT INTO key_buckets (bucket, keys, newest_ms) SELECT bucket, COUNT(*), MAX(received_ms)"
+        " FROM keys GROUP BY bucket"
+    )
+    conn.execute(
+        "INSERT INTO key_buckets (bucket, keys) SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM key_buckets)"
+    )
+
+
 def _tombstones(conn: sqlite3.Connection, rows: Iterator[tuple[str, ...]], count: int) -> None:
     """Only the keys, in hash order, and counters as if every event had been stored, then swept."""
     ms = received_ms(RECEIVED_AT)
-    hashes = sorted(key_hash(row[0], row[1]) for row in rows)
     conn.execute("BEGIN IMMEDIATE")
-    for start in range(0, count, CHUNK):
-        chunk = hashes[start : start + CHUNK]
+    for start in range(0, count, BUCKET_KEYS):
+        seqs = range(start + 1, min(count, start + BUCKET_KEYS) + 1)
+        bucket = sorted((key_hash(row[0], row[1]), seq) for seq, row in zip(seqs, rows, strict=False))
         conn.executemany(
-            "INSERT INTO keys (h, seq, received_ms) VALUES (?, ?, ?)",
-            [(h, start + i + 1, ms) for i, h in enumerate(chunk)],
+            "INSERT INTO keys (bucket, h, seq, received_ms) VALUES (?, ?, ?, ?)",
+            [(seq // BUCKET_KEYS, h, seq, ms) for h, seq in bucket],
         )
+    _buckets(conn)
     for name in ("received", "unique_processed"):
         conn.execute("UPDATE counters SET value = ? WHERE name = ?", (count, name))
     conn.execute("UPDATE sweep_totals SET swept = ?", (count,))

@@ -4,8 +4,9 @@ Each transaction runs in one call on the writer's thread, so a batch queued mean
 of them. Events go from the front of the table (received_at grows with seq), a chunk sized to take about
 SWEEP_TARGET; the pages they free go on SQLite's freelist and are reused by new events, so the file stops
 growing once as much expires as arrives (it does not shrink: auto_vacuum is off, as it always was).
-Forgotten keys are found by walking `keys` in hash order from where the last sweep stopped, a bounded
-stretch per sweep: dedup and reads treat them as gone at once, so deleting them can lag.
+Forgotten keys (KEY_RETENTION) leave a whole key bucket at a time, once its newest key is older than the
+cutoff (store/sqlite/buckets.py); dedup and reads treat a forgotten key as gone at once, so deleting it can
+lag by up to a bucket's span.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from store.base import Retention, SweepResult
+from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import expired_bound
 from store.sqlite.schema import received_ms
 
@@ -27,19 +28,9 @@ log = logging.getLogger(__name__)
 SWEEP_TARGET = 0.02
 _FIRST_CHUNK = 1000
 _MIN_CHUNK, _MAX_CHUNK = 50, 50_000
-# Keys looked at per transaction, and per sweep (about 60 MB of `keys` at 33 bytes a key).
-KEY_CHUNK = 5000
-KEYS_PER_SWEEP = 2_000_000
 
 OnThread = Callable[..., Awaitable[Any]]
 Hook = Callable[[], None] | None
-
-
-@dataclass(slots=True)
-class KeyCursor:
-    """Where the walk over `keys` stopped: the next sweep goes on from this hash (b"" from the start)."""
-
-    after: bytes = b""
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -74,35 +65,6 @@ def _sweep_events(
     return removed, time.perf_counter() - started
 
 
-def _sweep_keys(
-    conn: sqlite3.Connection, after: bytes, forgotten_ms: int, limit: int, before_commit: Hook
-) -> tuple[int, bytes | None, float]:
-    """Delete the keys received before `forgotten_ms` among the next `limit` after `after` in hash order;
-    (removed, the last hash looked at or None at the end of the table, seconds)."""
-    started = time.perf_counter()
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute(
-            "SELECT h FROM keys WHERE h > ? ORDER BY h LIMIT 1 OFFSET ?", (after, limit)
-        ).fetchone()
-        upper = None if row is None else bytes(row[0])
-        if upper is None:
-            removed = conn.execute(
-                "DELETE FROM keys WHERE h > ? AND received_ms < ?", (after, forgotten_ms)
-            ).rowcount
-        else:
-            removed = conn.execute(
-                "DELETE FROM keys WHERE h > ? AND h <= ? AND received_ms < ?", (after, upper, forgotten_ms)
-            ).rowcount
-        if removed and before_commit is not None:
-            before_commit()
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-    return removed, upper, time.perf_counter() - started
-
-
 def _next_chunk(limit: int, removed: int, took: float) -> int:
     if removed < limit or took <= 0:
         return limit
@@ -110,7 +72,7 @@ def _next_chunk(limit: int, removed: int, took: float) -> int:
 
 
 async def sweep(
-    conn: Any, on_thread: OnThread, retention: Retention, cursor: KeyCursor, before_commit: Hook = None
+    conn: Any, on_thread: OnThread, retention: Retention, buckets: KeyBuckets, before_commit: Hook = None
 ) -> SweepResult:
     """One sweep by `retention` (the store's); each transaction one call on the connection's thread."""
     if retention.events is None and retention.keys is None:
@@ -129,13 +91,10 @@ async def sweep(
     key_cutoff = retention.key_cutoff()
     if key_cutoff is not None:
         forgotten_ms = received_ms(key_cutoff)
-        for _ in range(KEYS_PER_SWEEP // KEY_CHUNK):
-            removed, upper, took = await on_thread(
-                conn, _sweep_keys, cursor.after, forgotten_ms, KEY_CHUNK, before_commit
-            )
-            keys, transactions, longest = keys + removed, transactions + 1, max(longest, took)
-            if upper is None:
-                cursor.after = b""
-                break
-            cursor.after = upper
+        more = True
+        while more:
+            started = time.perf_counter()
+            removed, more = await on_thread(conn, buckets.forget_one, forgotten_ms, before_commit)
+            took = time.perf_counter() - started
+            keys, transactions, longest = keys + removed, transactions + int(more), max(longest, took)
     return SweepResult(events, keys, transactions, longest)

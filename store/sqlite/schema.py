@@ -12,6 +12,7 @@ from typing import Final
 import aiosqlite
 
 from store.base import Durability, StoreConfigError, StoreError, key_hash, utc_text
+from store.sqlite.keys import BUCKET_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE topics ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
     """,
     # Retention. The dedup key leaves the events table for `keys`: 16 bytes of the key's hash, the event's
-    # seq and its received_at in milliseconds, about 33 bytes a key where the UNIQUE index took 60-70. A key
-    # outlives its event (a tombstone), so a re-send of an expired event is still a duplicate. `seq` becomes
-    # AUTOINCREMENT: once the oldest events are swept (or all of them), a seq is never handed out twice, so
-    # cursors and the keys' seqs never point at another event. `sweep_totals` counts the events swept.
-    """
+    # seq and its received_at in milliseconds, in buckets in the order keys arrive (store/sqlite/keys.py),
+    # about 35 bytes a key where the UNIQUE index took 60-70. A key outlives its event (a tombstone), so a
+    # re-send of an expired event is still a duplicate. Existing keys go into buckets by seq; the writer
+    # builds the filters of the sealed ones when it first opens the store. `seq` becomes AUTOINCREMENT: once
+    # the oldest events are swept (or all of them), a seq is never handed out twice, so cursors and the keys'
+    # seqs never point at another event. `sweep_totals` counts the events swept.
+    f"""
     CREATE TABLE events_v7 (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,
         topic        TEXT NOT NULL,
@@ -104,9 +107,25 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events_v7 RENAME TO events;
     CREATE INDEX events_by_topic ON events (topic, seq);
     CREATE INDEX events_by_source ON events (source, seq);
-    CREATE TABLE keys (h BLOB PRIMARY KEY, seq INTEGER NOT NULL, received_ms INTEGER NOT NULL) WITHOUT ROWID;
-    INSERT INTO keys (h, seq, received_ms)
-    SELECT eventagg_key(topic, event_id), seq, eventagg_ms(received_at) FROM events ORDER BY 1;
+    CREATE TABLE keys (
+        bucket       INTEGER NOT NULL,
+        h            BLOB NOT NULL,
+        seq          INTEGER NOT NULL,
+        received_ms  INTEGER NOT NULL,
+        PRIMARY KEY (bucket, h)
+    ) WITHOUT ROWID;
+    INSERT INTO keys (bucket, h, seq, received_ms)
+    SELECT seq / {BUCKET_KEYS}, eventagg_key(topic, event_id), seq, eventagg_ms(received_at) FROM events
+    ORDER BY 1, 2;
+    CREATE TABLE key_buckets (
+        bucket     INTEGER PRIMARY KEY,
+        keys       INTEGER NOT NULL,
+        newest_ms  INTEGER,
+        filter     BLOB
+    );
+    INSERT INTO key_buckets (bucket, keys, newest_ms)
+    SELECT bucket, COUNT(*), MAX(received_ms) FROM keys GROUP BY bucket;
+    INSERT INTO key_buckets (bucket, keys) SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM key_buckets);
     CREATE TABLE sweep_totals (swept INTEGER NOT NULL);
     INSERT INTO sweep_totals (swept) VALUES (0);
     """,

@@ -30,8 +30,9 @@ from store.base import (
     sort_batch,
     utc_now,
 )
-from store.sqlite.keys import copies, lookup
-from store.sqlite.retention import KeyCursor, sweep
+from store.sqlite.buckets import KeyBuckets
+from store.sqlite.keys import copies
+from store.sqlite.retention import sweep
 from store.sqlite.schema import (
     BACKEND,
     WriterLock,
@@ -49,11 +50,6 @@ log = logging.getLogger(__name__)
 _INSERT = (
     "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-# A forgotten key (older than KEY_RETENTION) is taken over by the event stored again under it.
-_KEY = (
-    "INSERT INTO keys (h, seq, received_ms) VALUES (?, ?, ?)"
-    " ON CONFLICT (h) DO UPDATE SET seq = excluded.seq, received_ms = excluded.received_ms"
 )
 _TOPICS = (
     "INSERT INTO topics (topic, count, first_seq, duplicates, conflicts)"
@@ -106,7 +102,7 @@ class SqliteWriter:
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
         self._last_received_at = ""
         self._retention = KEEP_ALL  # the store's, as this (its only) writer recorded it
-        self._key_cursor = KeyCursor()
+        self._buckets = KeyBuckets()
 
     @classmethod
     async def open(cls, path: Path, before_commit: Callable[[], None] | None = None) -> SqliteWriter:
@@ -138,7 +134,14 @@ class SqliteWriter:
             await writer.close()
             raise error(exc) from exc
         writer._last_received_at = str(row[0]) if row and row[0] else ""
-        writer._retention = await writer._recorded_retention()
+        try:
+            writer._retention = await writer._recorded_retention()
+            await on_thread(conn, writer._buckets.load)
+        except BaseException as exc:
+            await writer.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise error(exc) from exc
+            raise
         return writer
 
     async def _recorded_retention(self) -> Retention:
@@ -163,7 +166,7 @@ class SqliteWriter:
 
     async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
         try:
-            return await sweep(self._conn, on_thread, self._retention, self._key_cursor, before_commit)
+            return await sweep(self._conn, on_thread, self._retention, self._buckets, before_commit)
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
 
@@ -206,10 +209,17 @@ class SqliteWriter:
         ]
         try:
             # The whole transaction in one call on aiosqlite's thread.
-            await on_thread(self._conn, self._write, batch, rows, messages, receipts, received_at)
+            added = await on_thread(self._conn, self._write, batch, rows, messages, receipts, received_at)
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
         self._last_received_at = received_at
+        self._buckets.counted(added)
+        if self._buckets.full:
+            try:
+                await on_thread(self._conn, self._buckets.seal)
+            except (sqlite3.Error, OSError):
+                # The batch is committed; the bucket stays open a little longer and is sealed after the next.
+                log.warning("could not seal key bucket %d; trying again after the next batch", exc_info=True)
         return batch.result
 
     def _write(
@@ -220,8 +230,9 @@ class SqliteWriter:
         messages: Sequence[Message],
         receipts: Sequence[str | None] | None,
         received_at: str,
-    ) -> None:
-        """The batch's transaction, run on the connection's thread; rolled back on any error."""
+    ) -> int:
+        """The batch's transaction, run on the connection's thread; rolled back on any error. Returns how
+        many keys it added to the open bucket."""
         try:
             conn.execute("BEGIN IMMEDIATE")
             stored, hashes = self._known(conn, batch)
@@ -232,8 +243,8 @@ class SqliteWriter:
                 # executemany instead of one execute per event: the whole batch in one statement's loop in C.
                 conn.executemany(_INSERT, [(seq, *row) for seq, row in enumerate(new, start=first)])
                 ms = received_ms(received_at)
-                conn.executemany(
-                    _KEY, [(hashes[(row[0], row[1])], seq, ms) for seq, row in enumerate(new, start=first)]
+                self._buckets.record(
+                    conn, [(hashes[(row[0], row[1])], seq, ms) for seq, row in enumerate(new, start=first)]
                 )
             inserted = {(row[0], row[1]) for row in new}
             count_duplicates(batch, stored, inserted)
@@ -258,6 +269,7 @@ class SqliteWriter:
             if self._before_commit is not None:
                 self._before_commit()
             conn.execute("COMMIT")
+            return len(new)
         except BaseException:
             if conn.in_transaction:
                 try:
@@ -272,7 +284,7 @@ class SqliteWriter:
         """The batch's keys already known, with the stored copy of those whose event has not expired, and
         every key's hash. A key older than KEY_RETENTION is forgotten: its event is stored again."""
         hashes = {key: key_hash(*key) for key in batch.first}
-        found = lookup(conn, list(hashes.values()))
+        found = self._buckets.find(conn, list(hashes.values()))
         stored: dict[tuple[str, str], StoredCopy] = {}
         if not found:
             return stored, hashes

@@ -81,6 +81,7 @@ async def test_opening_creates_the_store_its_directory_and_its_tables(
             "dead_letter_counts",
             "dead_letter_totals",
             "keys",
+            "key_buckets",
             "sqlite_sequence",
             "sweep_totals",
         }
@@ -127,10 +128,11 @@ async def test_a_store_from_a_newer_version_is_refused_in_one_line(path: Path) -
     assert "\n" not in str(caught.value)
 
 
-async def test_the_event_key_is_unique_in_the_schema(path: Path, writer: SqliteWriter) -> None:
+async def test_the_event_key_is_unique_in_its_bucket_in_the_schema(path: Path, writer: SqliteWriter) -> None:
+    # Across buckets the writer's lookup keeps it unique: tests/store/test_key_buckets.py.
     conn = raw(path)
-    row = (key_hash("t", "e"), 1, 0)
-    insert = "INSERT INTO keys (h, seq, received_ms) VALUES (?, ?, ?)"
+    row = (0, key_hash("t", "e"), 1, 0)
+    insert = "INSERT INTO keys (bucket, h, seq, received_ms) VALUES (?, ?, ?, ?)"
     try:
         conn.execute(insert, row)
         with pytest.raises(sqlite3.IntegrityError):
