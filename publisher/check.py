@@ -126,7 +126,7 @@ class CheckResult:
             f"attempted   {self.attempted}",
             f"confirmed   {self.confirmed}",
             f"stored      {self.stored}",
-            f"expired     {len(self.expired)}",
+            *([f"expired     {len(self.expired)}"] if self.expired else []),
             f"lost        {len(self.lost)}",
             f"unexpected  {len(self.unexpected)}",
             f"altered     {len(self.altered)}",
