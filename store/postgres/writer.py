@@ -7,10 +7,12 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from contract.event import Event
 from store.base import (
     DEAD_LETTERS_KEPT,
     Backend,
@@ -18,18 +20,26 @@ from store.base import (
     Durability,
     Message,
     Rejected,
+    Retention,
+    StoredCopy,
     StoreError,
+    SweepResult,
     count_duplicates,
+    key_hash,
     receipt_rows,
     receipts_expired_before,
     rejected_in,
     sort_batch,
     utc_now,
+    utc_text,
 )
+from store.postgres.partitions import Coverage, cover, micros, recorded_retention
+from store.postgres.retention import sweep
 from store.postgres.schema import (
     BACKEND,
     DB_ERRORS,
     SLOTS,
+    SWEEPER_APPLICATION,
     connect,
     durability_of,
     migrate,
@@ -38,17 +48,38 @@ from store.postgres.schema import (
 
 log = logging.getLogger(__name__)
 
+# Seqs for the batch's new keys, with the retention the store records (read in the batch's transaction: a
+# retention recorded by another consumer counts from its commit on).
+_ALLOCATE = """
+    SELECT s, (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
+        (SELECT value FROM consumer_state WHERE key = 'key_retention_seconds')
+    FROM eventagg_allocate($1) AS s
+"""
+# Dedup: a key inserted is new; a key already there is a duplicate unless it was forgotten (received before
+# $4, KEY_RETENTION's cutoff, NULL when keys are kept forever): then it takes the new seq and moment, and its
+# event is stored again. In key order: concurrent batches wait on each other's keys in one order, so two
+# consumers holding the same keys cannot deadlock.
+_KEYS = """
+    INSERT INTO event_keys (key_hash, seq, received_at)
+    SELECT h, s, $3::timestamptz FROM unnest($1::bytea[], $2::bigint[]) AS u(h, s) ORDER BY h
+    ON CONFLICT (key_hash) DO UPDATE SET seq = excluded.seq, received_at = excluded.received_at
+    WHERE event_keys.received_at < $4::timestamptz
+    RETURNING key_hash
+"""
 _INSERT = """
     INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)
     SELECT s, t, e, ts, src, p, $7::text
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
         AS u(s, t, e, ts, src, p)
-    ON CONFLICT (topic, event_id) DO NOTHING
-    RETURNING topic, event_id
 """
-_STORED = """
-    SELECT topic, event_id, timestamp, source, payload FROM events
-    WHERE (topic, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+# What the keys the batch did not insert hold (committed by an earlier batch or a concurrent consumer, whose
+# commit the insert waited for: this statement's snapshot sees it) ...
+_KNOWN = "SELECT key_hash, seq, received_at FROM event_keys WHERE key_hash = ANY($1::bytea[])"
+# ... and the stored copies of those whose event has not expired, found by moment and seq: the planner reads
+# only the partitions of those moments.
+_COPIES = """
+    SELECT seq, timestamp, source, payload FROM events
+    WHERE (received_at COLLATE "C") >= $1 AND (received_at COLLATE "C") < $2 AND seq = ANY($3::bigint[])
 """
 # The slot for the rest of the transaction: the lowest one no other transaction holds, locked until the
 # commit, and the batch's commit time recorded on it. SKIP LOCKED never waits; when every slot is held
@@ -60,14 +91,14 @@ _LEASE = """
     RETURNING slot
 """
 _LEASE_ANY = "UPDATE writer_slots SET last_commit_at = $1 WHERE slot = $2 RETURNING slot"
-# A topic's first-seen row is written once, by the first batch that stores it; only batches seeing a topic
-# for the first time at the same moment meet here, in topic order. Its counts go to the leased slot's rows,
-# which no concurrent batch touches.
+# A topic's first-seen row is written once, by the first batch that stores it (with the batch's lowest seq of
+# it, $6); only batches seeing a topic for the first time at the same moment meet here, in topic order. Its
+# counts go to the leased slot's rows, which no concurrent batch touches.
 _TOPICS = """
     WITH first_seen AS (
         INSERT INTO topics (topic, first_seq)
-        SELECT t, (SELECT MIN(seq) FROM events WHERE topic = t) FROM unnest($1::text[]) AS u(t)
-        WHERE NOT EXISTS (SELECT FROM topics WHERE topic = t)
+        SELECT t, f FROM unnest($1::text[], $6::bigint[]) AS u(t, f)
+        WHERE f IS NOT NULL AND NOT EXISTS (SELECT FROM topics WHERE topic = t)
         ORDER BY t
         ON CONFLICT (topic) DO NOTHING
     )
@@ -110,11 +141,10 @@ _DEAD_LETTER_COUNT = """
 _DEAD_LETTER_TRIM = """
     DELETE FROM dead_letters WHERE id < (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET $1)
 """
-# Rows only from transactions older than every running one: nothing can commit below them any more.
-
 # A batch that lost a deadlock or a serialization check is retried at once this many times (then the
 # consumer's own backoff takes over); the locks are taken in one order, so this should stay rare.
 _TRANSACTION_RETRIES = 5
+_SECOND = timedelta(seconds=1)
 
 
 class PostgresWriter:
@@ -126,6 +156,8 @@ class PostgresWriter:
         self._url = url
         self._conn: Any = conn
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
+        self._coverage = Coverage()
+        self._sweeper: Any = None  # the sweep's own connection: this one runs the batches meanwhile
 
     @classmethod
     async def open(cls, url: str, before_commit: Callable[[], None] | None = None) -> PostgresWriter:
@@ -138,12 +170,36 @@ class PostgresWriter:
         return cls(url, conn, before_commit)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                await asyncio.wait_for(conn.close(), 5)
-            except DB_ERRORS:
+        for conn in (self._conn, self._sweeper):
+            if conn is not None:
+                try:
+                    await asyncio.wait_for(conn.close(), 5)
+                except DB_ERRORS:
+                    conn.terminate()
+        self._conn = self._sweeper = None
+
+    async def record_retention(self, retention: Retention) -> Retention:
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE consumer_state IN SHARE ROW EXCLUSIVE MODE")
+                before = await recorded_retention(conn)
+                await conn.executemany(_STATE, list(retention.as_state().items()))
+            await cover(conn, self._coverage)
+        except DB_ERRORS as exc:
+            raise self._error(exc) from exc
+        return before
+
+    async def sweep(self) -> SweepResult:
+        try:
+            if self._sweeper is None or self._sweeper.is_closed():
+                self._sweeper = await connect(self._url, SWEEPER_APPLICATION)
+            return await sweep(self._sweeper)
+        except DB_ERRORS as exc:
+            if self._sweeper is not None:
+                conn, self._sweeper = self._sweeper, None
                 conn.terminate()
+            raise StoreError(f"{where(self._url)}: sweep: {type(exc).__name__}: {exc}") from exc
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
@@ -185,14 +241,23 @@ class PostgresWriter:
     async def apply(
         self, messages: Sequence[Message], receipts: Sequence[str | None] | None = None
     ) -> BatchResult:
-        """Apply a batch in ONE transaction; retried at once when it loses a deadlock or serialization check.
+        """Apply a batch in ONE transaction; retried at once when it loses a deadlock or serialization check,
+        or finds no partition for its moment (then created first).
 
         Raises StoreError with nothing applied; the caller must then ack nothing.
         """
         for attempt in range(1, _TRANSACTION_RETRIES + 1):
             try:
-                return await self._apply(await self._connection(), messages, receipts)
-            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                conn = await self._connection()
+                received_at = utc_now()
+                if not self._coverage.ahead(micros(received_at)):
+                    await cover(conn, self._coverage)
+                return await self._apply(conn, messages, receipts, received_at)
+            except (
+                asyncpg.DeadlockDetectedError,
+                asyncpg.SerializationError,
+                asyncpg.CheckViolationError,
+            ) as exc:
                 if attempt == _TRANSACTION_RETRIES:
                     raise self._error(exc) from exc
                 log.warning(
@@ -200,45 +265,55 @@ class PostgresWriter:
                     type(exc).__name__,
                     _TRANSACTION_RETRIES - attempt,
                 )
+                # "no partition of relation events found for row" is a check violation: cover it first.
+                self._coverage.forget()
                 await asyncio.sleep(random.uniform(0, 0.01 * attempt))
             except DB_ERRORS as exc:
                 raise self._error(exc) from exc
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _apply(
-        self, conn: Any, messages: Sequence[Message], receipts: Sequence[str | None] | None
+        self, conn: Any, messages: Sequence[Message], receipts: Sequence[str | None] | None, received_at: str
     ) -> BatchResult:
         batch = sort_batch(messages)
-        received_at = utc_now()
+        moment = datetime.fromisoformat(received_at)
         async with conn.transaction():
-            stored: dict[tuple[str, str], tuple[str, str, str]] = {}
+            stored: dict[tuple[str, str], StoredCopy] = {}
             inserted: set[tuple[str, str]] = set()
+            first_seqs: dict[str, int] = {}
             if batch.first:
                 # Seqs in arrival order (paging shows a batch as it came, as on SQLite) ...
-                seqs = await conn.fetch("SELECT eventagg_allocate($1)", len(batch.first))
-                numbered = sorted(
-                    zip((r[0] for r in seqs), batch.first.values(), strict=True),
-                    key=lambda pair: (pair[1].topic, pair[1].event_id),
+                allocated = await conn.fetch(_ALLOCATE, len(batch.first))
+                retention = Retention.from_state(
+                    {
+                        "retention_seconds": allocated[0][1] or "0",
+                        "key_retention_seconds": allocated[0][2] or "0",
+                    }
                 )
-                # ... but inserted in key order: concurrent batches wait on each other's keys in one order,
-                # so two consumers holding the same keys cannot deadlock.
-                rows = await conn.fetch(
-                    _INSERT,
-                    [s for s, _ in numbered],
-                    [e.topic for _, e in numbered],
-                    [e.event_id for _, e in numbered],
-                    [e.timestamp for _, e in numbered],
-                    [e.source for _, e in numbered],
-                    [e.payload_json() for _, e in numbered],
-                    received_at,
-                )
-                inserted = {(r[0], r[1]) for r in rows}
-                existing = [key for key in batch.first if key not in inserted]
-                if existing:
-                    # What ON CONFLICT skipped is stored and committed (by an earlier batch or a concurrent
-                    # consumer, whose commit the insert waited for): this statement's snapshot sees it.
-                    for r in await conn.fetch(_STORED, [k[0] for k in existing], [k[1] for k in existing]):
-                        stored[(r[0], r[1])] = (r[2], r[3], r[4])
+                numbered = {
+                    key_hash(*key): (int(r[0]), key, item)
+                    for r, (key, item) in zip(allocated, batch.first.items(), strict=True)
+                }
+                hashes = sorted(numbered)
+                key_cutoff = None if retention.keys is None else moment - retention.keys
+                rows = await conn.fetch(_KEYS, hashes, [numbered[h][0] for h in hashes], moment, key_cutoff)
+                new = [numbered[r[0]] for r in rows]
+                inserted = {key for _, key, _ in new}
+                if new:
+                    await conn.execute(
+                        _INSERT,
+                        [s for s, _, _ in new],
+                        [e.topic for _, _, e in new],
+                        [e.event_id for _, _, e in new],
+                        [e.timestamp for _, _, e in new],
+                        [e.source for _, _, e in new],
+                        [e.payload_json() for _, _, e in new],
+                        received_at,
+                    )
+                    for seq, (topic, _), _ in new:
+                        first_seqs[topic] = min(seq, first_seqs.get(topic, seq))
+                if len(new) < len(numbered):
+                    stored = await _stored_copies(conn, numbered, inserted, retention, moment)
             count_duplicates(batch, stored, inserted)
             result = batch.result
             marked = receipt_rows(messages, receipts, batch, inserted)
@@ -256,7 +331,8 @@ class PostgresWriter:
                 slot = await conn.fetchval(_LEASE_ANY, received_at, random.randrange(SLOTS))
             per_topic = result.topic_deltas(Counter(key[0] for key in inserted))
             if per_topic:
-                await conn.execute(_TOPICS, *(list(column) for column in zip(*per_topic, strict=True)), slot)
+                columns = [list(column) for column in zip(*per_topic, strict=True)]
+                await conn.execute(_TOPICS, *columns, slot, [first_seqs.get(t) for t in columns[0]])
             deltas = result.deltas()
             if deltas:
                 await conn.execute(_COUNTERS, [name for name, _ in deltas], [d for _, d in deltas], slot)
@@ -270,6 +346,30 @@ class PostgresWriter:
     async def counters(self) -> dict[str, int]:
         rows = await (await self._connection()).fetch(_SUMMED_COUNTERS)
         return {str(r[0]): int(r[1]) for r in rows}
+
+
+async def _stored_copies(
+    conn: Any,
+    numbered: dict[bytes, tuple[int, tuple[str, str], Event]],
+    inserted: set[tuple[str, str]],
+    retention: Retention,
+    moment: datetime,
+) -> dict[tuple[str, str], StoredCopy]:
+    """What each key the batch did not insert holds: the stored copy, or None when its event has expired (or
+    was swept): a duplicate whose conflict cannot be seen."""
+    known = await conn.fetch(_KNOWN, [h for h, (_, key, _) in numbered.items() if key not in inserted])
+    cutoff = None if retention.events is None else moment - retention.events
+    keys = {int(r[1]): numbered[bytes(r[0])][1] for r in known}
+    live = [(int(r[1]), r[2]) for r in known if cutoff is None or r[2] >= cutoff]
+    stored: dict[tuple[str, str], StoredCopy] = dict.fromkeys(keys.values())
+    if live:
+        lo, hi = min(m for _, m in live), max(m for _, m in live)
+        # The upper bound a second later: a moment written without microseconds sorts after those with.
+        copies = await conn.fetch(_COPIES, utc_text(lo), utc_text(hi + _SECOND), [s for s, _ in live])
+        for seq, timestamp, source, payload in copies:
+            if int(seq) in keys:
+                stored[keys[int(seq)]] = (str(timestamp), str(source), str(payload))
+    return stored
 
 
 async def _keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
