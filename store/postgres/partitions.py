@@ -39,11 +39,12 @@ COLUMNS_DDL: Final = """
 
 
 def width(retention: Retention) -> timedelta:
-    """An eighth of the retention (between a second and a day): the store holds at most about 1/8 more than
-    the retention before a partition is whole-expired; a week when events are kept forever."""
+    """An eighth of the retention (at least a second unless that is over half of it, at most a day): the store
+    holds about 1/8 more than the retention before a partition's events have all expired; a week when events
+    are kept forever. Below half the retention, no partition holding expired events also holds `now`."""
     if retention.events is None:
         return timedelta(days=7)
-    return min(max(retention.events / 8, timedelta(seconds=1)), timedelta(days=1))
+    return min(max(retention.events / 8, timedelta(seconds=1)), retention.events / 2, timedelta(days=1))
 
 
 def micros(text: str) -> int:

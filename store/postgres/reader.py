@@ -152,10 +152,10 @@ class PostgresReader:
         filters: Filters = NO_FILTERS,
     ) -> Page:
         where = f"seq {'<' if descending else '>'} $1 AND {_SAFE}"
-        found = await self._watermark()
-        if found is None:
+        marks = await self._watermark()
+        if marks is None:
             return Page([], None)
-        watermark, cutoff = found
+        watermark, cutoff = marks
         args: list[Any] = [after, limit + 1, topic, watermark]
         if topic is not None:
             where += " AND topic = $3::text"

@@ -15,13 +15,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from store.base import Holdings, Retention, SweepResult
-from store.postgres.partitions import LIST_DETACHED, cover_until, micros, partitions, recorded_retention
+from store.postgres.partitions import (
+    LIST_DETACHED,
+    Partition,
+    cover_until,
+    ensure,
+    micros,
+    partitions,
+    recorded_retention,
+    time_us,
+    width,
+)
 
 SWEEP_LOCK: Final = 0x65766167_00000004
+_ALL = "seq, topic, event_id, timestamp, source, payload, received_at, txid"
 KEY_CHUNK: Final = 5_000
 
 # Keys received before $1, oldest first; then those of them no batch holds, locked in key order and deleted
@@ -95,6 +106,8 @@ async def _sweep(conn: Any) -> SweepResult:
     retention = await recorded_retention(conn)
     with timer.transaction():
         found = await cover_until(conn, retention)
+    if retention == Retention():
+        return SweepResult(transactions=1, longest=timer.longest, skipped="the store keeps every event")
     for partition in found:
         if partition.pending:  # a sweep stopped inside DETACH CONCURRENTLY
             with timer.transaction():
@@ -102,17 +115,12 @@ async def _sweep(conn: Any) -> SweepResult:
     cutoff = retention.event_cutoff()
     if cutoff is not None:
         for partition in found:
-            if not partition.pending and partition.hi is not None and partition.hi <= micros(cutoff):
+            if not partition.pending and await _expired(conn, partition, cutoff, retention):
                 with timer.transaction():  # two transactions inside; it waits for, never blocks, the others
                     await conn.execute(f"ALTER TABLE events DETACH PARTITION {partition.name} CONCURRENTLY")
     events = 0
     for (name,) in await conn.fetch(LIST_DETACHED):
-        rows = int(await conn.fetchval(f"SELECT count(*) FROM {name}"))  # detached: nothing adds to it
-        with timer.transaction():
-            async with conn.transaction():
-                await conn.execute(f"DROP TABLE {name}")
-                await conn.execute("UPDATE sweep_totals SET events = events + $1", rows)
-        events += rows
+        events += await _drop(conn, str(name), timer)
     keys = 0
     key_cutoff = None if retention.keys is None else datetime.now(UTC) - retention.keys
     while key_cutoff is not None:
@@ -124,6 +132,45 @@ async def _sweep(conn: Any) -> SweepResult:
         if len(candidates) < KEY_CHUNK:
             break
     return SweepResult(events, keys, timer.transactions, timer.longest)
+
+
+async def _expired(conn: Any, partition: Partition, cutoff: str, retention: Retention) -> bool:
+    """Whether every event of the partition has expired: its whole range, or (ended a width ago, so no batch
+    writes to it any more) each of its rows."""
+    if partition.hi is None:
+        return False
+    if partition.hi <= micros(cutoff):
+        return True
+    if partition.hi > time_us() - width(retention) // timedelta(microseconds=1):
+        return False
+    newest = await conn.fetchval(f'SELECT MAX(received_at COLLATE "C") FROM {partition.name}')
+    return newest is not None and str(newest) < cutoff
+
+
+async def _drop(conn: Any, name: str, timer: _Timer) -> int:
+    """Drop a detached table with the swept total, in one transaction; returns the events it removed. An
+    event that had not expired after all (a consumer's clock far behind, writing into a partition whose rows
+    had all expired) goes back into `events` first, in the same transaction: none is lost."""
+    rows = int(await conn.fetchval(f"SELECT count(*) FROM {name}"))  # detached: nothing adds to it any more
+    cutoff = (await recorded_retention(conn)).event_cutoff() or "~"  # "~" sorts after every moment
+    live = await conn.fetchrow(
+        f'SELECT count(*), MIN(received_at COLLATE "C"), MAX(received_at COLLATE "C") FROM {name}'
+        ' WHERE received_at COLLATE "C" >= $1',
+        cutoff,
+    )
+    if live[0]:
+        await ensure(conn, micros(live[2]) + 1, since=micros(live[1]))
+    with timer.transaction():
+        async with conn.transaction():
+            if live[0]:
+                await conn.execute(
+                    f"INSERT INTO events ({_ALL}) SELECT {_ALL} FROM {name}"
+                    ' WHERE received_at COLLATE "C" >= $1',
+                    cutoff,
+                )
+            await conn.execute(f"DROP TABLE {name}")
+            await conn.execute("UPDATE sweep_totals SET events = events + $1", rows - live[0])
+    return rows - int(live[0])
 
 
 async def holdings(conn: Any, retention: Retention, unique_processed: int) -> Holdings:
