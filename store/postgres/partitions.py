@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import asyncpg
+
 from store.base import Retention, key_hash, utc_text
 
 # Advisory lock of partition changes: creators read the catalogue and attach under it, so two consumers never
@@ -129,11 +131,14 @@ async def recorded_retention(conn: Any) -> Retention:
     return Retention.from_state({str(r[0]): str(r[1]) for r in rows})
 
 
-async def ensure(conn: Any, until: int, since: int | None = None) -> list[Partition]:
-    """Create what is missing for [since (default: now), until) in one short transaction; returns every
-    partition. The width comes from the retention the store records."""
+async def ensure(conn: Any, until: int, since: int | None = None, patient: bool = True) -> list[Partition]:
+    """Create what is missing for [since (default: a width ago), until) in one short transaction; returns
+    every partition. The width comes from the retention the store records. Not `patient`: give up (asyncpg's
+    LockNotAvailableError) rather than wait more than a moment for another session's lock."""
     now = time_us()
     async with conn.transaction():
+        if not patient:
+            await conn.execute("SET LOCAL lock_timeout = '50ms'")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
         step = width(await recorded_retention(conn)) // timedelta(microseconds=1)
         existing = await partitions(conn)
@@ -160,6 +165,9 @@ class Coverage:
         self._ranges: list[tuple[int, int]] = []
         self.step = width(Retention()) // timedelta(microseconds=1)
 
+    def holds(self, us: int) -> bool:
+        return any(lo <= us < hi for lo, hi in self._ranges)
+
     def ahead(self, us: int) -> bool:
         """Whether `us` and the next width after it are covered."""
         end = us
@@ -176,15 +184,21 @@ class Coverage:
         self._ranges = []
 
 
-async def cover_until(conn: Any, retention: Retention) -> list[Partition]:
+async def cover_until(conn: Any, retention: Retention, patient: bool = True) -> list[Partition]:
     """Partitions from a width ago to three widths ahead; returns every partition."""
-    return await ensure(conn, time_us() + 3 * width(retention) // timedelta(microseconds=1))
+    return await ensure(conn, time_us() + 3 * width(retention) // timedelta(microseconds=1), patient=patient)
 
 
-async def cover(conn: Any, coverage: Coverage) -> None:
-    """As cover_until, and the writer's view of them."""
+async def cover(conn: Any, coverage: Coverage, moment: int | None = None) -> None:
+    """As cover_until, and the writer's view of them. When `moment` (a batch's) is covered already, this only
+    extends ahead: it gives up at once rather than wait behind a sweep's detach, and the batch goes on."""
     retention = await recorded_retention(conn)
-    coverage.update(await cover_until(conn, retention), retention)
+    patient = moment is None or not coverage.holds(moment)
+    try:
+        coverage.update(await cover_until(conn, retention, patient), retention)
+    except asyncpg.LockNotAvailableError:
+        if patient:
+            raise
 
 
 # --- migration from schema 6 (one table with UNIQUE (topic, event_id)) ------------------------------------
@@ -221,7 +235,9 @@ async def migrate_to_partitions(conn: Any) -> None:
     if newest is None:
         await conn.execute(f"DROP TABLE {legacy}")
     else:
-        bound = max(time_us(), micros(str(newest)) + 1)
+        # Up to its newest event: the partitions after it are created as any others, so once a retention is
+        # set, the old table leaves whole when its newest event expires.
+        bound = micros(str(newest)) + 1
         await conn.execute(
             f"ALTER TABLE events ATTACH PARTITION {legacy} FOR VALUES FROM (MINVALUE) TO ('{text_of(bound)}')"
         )

@@ -250,8 +250,9 @@ class PostgresWriter:
             try:
                 conn = await self._connection()
                 received_at = utc_now()
-                if not self._coverage.ahead(micros(received_at)):
-                    await cover(conn, self._coverage)
+                moment = micros(received_at)
+                if not self._coverage.ahead(moment):
+                    await cover(conn, self._coverage, moment)
                 return await self._apply(conn, messages, receipts, received_at)
             except (
                 asyncpg.DeadlockDetectedError,
