@@ -20,27 +20,31 @@ ALLOCATE = """
     FROM eventagg_allocate($1) AS s
 """
 # Dedup: a key inserted is new; a key already there is a duplicate unless it was forgotten (received before
-# $4, KEY_RETENTION's cutoff, NULL when keys are kept forever): then it takes the new seq and moment, and its
+# $10, KEY_RETENTION's cutoff, NULL when keys are kept forever): then it takes the new seq and moment, and its
 # event is stored again. In key order: concurrent batches wait on each other's keys in one order, so two
-# consumers holding the same keys cannot deadlock.
-KEYS = """
-    INSERT INTO event_keys (key_hash, seq, received_at)
-    SELECT h, s, $3::timestamptz FROM unnest($1::bytea[], $2::bigint[]) AS u(h, s) ORDER BY h
-    ON CONFLICT (key_hash) DO UPDATE SET seq = excluded.seq, received_at = excluded.received_at
-    WHERE event_keys.received_at < $4::timestamptz
-    RETURNING key_hash
-"""
-INSERT = """
-    INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)
-    SELECT s, t, e, ts, src, p, $7::text
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS u(s, t, e, ts, src, p)
+# consumers holding the same keys cannot deadlock. The events of the keys inserted go in with them, in one
+# statement (one round trip).
+NEW = """
+    WITH new AS (
+        INSERT INTO event_keys (key_hash, seq, received_at)
+        SELECT h, s, $9::timestamptz FROM unnest($1::bytea[], $2::bigint[]) AS u(h, s) ORDER BY h
+        ON CONFLICT (key_hash) DO UPDATE SET seq = excluded.seq, received_at = excluded.received_at
+        WHERE event_keys.received_at < $10::timestamptz
+        RETURNING key_hash, seq
+    ), stored AS (
+        INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)
+        SELECT u.s, t, e, ts, src, p, $8::text
+        FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+            AS u(s, t, e, ts, src, p)
+        JOIN new ON new.seq = u.s
+    )
+    SELECT key_hash FROM new
 """
 # What the keys the batch did not insert hold (committed by an earlier batch or a concurrent consumer, whose
 # commit the insert waited for: this statement's snapshot sees it) ...
 KNOWN = "SELECT key_hash, seq, received_at FROM event_keys WHERE key_hash = ANY($1::bytea[])"
 # ... and the stored copies of those whose event has not expired, found by moment and seq: the planner reads
-# only the partitions of those moments.
+# only the partitions of those moments (plans are custom: store/postgres/schema.py PLANNING).
 COPIES = """
     SELECT seq, timestamp, source, payload FROM events
     WHERE (received_at COLLATE "C") >= $1 AND (received_at COLLATE "C") < $2 AND seq = ANY($3::bigint[])

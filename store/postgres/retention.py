@@ -101,8 +101,9 @@ async def sweep(conn: Any) -> SweepResult:
 
 async def _sweep(conn: Any) -> SweepResult:
     timer = _Timer()
-    # Never queue long behind another session's lock: a sweep that cannot get one tries again next time.
-    await conn.execute("SET lock_timeout = '5s'")
+    # A detach waits for the transactions already running (holding nothing they need); past a minute, the
+    # sweep gives up and the next one finishes what it started.
+    await conn.execute("SET lock_timeout = '1min'")
     retention = await recorded_retention(conn)
     with timer.transaction():
         found = await cover_until(conn, retention)

@@ -200,23 +200,24 @@ class PostgresWriter:
                 }
                 hashes = sorted(numbered)
                 key_cutoff = None if retention.keys is None else moment - retention.keys
-                seqs = [numbered[h][0] for h in hashes]
-                rows = await conn.fetch(sql.KEYS, hashes, seqs, moment, key_cutoff)
+                items = [numbered[h] for h in hashes]
+                rows = await conn.fetch(
+                    sql.NEW,
+                    hashes,
+                    [s for s, _, _ in items],
+                    [e.topic for _, _, e in items],
+                    [e.event_id for _, _, e in items],
+                    [e.timestamp for _, _, e in items],
+                    [e.source for _, _, e in items],
+                    [e.payload_json() for _, _, e in items],
+                    received_at,
+                    moment,
+                    key_cutoff,
+                )
                 new = [numbered[r[0]] for r in rows]
                 inserted = {key for _, key, _ in new}
-                if new:
-                    await conn.execute(
-                        sql.INSERT,
-                        [s for s, _, _ in new],
-                        [e.topic for _, _, e in new],
-                        [e.event_id for _, _, e in new],
-                        [e.timestamp for _, _, e in new],
-                        [e.source for _, _, e in new],
-                        [e.payload_json() for _, _, e in new],
-                        received_at,
-                    )
-                    for seq, (topic, _), _ in new:
-                        first_seqs[topic] = min(seq, first_seqs.get(topic, seq))
+                for seq, (topic, _), _ in new:
+                    first_seqs[topic] = min(seq, first_seqs.get(topic, seq))
                 if len(new) < len(numbered):
                     stored = await sql.stored_copies(conn, numbered, inserted, retention, moment)
             count_duplicates(batch, stored, inserted)
