@@ -26,6 +26,7 @@ from store.base import Retention, key_hash, utc_text
 PARTITION_LOCK: Final = 0x65766167_00000003
 PREFIX: Final = "events_p_"  # every partition's name; a store of schema 6's table is events_p_v6
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_HORIZON: Final = 600_000_000  # ten minutes, in microseconds
 
 # The columns of `events` and of every partition (ATTACH needs them identical).
 COLUMNS_DDL: Final = """
@@ -132,7 +133,7 @@ async def recorded_retention(conn: Any) -> Retention:
 
 
 async def ensure(conn: Any, until: int, since: int | None = None, patient: bool = True) -> list[Partition]:
-    """Create what is missing for [since (default: a width ago), until) in one short transaction; returns
+    """Create what is missing for [since (default: a horizon ago), until) in one short transaction; returns
     every partition. The width comes from the retention the store records. Not `patient`: give up (asyncpg's
     LockNotAvailableError) rather than wait more than a moment for another session's lock."""
     now = time_us()
@@ -142,7 +143,7 @@ async def ensure(conn: Any, until: int, since: int | None = None, patient: bool 
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
         step = width(await recorded_retention(conn)) // timedelta(microseconds=1)
         existing = await partitions(conn)
-        pieces = missing(existing, step, now - step if since is None else since, until)
+        pieces = missing(existing, step, now - horizon(step) if since is None else since, until)
         for lo, hi in pieces:
             name = f"{PREFIX}{lo}"
             await conn.execute(f"CREATE TABLE {name} ({COLUMNS_DDL})")
@@ -169,12 +170,12 @@ class Coverage:
         return any(lo <= us < hi for lo, hi in self._ranges)
 
     def ahead(self, us: int) -> bool:
-        """Whether `us` and the next width after it are covered."""
+        """Whether `us` and a horizon after it are covered."""
         end = us
         for lo, hi in self._ranges:
             if lo <= end < hi:
                 end = hi
-        return end - us > self.step
+        return end - us > horizon(self.step)
 
     def update(self, found: list[Partition], retention: Retention) -> None:
         self.step = width(retention) // timedelta(microseconds=1)
@@ -184,9 +185,17 @@ class Coverage:
         self._ranges = []
 
 
+def horizon(step: int) -> int:
+    """How far ahead of `now` partitions are kept: a width, at most ten minutes (beyond the sweeps' default
+    interval, so the sweeps create them and the writers need not; never weeks of empty partitions that a
+    shorter retention recorded later would have to wait out)."""
+    return min(step, _HORIZON)
+
+
 async def cover_until(conn: Any, retention: Retention, patient: bool = True) -> list[Partition]:
-    """Partitions from a width ago to three widths ahead; returns every partition."""
-    return await ensure(conn, time_us() + 3 * width(retention) // timedelta(microseconds=1), patient=patient)
+    """Partitions from a width ago to two horizons ahead; returns every partition."""
+    step = width(retention) // timedelta(microseconds=1)
+    return await ensure(conn, time_us() + 2 * horizon(step), patient=patient)
 
 
 async def cover(conn: Any, coverage: Coverage, moment: int | None = None) -> None:

@@ -20,9 +20,12 @@ from store.postgres.schema import MIGRATIONS, SWEEPER_APPLICATION
 from tests.harness.postgres import fresh_schema
 from tests.harness.stores import PostgresPeek, StoreSettings, counters
 from tests.harness.waiting import eventually
-from tests.store.test_retention import SHORT, all_pages, event, expire, ids
+from tests.store.test_retention import all_pages, event, expire, ids
 
-# The sweep's partitions of expired events, and every other partition.
+# Long enough that an event stored just before a sweep has not expired by the time it runs, even on a
+# loaded machine.
+SHORT = timedelta(seconds=5)
+# Every partition of `events`.
 _PARTITIONS = """
     SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'events'::regclass ORDER BY 1
@@ -175,7 +178,8 @@ async def _detach_waiting(url: str) -> bool:
     try:
         return bool(
             await conn.fetchval(
-                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1"
+                "SELECT EXISTS (SELECT FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = $1"
                 " AND query LIKE '%DETACH PARTITION%' AND wait_event_type = 'Lock')",
                 SWEEPER_APPLICATION,
             )
@@ -199,7 +203,8 @@ async def test_a_sweep_killed_inside_its_detach_loses_nothing_unexpired_and_the_
         sweep = asyncio.create_task(sweeper.sweep())
         await eventually(lambda: _detach_waiting(url), timeout=15, message="the sweep waits for the batch")
         killed = await killer.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = $1",
             SWEEPER_APPLICATION,
         )
         assert killed == 1
