@@ -13,7 +13,7 @@ a batch holds (SKIP LOCKED), so the sweep never waits for a batch, and a batch w
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -32,6 +32,7 @@ from store.postgres.partitions import (
 )
 
 SWEEP_LOCK: Final = 0x65766167_00000004
+Hook = Callable[[], None] | None
 _ALL = "seq, topic, event_id, timestamp, source, payload, received_at, txid"
 KEY_CHUNK: Final = 5_000
 
@@ -89,17 +90,18 @@ class _Timer:
             self.longest = max(self.longest, time.perf_counter() - started)
 
 
-async def sweep(conn: Any) -> SweepResult:
-    """One sweep by the retention the store records, unless another consumer is sweeping."""
+async def sweep(conn: Any, before_commit: Hook = None) -> SweepResult:
+    """One sweep by the retention the store records, unless another consumer is sweeping. `before_commit`
+    runs inside each transaction that removes something (fault injection for the crash tests)."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK):
         return SweepResult(skipped="another consumer is sweeping")
     try:
-        return await _sweep(conn)
+        return await _sweep(conn, before_commit)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK)
 
 
-async def _sweep(conn: Any) -> SweepResult:
+async def _sweep(conn: Any, before_commit: Hook) -> SweepResult:
     timer = _Timer()
     # A detach waits for the transactions already running (holding nothing they need); past a minute, the
     # sweep gives up and the next one finishes what it started.
@@ -121,7 +123,7 @@ async def _sweep(conn: Any) -> SweepResult:
                     await conn.execute(f"ALTER TABLE events DETACH PARTITION {partition.name} CONCURRENTLY")
     events = 0
     for (name,) in await conn.fetch(LIST_DETACHED):
-        events += await _drop(conn, str(name), timer)
+        events += await _drop(conn, str(name), timer, before_commit)
     keys = 0
     key_cutoff = None if retention.keys is None else datetime.now(UTC) - retention.keys
     while key_cutoff is not None:
@@ -130,6 +132,8 @@ async def _sweep(conn: Any) -> SweepResult:
                 candidates = [r[0] for r in await conn.fetch(_CANDIDATES, key_cutoff, KEY_CHUNK)]
                 if candidates:
                     keys += int(await conn.fetchval(_FORGET, key_cutoff, candidates))
+                    if before_commit is not None:
+                        before_commit()
         if len(candidates) < KEY_CHUNK:
             break
     return SweepResult(events, keys, timer.transactions, timer.longest)
@@ -148,7 +152,7 @@ async def _expired(conn: Any, partition: Partition, cutoff: str, retention: Rete
     return newest is not None and str(newest) < cutoff
 
 
-async def _drop(conn: Any, name: str, timer: _Timer) -> int:
+async def _drop(conn: Any, name: str, timer: _Timer, before_commit: Hook) -> int:
     """Drop a detached table with the swept total, in one transaction; returns the events it removed. An
     event that had not expired after all (a consumer's clock far behind, writing into a partition whose rows
     had all expired) goes back into `events` first, in the same transaction: none is lost."""
@@ -171,6 +175,8 @@ async def _drop(conn: Any, name: str, timer: _Timer) -> int:
                 )
             await conn.execute(f"DROP TABLE {name}")
             await conn.execute("UPDATE sweep_totals SET events = events + $1", rows - live[0])
+            if before_commit is not None:
+                before_commit()
     return rows - int(live[0])
 
 

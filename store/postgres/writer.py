@@ -93,11 +93,11 @@ class PostgresWriter:
             raise self._error(exc) from exc
         return before
 
-    async def sweep(self) -> SweepResult:
+    async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
         try:
             if self._sweeper is None or self._sweeper.is_closed():
                 self._sweeper = await connect(self._url, SWEEPER_APPLICATION)
-            return await sweep(self._sweeper)
+            return await sweep(self._sweeper, before_commit)
         except DB_ERRORS as exc:
             if self._sweeper is not None:
                 conn, self._sweeper = self._sweeper, None
