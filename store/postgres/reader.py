@@ -31,7 +31,7 @@ from store.base import (
     key_hash,
     utc_text,
 )
-from store.postgres.retention import holdings
+from store.postgres.retention import Swept, holdings
 from store.postgres.schema import (
     BACKEND,
     DB_ERRORS,
@@ -77,6 +77,9 @@ _BY_SEQ = f"""
     WHERE (received_at COLLATE "C") >= $1 AND (received_at COLLATE "C") < $2 AND seq = $3
 """
 _SECOND = timedelta(seconds=1)
+# A sweep that drops a partition while a snapshot counts it: the snapshot is read again, after the drop.
+_SNAPSHOT_ATTEMPTS = 3
+_CONSISTENT = "repeatable_read"
 
 
 # How the consumers' sessions name themselves, so the readers can find the transactions still running.
@@ -204,18 +207,24 @@ class PostgresReader:
     async def snapshot(self) -> Snapshot:
         """Counters and per-topic counts in one REPEATABLE READ transaction, so they agree with each other."""
         pool = await self._get_pool()
-        try:
-            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                counters = await conn.fetch(_SUMMED_COUNTERS)
-                topics = await conn.fetch(_SUMMED_TOPICS)
-                consumer = await conn.fetch(_CONSUMER_STATE)
-                state = {str(r[0]): str(r[1]) for r in consumer}
-                values = {str(r[0]): int(r[1]) for r in counters}
-                held = await holdings(conn, Retention.from_state(state), values.get("unique_processed", 0))
-        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-            return empty_snapshot(BACKEND)
-        except DB_ERRORS as exc:
-            raise connect_error(self._url, exc) from exc
+        for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
+            try:
+                async with pool.acquire() as conn, conn.transaction(isolation=_CONSISTENT, readonly=True):
+                    counters = await conn.fetch(_SUMMED_COUNTERS)
+                    topics = await conn.fetch(_SUMMED_TOPICS)
+                    consumer = await conn.fetch(_CONSUMER_STATE)
+                    state = {str(r[0]): str(r[1]) for r in consumer}
+                    values = {str(r[0]): int(r[1]) for r in counters}
+                    retention = Retention.from_state(state)
+                    held = await holdings(conn, retention, values.get("unique_processed", 0))
+                break
+            except Swept:
+                if attempt == _SNAPSHOT_ATTEMPTS:
+                    raise StoreError(f"{where(self._url)}: partitions dropped under every count") from None
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+                return empty_snapshot(BACKEND)
+            except DB_ERRORS as exc:
+                raise connect_error(self._url, exc) from exc
         recorded = {str(k): state[k] for k in ("synchronous_commit", "fsync") if k in state}
         return Snapshot(
             {name: values.get(name, 0) for name in COUNTERS},

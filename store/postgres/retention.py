@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import asyncpg
+
 from store.base import Holdings, Retention, SweepResult
 from store.postgres.partitions import (
     LIST_DETACHED,
@@ -75,6 +77,10 @@ _SIZE = r"""
 """
 
 
+class Swept(Exception):
+    """A table counted as expired was dropped meanwhile (with the swept total): count again."""
+
+
 class _Timer:
     def __init__(self) -> None:
         self.transactions = 0
@@ -92,7 +98,8 @@ class _Timer:
 
 async def sweep(conn: Any, before_commit: Hook = None) -> SweepResult:
     """One sweep by the retention the store records, unless another consumer is sweeping. `before_commit`
-    runs inside each transaction that removes something (fault injection for the crash tests)."""
+    runs inside each transaction that removes something, and right before each detach (fault injection for
+    the crash tests)."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK):
         return SweepResult(skipped="another consumer is sweeping")
     try:
@@ -119,6 +126,8 @@ async def _sweep(conn: Any, before_commit: Hook) -> SweepResult:
     if cutoff is not None:
         for partition in found:
             if not partition.pending and await _expired(conn, partition, cutoff, retention):
+                if before_commit is not None:
+                    before_commit()  # DETACH CONCURRENTLY runs its own transactions: the hook goes first
                 with timer.transaction():  # two transactions inside; it waits for, never blocks, the others
                     await conn.execute(f"ALTER TABLE events DETACH PARTITION {partition.name} CONCURRENTLY")
     events = 0
@@ -199,7 +208,10 @@ async def holdings(conn: Any, retention: Retention, unique_processed: int) -> Ho
     left = [str(r[0]) for r in await conn.fetch(LIST_DETACHED)]
     left += [p.name for p in await partitions(conn) if p.pending]
     for name in left:
-        expired += int(await conn.fetchval(f"SELECT count(*) FROM {name}"))
+        try:
+            expired += int(await conn.fetchval(f"SELECT count(*) FROM {name}"))
+        except asyncpg.UndefinedTableError as exc:
+            raise Swept(name) from exc
     size = int(await conn.fetchval(_SIZE, list(TABLES)))
     stored = unique_processed - swept - expired
     return Holdings(
