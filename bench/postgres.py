@@ -32,14 +32,16 @@ def _with_database(url: str, database: str) -> str:
 class ThrowawayDatabase:
     """`async with ThrowawayDatabase() as db`: db.url names an empty database that is dropped afterwards."""
 
-    def __init__(self, admin_url: str | None = None) -> None:
+    def __init__(self, admin_url: str | None = None, template: str | None = None) -> None:
         self.admin_url = admin_url or server_url()
+        self.template = template  # a database to start from, copied file by file
         self.name = f"eventagg_bench_{uuid.uuid4().hex[:12]}"
         self.url = _with_database(self.admin_url, self.name)
         self._conn: Any = None  # the bench's own connection to the database: counters, backend pids
 
     async def __aenter__(self) -> ThrowawayDatabase:
-        await self._admin(f'CREATE DATABASE "{self.name}"')
+        copied = f' TEMPLATE "{self.template}" STRATEGY FILE_COPY' if self.template else ""
+        await self._admin(f'CREATE DATABASE "{self.name}"{copied}')
         return self
 
     async def __aexit__(self, *exc: object) -> None:

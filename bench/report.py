@@ -128,6 +128,8 @@ def targets(
     # Scaling out must never cost throughput; more than that needs cores that are idle (see the CPU rows).
     ratio("PostgreSQL, 2 consumers / 1 consumer", "postgres_2", "postgres_1", 1.0)
     ratio("PostgreSQL, 3 consumers / 1 consumer", "postgres_3", "postgres_1", 1.0)
+    ratio("PostgreSQL pre-filled / empty store, 3 consumers", "postgres_at_scale", "postgres_3", 0.8)
+    ratio("PostgreSQL over tombstones / empty, 3 consumers", "postgres_over_tombstones", "postgres_3", 0.8)
     out.append(
         Target(
             "SQLite set-based apply / per-event apply",
@@ -158,6 +160,8 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "postgres_1": _POSTGRES_ROWS,
     "postgres_2": _POSTGRES_ROWS,
     "postgres_3": _POSTGRES_ROWS,
+    "postgres_at_scale": _POSTGRES_ROWS,
+    "postgres_over_tombstones": _POSTGRES_ROWS,
     "sqlite_apply": [
         ("set_based_events_per_second", "set-based events/s", "{:,.0f}".format),
         ("per_event_events_per_second", "per-event events/s", "{:,.0f}".format),
@@ -222,6 +226,8 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "postgres_1": f"{sizes.count:,} events",
         "postgres_2": f"{sizes.count:,} events",
         "postgres_3": f"{sizes.count:,} events",
+        "postgres_at_scale": f"{sizes.count:,} onto {sizes.stored:,}",
+        "postgres_over_tombstones": f"{sizes.count:,} onto {sizes.stored:,} keys",
         "sqlite_apply": f"{sizes.apply_events:,} in batches of 256",
     }.get(scenario, "")
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from api.queries import encode_cursor
+from bench import bigstore_postgres
 from bench.bare import REFERENCE_ACK_EVERY, REFERENCE_PREFETCH
 from bench.broker import BenchError, BrokerLink
 from bench.child import Child
@@ -436,11 +437,14 @@ async def queries(ctx: Context, tag: str) -> dict[str, float]:
     return values
 
 
-async def _postgres_ingest(ctx: Context, tag: str, consumers: int) -> dict[str, float]:
-    """Envelopes of 100 end to end with the store in a throwaway PostgreSQL database and N consumers; the
-    CPU each kind of process used while the events went through, in cores (CPU seconds per second)."""
+async def _postgres_ingest(
+    ctx: Context, tag: str, consumers: int, template: str | None = None
+) -> dict[str, float]:
+    """Envelopes of 100 end to end with the store in a throwaway PostgreSQL database (a copy of `template`,
+    a pre-filled store, when given) and N consumers; the CPU each kind of process used while the events went
+    through, in cores (CPU seconds per second)."""
     count = ctx.sizes.count
-    async with ThrowawayDatabase() as database, ctx.run(tag) as run:
+    async with ThrowawayDatabase(template=template) as database, ctx.run(tag) as run:
         run.database = database
         children = [await run.start("consumer", []) for _ in range(consumers)]
         # All of them attached: each has opened (and one has migrated) the store before it consumes.
@@ -498,6 +502,16 @@ async def postgres_2(ctx: Context, tag: str) -> dict[str, float]:
 
 async def postgres_3(ctx: Context, tag: str) -> dict[str, float]:
     return await _postgres_ingest(ctx, tag, 3)
+
+
+async def postgres_at_scale(ctx: Context, tag: str) -> dict[str, float]:
+    """As postgres_3, the store pre-filled with --stored events (compare with postgres_3 of the same run)."""
+    return await _postgres_ingest(ctx, tag, 3, await bigstore_postgres.template(ctx.sizes.stored, False))
+
+
+async def postgres_over_tombstones(ctx: Context, tag: str) -> dict[str, float]:
+    """As postgres_at_scale, with only the keys of --stored events left (the events swept)."""
+    return await _postgres_ingest(ctx, tag, 3, await bigstore_postgres.template(ctx.sizes.stored, True))
 
 
 async def sqlite_apply(ctx: Context, tag: str) -> dict[str, float]:
@@ -577,6 +591,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("postgres_1", "end to end, envelopes of 100, PostgreSQL, 1 consumer", postgres_1),
     Scenario("postgres_2", "end to end, envelopes of 100, PostgreSQL, 2 consumers", postgres_2),
     Scenario("postgres_3", "end to end, envelopes of 100, PostgreSQL, 3 consumers", postgres_3),
+    Scenario("postgres_at_scale", "as postgres_3, store pre-filled (--stored)", postgres_at_scale),
+    Scenario("postgres_over_tombstones", "as postgres_3, store of keys only", postgres_over_tombstones),
     Scenario("sqlite_apply", "SQLite batch apply alone: set-based vs per-event", sqlite_apply),
 )
 

@@ -4,8 +4,8 @@ Times the same workload (single-event messages in batches, a share of them verba
 - `per-event`: the first release's apply (one INSERT per event, one SELECT per duplicate) on a sqlite3
   connection driven from a worker thread, as its StoreWorker did; kept here as the reference;
 - `set-based`: store.sqlite.SqliteWriter (aiosqlite, a handful of statements per batch);
-- with `--postgres URL`: store.postgres.PostgresWriter (asyncpg) and the same statements through psycopg 3
-  (installed separately: `pip install "psycopg[binary]"`), to choose the PostgreSQL driver.
+- with `--postgres URL`: store.postgres.PostgresWriter (asyncpg). (psycopg 3 was compared on the statements
+  of schema 6 and not kept: asyncpg was the faster driver.)
 Each mode runs `--rounds` times on a fresh store (empty, or a copy of one pre-filled with `--prefill`
 events); the table gives the median. Ratios only mean something within one run on one machine.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import bigstore
 from contract.event import Event, content_hash
 from contract.schema import COUNTERS
-from store.base import BatchResult, Message, count_duplicates, sort_batch, utc_now
+from store.base import BatchResult, Message, utc_now
 from store.sqlite import SqliteWriter
 
 Batches = list[list[Message]]
@@ -170,72 +170,8 @@ async def run_asyncpg(url: str, batches: Batches) -> float:
     return elapsed
 
 
-async def run_psycopg(url: str, batches: Batches) -> float:
-    """PostgresWriter._apply's statements, one for one, through psycopg 3's async connection."""
-    import psycopg
-
-    from store.postgres import PostgresWriter
-    from store.postgres import writer as postgres
-
-    def pg(sql: str) -> str:  # asyncpg's $n placeholders in psycopg's named style
-        for n in range(9, 0, -1):
-            sql = sql.replace(f"${n}", f"%(p{n})s")
-        return sql
-
-    def named(*values: object) -> dict[str, object]:
-        return {f"p{n}": v for n, v in enumerate(values, start=1)}
-
-    insert, stored_sql, topics = pg(postgres._INSERT), pg(postgres._STORED), pg(postgres._TOPICS)
-    lease, counters = pg(postgres._LEASE), pg(postgres._COUNTERS)
-    writer = await PostgresWriter.open(url)  # migrates
-    await writer.close()
-    base, _, schema = url.rpartition("search_path=")  # psycopg takes it as a server option, not in the URL
-    plain = base.rstrip("?&")
-    async with await psycopg.AsyncConnection.connect(plain, options=f"-c search_path={schema}") as conn:
-        started = time.perf_counter()
-        for messages in batches:
-            batch = sort_batch(messages)
-            received_at = utc_now()
-            async with conn.transaction(), conn.cursor() as cur:
-                stored: dict[tuple[str, str], tuple[str, str, str]] = {}
-                await cur.execute("SELECT eventagg_allocate(%s)", (len(batch.first),))
-                seqs = [r[0] for r in await cur.fetchall()]
-                numbered = sorted(
-                    zip(seqs, batch.first.values(), strict=True), key=lambda p: (p[1].topic, p[1].event_id)
-                )
-                await cur.execute(
-                    insert,
-                    named(
-                        [s for s, _ in numbered],
-                        [e.topic for _, e in numbered],
-                        [e.event_id for _, e in numbered],
-                        [e.timestamp for _, e in numbered],
-                        [e.source for _, e in numbered],
-                        [e.payload_json() for _, e in numbered],
-                        received_at,
-                    ),
-                )
-                inserted = {(r[0], r[1]) for r in await cur.fetchall()}
-                existing = [k for k in batch.first if k not in inserted]
-                if existing:
-                    await cur.execute(stored_sql, named([k[0] for k in existing], [k[1] for k in existing]))
-                    for r in await cur.fetchall():
-                        stored[(r[0], r[1])] = (r[2], r[3], r[4])
-                count_duplicates(batch, stored, inserted)
-                await cur.execute(lease, named(received_at))
-                slot = (await cur.fetchall())[0][0]
-                per_topic = batch.result.topic_deltas(Counter(k[0] for k in inserted))
-                if per_topic:
-                    await cur.execute(topics, named(*(list(c) for c in zip(*per_topic, strict=True)), slot))
-                deltas = batch.result.deltas()
-                await cur.execute(counters, named([n for n, _ in deltas], [d for _, d in deltas], slot))
-        return time.perf_counter() - started
-
-
 async def fresh_schema(url: str, prefill: int) -> str:
     import asyncpg
-
-    from store.postgres import PostgresWriter
 
     name = f"bench_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(url)
@@ -245,20 +181,9 @@ async def fresh_schema(url: str, prefill: int) -> str:
         await conn.close()
     scoped = f"{url}{'&' if '?' in url else '?'}search_path={name}"
     if prefill:
-        writer = await PostgresWriter.open(scoped)
-        await writer.close()
-        conn = await asyncpg.connect(scoped)
-        try:
-            await conn.execute(
-                "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
-                " SELECT nextval('events_seq'), 'demo.orders', gen_random_uuid()::text,"
-                " '2026-01-01T00:00:00Z', 'prefill', '{\"n\":1}', '2026-01-01T00:00:00Z'"
-                " FROM generate_series(1, $1)",
-                prefill,
-            )
-            await conn.execute("VACUUM ANALYZE events")
-        finally:
-            await conn.close()
+        from bench.bigstore_postgres import fill
+
+        await fill(scoped, prefill, tombstones=False)
     return scoped
 
 
@@ -287,7 +212,6 @@ async def main(args: argparse.Namespace, work: Path, template: Path) -> None:
     }
     pg_modes: dict[str, Callable[[str, Batches], Awaitable[float]]] = {
         "asyncpg": run_asyncpg,
-        "psycopg": run_psycopg,
     }
     times: dict[str, list[float]] = {}
     try:
@@ -337,8 +261,8 @@ def cli() -> None:
     parser.add_argument("--prefill", type=int, default=0, help="events already in the store")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--postgres", help="a PostgreSQL URL: also time the asyncpg and psycopg writers")
-    parser.add_argument("--only", nargs="*", help="modes to run (per-event set-based asyncpg psycopg)")
+    parser.add_argument("--postgres", help="a PostgreSQL URL: also time the asyncpg writer")
+    parser.add_argument("--only", nargs="*", help="modes to run (per-event set-based asyncpg)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="store-apply-"))
     template = work / "template.db"

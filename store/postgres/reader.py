@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
@@ -18,15 +19,28 @@ from store.base import (
     DeadLetterCounts,
     DeadLetterPage,
     Durability,
+    Expired,
     Filters,
     Page,
+    Retention,
     Row,
     Snapshot,
     StoreError,
     dead_letter,
     empty_snapshot,
+    key_hash,
+    utc_text,
 )
-from store.postgres.schema import BACKEND, DB_ERRORS, WRITER_APPLICATION, connect_error, durability_of, where
+from store.postgres.retention import Swept, holdings
+from store.postgres.schema import (
+    BACKEND,
+    DB_ERRORS,
+    PLANNING,
+    WRITER_APPLICATION,
+    connect_error,
+    durability_of,
+    where,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +59,27 @@ _CONSUMER_STATE = """
 _SAFE = "txid < $4::text::xid8"
 # The writers still running, as seen before the page's own snapshot is taken: the next transaction id to
 # be assigned and the 32-bit ids of this database's consumer sessions that hold one.
+# With them, the retention the store records.
 _WRITERS = """
     SELECT pg_snapshot_xmax(pg_current_snapshot())::text, array(
         SELECT backend_xid::text FROM pg_stat_activity
         WHERE datname = current_database() AND application_name = $1 AND backend_xid IS NOT NULL
-    )
+    ), (SELECT value FROM consumer_state WHERE key = 'retention_seconds')
 """
+# A key's seq and moment, and the recorded retention, for GET by key.
+_KEY = """
+    SELECT seq, received_at, (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
+        (SELECT value FROM consumer_state WHERE key = 'key_retention_seconds')
+    FROM event_keys WHERE key_hash = $1
+"""
+_BY_SEQ = f"""
+    SELECT {COLUMNS} FROM events
+    WHERE (received_at COLLATE "C") >= $1 AND (received_at COLLATE "C") < $2 AND seq = $3
+"""
+_SECOND = timedelta(seconds=1)
+# A sweep that drops a partition while a snapshot counts it: the snapshot is read again, after the drop.
+_SNAPSHOT_ATTEMPTS = 3
+_CONSISTENT = "repeatable_read"
 
 
 # How the consumers' sessions name themselves, so the readers can find the transactions still running.
@@ -74,7 +103,9 @@ class PostgresReader:
             async with self._opening:
                 if self._pool is None:
                     try:
-                        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=4, timeout=10)
+                        self._pool = await asyncpg.create_pool(
+                            self._url, min_size=1, max_size=4, timeout=10, server_settings=PLANNING
+                        )
                     except DB_ERRORS as exc:
                         raise connect_error(self._url, exc) from exc
         return self._pool
@@ -89,16 +120,19 @@ class PostgresReader:
         except DB_ERRORS as exc:
             raise connect_error(self._url, exc) from exc
 
-    async def _watermark(self) -> str:
+    async def _watermark(self) -> tuple[str, str | None] | None:
         """A transaction id below which every writer has finished: the oldest consumer transaction still
         running, or the next id to be assigned when none runs.
 
         Read in its own statement before the page's: a writer that gets its id after this moment gets a
         larger one (and, through eventagg_allocate, larger seqs than every row below the watermark), and one
         that finished before it is visible to the page's later snapshot. Only this database's consumer
-        sessions count, so unrelated long transactions on the server do not hold pages back.
+        sessions count, so unrelated long transactions on the server do not hold pages back. With it, the
+        moment before which events are expired (None: kept forever) by the retention the store records.
         """
         rows = await self._fetch(_WRITERS, WRITER_APPLICATION)
+        if rows is None:
+            return None  # no store yet
         if not rows:
             raise StoreError(f"{where(self._url)}: no answer from pg_stat_activity")
         next_id = int(rows[0][0])
@@ -109,7 +143,8 @@ class PostgresReader:
             if full >= next_id:
                 full -= 1 << 32
             bound = min(bound, full)
-        return str(bound)
+        retention = Retention.from_state({"retention_seconds": rows[0][2] or "0"})
+        return str(bound), retention.event_cutoff()
 
     async def page(
         self,
@@ -120,14 +155,20 @@ class PostgresReader:
         filters: Filters = NO_FILTERS,
     ) -> Page:
         where = f"seq {'<' if descending else '>'} $1 AND {_SAFE}"
-        args: list[Any] = [after, limit + 1, topic, await self._watermark()]
+        marks = await self._watermark()
+        if marks is None:
+            return Page([], None)
+        watermark, cutoff = marks
+        args: list[Any] = [after, limit + 1, topic, watermark]
         if topic is not None:
             where += " AND topic = $3::text"
         else:
             where += " AND $3::text IS NULL"
         # Several consumers commit concurrently, so received_at does not grow strictly with seq here: the
         # bounds are compared as they are, and the planner picks among the indexes by their statistics.
+        # An expired event is never returned, swept or not; the cutoff also prunes its partitions away.
         for condition, value in (
+            ('received_at COLLATE "C" >= ${}', cutoff),
             ("source = ${}", filters.source),
             ('received_at COLLATE "C" >= ${}', filters.since),
             ('received_at COLLATE "C" < ${}', filters.until),
@@ -144,26 +185,46 @@ class PostgresReader:
         found = found[:limit]
         return Page(found, found[-1][0] if more else None)
 
-    async def event_row(self, topic: str, event_id: str) -> Row | None:
-        rows = await self._fetch(
-            f"SELECT {COLUMNS} FROM events WHERE topic = $1 AND event_id = $2", topic, event_id
+    async def event_row(self, topic: str, event_id: str) -> Row | Expired | None:
+        keys = await self._fetch(_KEY, key_hash(topic, event_id))
+        if not keys:
+            return None
+        seq, moment, events, kept = keys[0]
+        retention = Retention.from_state(
+            {"retention_seconds": events or "0", "key_retention_seconds": kept or "0"}
         )
-        return cast(Row, tuple(rows[0])) if rows else None
+        now = datetime.now(UTC)
+        if retention.keys is not None and moment < now - retention.keys:
+            return None  # forgotten: a re-send would be stored again
+        if retention.events is not None and moment < now - retention.events:
+            return Expired(utc_text(moment), utc_text(moment + retention.events))
+        # A moment written without microseconds sorts after those with: look a second beyond it.
+        rows = await self._fetch(_BY_SEQ, utc_text(moment), utc_text(moment + _SECOND), seq)
+        if rows:
+            return cast(Row, tuple(rows[0]))
+        return None
 
     async def snapshot(self) -> Snapshot:
         """Counters and per-topic counts in one REPEATABLE READ transaction, so they agree with each other."""
         pool = await self._get_pool()
-        try:
-            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                counters = await conn.fetch(_SUMMED_COUNTERS)
-                topics = await conn.fetch(_SUMMED_TOPICS)
-                consumer = await conn.fetch(_CONSUMER_STATE)
-        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-            return empty_snapshot(BACKEND)
-        except DB_ERRORS as exc:
-            raise connect_error(self._url, exc) from exc
-        state = {str(r[0]): str(r[1]) for r in consumer}
-        values = {str(r[0]): int(r[1]) for r in counters}
+        for attempt in range(1, _SNAPSHOT_ATTEMPTS + 1):
+            try:
+                async with pool.acquire() as conn, conn.transaction(isolation=_CONSISTENT, readonly=True):
+                    counters = await conn.fetch(_SUMMED_COUNTERS)
+                    topics = await conn.fetch(_SUMMED_TOPICS)
+                    consumer = await conn.fetch(_CONSUMER_STATE)
+                    state = {str(r[0]): str(r[1]) for r in consumer}
+                    values = {str(r[0]): int(r[1]) for r in counters}
+                    retention = Retention.from_state(state)
+                    held = await holdings(conn, retention, values.get("unique_processed", 0))
+                break
+            except Swept:
+                if attempt == _SNAPSHOT_ATTEMPTS:
+                    raise StoreError(f"{where(self._url)}: partitions dropped under every count") from None
+            except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+                return empty_snapshot(BACKEND)
+            except DB_ERRORS as exc:
+                raise connect_error(self._url, exc) from exc
         recorded = {str(k): state[k] for k in ("synchronous_commit", "fsync") if k in state}
         return Snapshot(
             {name: values.get(name, 0) for name in COUNTERS},
@@ -173,6 +234,7 @@ class PostgresReader:
             durability_of(recorded),
             {str(r[0]): int(r[2]) for r in topics},
             {str(r[0]): int(r[3]) for r in topics},
+            held,
         )
 
     async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import asyncpg
@@ -14,6 +15,7 @@ from store.base import (
     StoreConfigError,
     StoreError,
 )
+from store.postgres.partitions import migrate_to_partitions
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ SLOTS: Final = 16
 #   than every writer still running (see _watermark), and no later commit can land below them.
 # - The payload is TEXT, not jsonb: it stays byte-for-byte what the consumer serialised, as in SQLite, so
 #   the api's JSON is identical whichever backend stored the event.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     f"""
     CREATE SEQUENCE events_seq AS bigint;
     CREATE TABLE events (
@@ -139,10 +141,18 @@ MIGRATIONS: tuple[str, ...] = (
     SELECT topic, 0, count, duplicates, conflicts FROM topics;
     ALTER TABLE topics DROP COLUMN count, DROP COLUMN duplicates, DROP COLUMN conflicts;
     """,
+    # Retention: `events` partitioned by time (store/postgres/partitions.py), dedup by a compact key table
+    # (key_hash, seq, received_at) that outlives the events, and the totals the sweeps removed.
+    migrate_to_partitions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 WRITER_APPLICATION = "eventagg-consumer"
+# The sweep's own connection: its transactions insert no events, so pages need not wait for them.
+SWEEPER_APPLICATION = "eventagg-sweeper"
+# Every statement planned with its values: a plan then names only the partitions it reads (a cutoff or a
+# moment prunes the others at plan time), so batches and reads never lock a partition being detached.
+PLANNING = {"plan_cache_mode": "force_custom_plan"}
 
 # A batch that lost a deadlock or a serialization check is retried at once this many times (then the
 # consumer's own backoff takes over); the locks are taken in one order, so this should stay rare.
@@ -182,10 +192,10 @@ DB_ERRORS = (
 )
 
 
-async def connect(url: str) -> Any:
+async def connect(url: str, application: str = WRITER_APPLICATION) -> Any:
     try:
         return await asyncpg.connect(
-            url, timeout=10, server_settings={"application_name": WRITER_APPLICATION}
+            url, timeout=10, server_settings={"application_name": application, **PLANNING}
         )
     except DB_ERRORS as exc:
         raise connect_error(url, exc) from exc
@@ -204,7 +214,10 @@ async def migrate(conn: Any, url: str) -> None:
                     f"{SCHEMA_VERSION}"
                 )
             for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await conn.execute(script)
+                if isinstance(script, str):
+                    await conn.execute(script)
+                else:
+                    await script(conn)
                 await conn.execute("INSERT INTO eventagg_schema (version) VALUES ($1)", target)
                 log.info("store migrated to schema version=%d", target)
     except DB_ERRORS as exc:

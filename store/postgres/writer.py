@@ -7,29 +7,36 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from store.base import (
-    DEAD_LETTERS_KEPT,
     Backend,
     BatchResult,
     Durability,
     Message,
-    Rejected,
+    Retention,
+    StoredCopy,
     StoreError,
+    SweepResult,
     count_duplicates,
+    key_hash,
     receipt_rows,
     receipts_expired_before,
     rejected_in,
     sort_batch,
     utc_now,
 )
+from store.postgres import batch as sql
+from store.postgres.partitions import Coverage, cover, micros, recorded_retention
+from store.postgres.retention import sweep
 from store.postgres.schema import (
     BACKEND,
     DB_ERRORS,
     SLOTS,
+    SWEEPER_APPLICATION,
     connect,
     durability_of,
     migrate,
@@ -37,80 +44,6 @@ from store.postgres.schema import (
 )
 
 log = logging.getLogger(__name__)
-
-_INSERT = """
-    INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)
-    SELECT s, t, e, ts, src, p, $7::text
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS u(s, t, e, ts, src, p)
-    ON CONFLICT (topic, event_id) DO NOTHING
-    RETURNING topic, event_id
-"""
-_STORED = """
-    SELECT topic, event_id, timestamp, source, payload FROM events
-    WHERE (topic, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-"""
-# The slot for the rest of the transaction: the lowest one no other transaction holds, locked until the
-# commit, and the batch's commit time recorded on it. SKIP LOCKED never waits; when every slot is held
-# (more than SLOTS consumers) _LEASE_ANY waits for one chosen at random. It runs after eventagg_allocate:
-# locking the row assigns the transaction its id, which must come with its seqs (see above).
-_LEASE = """
-    UPDATE writer_slots SET last_commit_at = $1
-    WHERE slot = (SELECT slot FROM writer_slots ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING slot
-"""
-_LEASE_ANY = "UPDATE writer_slots SET last_commit_at = $1 WHERE slot = $2 RETURNING slot"
-# A topic's first-seen row is written once, by the first batch that stores it; only batches seeing a topic
-# for the first time at the same moment meet here, in topic order. Its counts go to the leased slot's rows,
-# which no concurrent batch touches.
-_TOPICS = """
-    WITH first_seen AS (
-        INSERT INTO topics (topic, first_seq)
-        SELECT t, (SELECT MIN(seq) FROM events WHERE topic = t) FROM unnest($1::text[]) AS u(t)
-        WHERE NOT EXISTS (SELECT FROM topics WHERE topic = t)
-        ORDER BY t
-        ON CONFLICT (topic) DO NOTHING
-    )
-    INSERT INTO topic_counts (topic, slot, count, duplicates, conflicts)
-    SELECT t, $5::smallint, c, d, x
-    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(t, c, d, x)
-    ORDER BY t
-    ON CONFLICT (topic, slot) DO UPDATE SET count = topic_counts.count + excluded.count,
-        duplicates = topic_counts.duplicates + excluded.duplicates,
-        conflicts = topic_counts.conflicts + excluded.conflicts
-"""
-_COUNTERS = """
-    UPDATE counter_slots AS c SET value = c.value + u.delta
-    FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
-    WHERE c.slot = $3 AND c.name = u.name
-"""
-_SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counter_slots GROUP BY name"
-_RECEIPTS = """
-    INSERT INTO receipts (receipt, new, duplicates, committed_at)
-    SELECT r, n, d, $4::text FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(r, n, d)
-    ORDER BY r
-    ON CONFLICT (receipt) DO NOTHING
-"""
-_STATE = """
-    INSERT INTO consumer_state (key, value) VALUES ($1, $2)
-    ON CONFLICT (key) DO UPDATE SET value = excluded.value
-"""
-_DEAD_LETTER = """
-    INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated)
-    SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bool[]
-    )
-"""
-_DEAD_LETTER_COUNT = """
-    INSERT INTO dead_letter_counts (kind, count)
-    SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1
-    ON CONFLICT (kind) DO UPDATE SET count = dead_letter_counts.count + excluded.count
-"""
-# Everything older than the newest DEAD_LETTERS_KEPT; only in a batch that rejected something.
-_DEAD_LETTER_TRIM = """
-    DELETE FROM dead_letters WHERE id < (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET $1)
-"""
-# Rows only from transactions older than every running one: nothing can commit below them any more.
 
 # A batch that lost a deadlock or a serialization check is retried at once this many times (then the
 # consumer's own backoff takes over); the locks are taken in one order, so this should stay rare.
@@ -126,6 +59,8 @@ class PostgresWriter:
         self._url = url
         self._conn: Any = conn
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
+        self._coverage = Coverage()
+        self._sweeper: Any = None  # the sweep's own connection: this one runs the batches meanwhile
 
     @classmethod
     async def open(cls, url: str, before_commit: Callable[[], None] | None = None) -> PostgresWriter:
@@ -138,12 +73,36 @@ class PostgresWriter:
         return cls(url, conn, before_commit)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                await asyncio.wait_for(conn.close(), 5)
-            except DB_ERRORS:
+        for conn in (self._conn, self._sweeper):
+            if conn is not None:
+                try:
+                    await asyncio.wait_for(conn.close(), 5)
+                except DB_ERRORS:
+                    conn.terminate()
+        self._conn = self._sweeper = None
+
+    async def record_retention(self, retention: Retention) -> Retention:
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE consumer_state IN SHARE ROW EXCLUSIVE MODE")
+                before = await recorded_retention(conn)
+                await conn.executemany(sql.STATE, list(retention.as_state().items()))
+            await cover(conn, self._coverage)
+        except DB_ERRORS as exc:
+            raise self._error(exc) from exc
+        return before
+
+    async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
+        try:
+            if self._sweeper is None or self._sweeper.is_closed():
+                self._sweeper = await connect(self._url, SWEEPER_APPLICATION)
+            return await sweep(self._sweeper, before_commit)
+        except DB_ERRORS as exc:
+            if self._sweeper is not None:
+                conn, self._sweeper = self._sweeper, None
                 conn.terminate()
+            raise StoreError(f"{where(self._url)}: sweep: {type(exc).__name__}: {exc}") from exc
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
@@ -167,7 +126,7 @@ class PostgresWriter:
             conn = await self._connection()
             settings = await self._settings(conn)
             async with conn.transaction():
-                await conn.executemany(_STATE, [("started_at", started_at), *settings.items()])
+                await conn.executemany(sql.STATE, [("started_at", started_at), *settings.items()])
         except DB_ERRORS as exc:
             raise self._error(exc) from exc
         report = durability_of(settings)
@@ -185,14 +144,24 @@ class PostgresWriter:
     async def apply(
         self, messages: Sequence[Message], receipts: Sequence[str | None] | None = None
     ) -> BatchResult:
-        """Apply a batch in ONE transaction; retried at once when it loses a deadlock or serialization check.
+        """Apply a batch in ONE transaction; retried at once when it loses a deadlock or serialization check,
+        or finds no partition for its moment (then created first).
 
         Raises StoreError with nothing applied; the caller must then ack nothing.
         """
         for attempt in range(1, _TRANSACTION_RETRIES + 1):
             try:
-                return await self._apply(await self._connection(), messages, receipts)
-            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                conn = await self._connection()
+                received_at = utc_now()
+                moment = micros(received_at)
+                if not self._coverage.ahead(moment):
+                    await cover(conn, self._coverage, moment)
+                return await self._apply(conn, messages, receipts, received_at)
+            except (
+                asyncpg.DeadlockDetectedError,
+                asyncpg.SerializationError,
+                asyncpg.CheckViolationError,
+            ) as exc:
                 if attempt == _TRANSACTION_RETRIES:
                     raise self._error(exc) from exc
                 log.warning(
@@ -200,93 +169,86 @@ class PostgresWriter:
                     type(exc).__name__,
                     _TRANSACTION_RETRIES - attempt,
                 )
+                # "no partition of relation events found for row" is a check violation: cover it first.
+                self._coverage.forget()
                 await asyncio.sleep(random.uniform(0, 0.01 * attempt))
             except DB_ERRORS as exc:
                 raise self._error(exc) from exc
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _apply(
-        self, conn: Any, messages: Sequence[Message], receipts: Sequence[str | None] | None
+        self, conn: Any, messages: Sequence[Message], receipts: Sequence[str | None] | None, received_at: str
     ) -> BatchResult:
         batch = sort_batch(messages)
-        received_at = utc_now()
+        moment = datetime.fromisoformat(received_at)
         async with conn.transaction():
-            stored: dict[tuple[str, str], tuple[str, str, str]] = {}
+            stored: dict[tuple[str, str], StoredCopy] = {}
             inserted: set[tuple[str, str]] = set()
+            first_seqs: dict[str, int] = {}
             if batch.first:
                 # Seqs in arrival order (paging shows a batch as it came, as on SQLite) ...
-                seqs = await conn.fetch("SELECT eventagg_allocate($1)", len(batch.first))
-                numbered = sorted(
-                    zip((r[0] for r in seqs), batch.first.values(), strict=True),
-                    key=lambda pair: (pair[1].topic, pair[1].event_id),
+                allocated = await conn.fetch(sql.ALLOCATE, len(batch.first))
+                retention = Retention.from_state(
+                    {
+                        "retention_seconds": allocated[0][1] or "0",
+                        "key_retention_seconds": allocated[0][2] or "0",
+                    }
                 )
-                # ... but inserted in key order: concurrent batches wait on each other's keys in one order,
-                # so two consumers holding the same keys cannot deadlock.
+                numbered = {
+                    key_hash(*key): (int(r[0]), key, item)
+                    for r, (key, item) in zip(allocated, batch.first.items(), strict=True)
+                }
+                hashes = sorted(numbered)
+                key_cutoff = None if retention.keys is None else moment - retention.keys
+                items = [numbered[h] for h in hashes]
                 rows = await conn.fetch(
-                    _INSERT,
-                    [s for s, _ in numbered],
-                    [e.topic for _, e in numbered],
-                    [e.event_id for _, e in numbered],
-                    [e.timestamp for _, e in numbered],
-                    [e.source for _, e in numbered],
-                    [e.payload_json() for _, e in numbered],
+                    sql.NEW,
+                    hashes,
+                    [s for s, _, _ in items],
+                    [e.topic for _, _, e in items],
+                    [e.event_id for _, _, e in items],
+                    [e.timestamp for _, _, e in items],
+                    [e.source for _, _, e in items],
+                    [e.payload_json() for _, _, e in items],
                     received_at,
+                    moment,
+                    key_cutoff,
                 )
-                inserted = {(r[0], r[1]) for r in rows}
-                existing = [key for key in batch.first if key not in inserted]
-                if existing:
-                    # What ON CONFLICT skipped is stored and committed (by an earlier batch or a concurrent
-                    # consumer, whose commit the insert waited for): this statement's snapshot sees it.
-                    for r in await conn.fetch(_STORED, [k[0] for k in existing], [k[1] for k in existing]):
-                        stored[(r[0], r[1])] = (r[2], r[3], r[4])
+                new = [numbered[r[0]] for r in rows]
+                inserted = {key for _, key, _ in new}
+                for seq, (topic, _), _ in new:
+                    first_seqs[topic] = min(seq, first_seqs.get(topic, seq))
+                if len(new) < len(numbered):
+                    stored = await sql.stored_copies(conn, numbered, inserted, retention, moment)
             count_duplicates(batch, stored, inserted)
             result = batch.result
             marked = receipt_rows(messages, receipts, batch, inserted)
             if marked:
                 await conn.execute(
-                    _RECEIPTS,
+                    sql.RECEIPTS,
                     [r[0] for r in marked],
                     [r[1] for r in marked],
                     [r[2] for r in marked],
                     received_at,
                 )
                 await conn.execute("DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before())
-            slot = await conn.fetchval(_LEASE, received_at)
+            slot = await conn.fetchval(sql.LEASE, received_at)
             if slot is None:
-                slot = await conn.fetchval(_LEASE_ANY, received_at, random.randrange(SLOTS))
+                slot = await conn.fetchval(sql.LEASE_ANY, received_at, random.randrange(SLOTS))
             per_topic = result.topic_deltas(Counter(key[0] for key in inserted))
             if per_topic:
-                await conn.execute(_TOPICS, *(list(column) for column in zip(*per_topic, strict=True)), slot)
+                columns = [list(column) for column in zip(*per_topic, strict=True)]
+                await conn.execute(sql.TOPICS, *columns, slot, [first_seqs.get(t) for t in columns[0]])
             deltas = result.deltas()
             if deltas:
-                await conn.execute(_COUNTERS, [name for name, _ in deltas], [d for _, d in deltas], slot)
+                await conn.execute(sql.COUNTERS, [name for name, _ in deltas], [d for _, d in deltas], slot)
             rejected = rejected_in(messages)
             if rejected:
-                await _keep_dead_letters(conn, rejected)
+                await sql.keep_dead_letters(conn, rejected)
             if self._before_commit is not None:
                 self._before_commit()
         return result
 
     async def counters(self) -> dict[str, int]:
-        rows = await (await self._connection()).fetch(_SUMMED_COUNTERS)
+        rows = await (await self._connection()).fetch(sql.SUMMED_COUNTERS)
         return {str(r[0]): int(r[1]) for r in rows}
-
-
-async def _keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
-    bodies = [item.stored_body() for item in rejected]
-    await conn.execute(
-        _DEAD_LETTER,
-        [item.at for item in rejected],
-        [item.kind for item in rejected],
-        [item.reason for item in rejected],
-        [item.routing_key for item in rejected],
-        [body for body, _ in bodies],
-        [len(item.body) for item in rejected],
-        [truncated for _, truncated in bodies],
-    )
-    kinds = sorted(Counter(item.kind for item in rejected).items())
-    await conn.execute(_DEAD_LETTER_COUNT, [k for k, _ in kinds], [n for _, n in kinds])
-    status = await conn.execute(_DEAD_LETTER_TRIM, DEAD_LETTERS_KEPT - 1)
-    dropped = int(status.split()[-1])  # "DELETE n"
-    if dropped:
-        await conn.execute("UPDATE dead_letter_totals SET dropped = dropped + $1", dropped)

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from contract.event import Event
-from store import BatchResult, Message, StoreConfigError, StoreError, open_reader, open_writer
+from store import BatchResult, Message, StoreConfigError, StoreError, open_reader, open_writer, utc_now
 from store.postgres import WRITER_APPLICATION, PostgresWriter
 from tests.harness.postgres import fresh_schema, with_database
 from tests.harness.private_postgres import PostgresError, PrivatePostgres
@@ -112,8 +112,9 @@ async def test_a_page_never_steps_past_a_batch_that_is_still_committing(
         (seq,) = [r[0] for r in await slow.fetch("SELECT eventagg_allocate(1)")]
         await slow.execute(
             "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
-            " VALUES ($1, 'orders', 'slow', '2026-11-22T10:15:00Z', 'test', '{}', '2026-11-22T10:15:00Z')",
+            " VALUES ($1, 'orders', 'slow', '2026-11-22T10:15:00Z', 'test', '{}', $2)",
             seq,
+            utc_now(),  # a moment the writers' partitions cover
         )
         await writers[1].apply([[event("after")]])  # a later seq, committed first
 

@@ -1,0 +1,155 @@
+"""The statements of a PostgreSQL batch's transaction (store/postgres/writer.py runs them in this order), and
+the two steps that take more than one: the stored copies of duplicates, and dead letters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from contract.event import Event
+from store.base import DEAD_LETTERS_KEPT, Rejected, Retention, StoredCopy, utc_text
+
+_SECOND = timedelta(seconds=1)
+
+# Seqs for the batch's new keys, with the retention the store records (read in the batch's transaction: a
+# retention recorded by another consumer counts from its commit on).
+ALLOCATE = """
+    SELECT s, (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
+        (SELECT value FROM consumer_state WHERE key = 'key_retention_seconds')
+    FROM eventagg_allocate($1) AS s
+"""
+# Dedup: a key inserted is new; a key already there is a duplicate unless it was forgotten (received before
+# $10, KEY_RETENTION's cutoff, NULL when keys are kept forever): then it takes the new seq and moment, and its
+# event is stored again. In key order: concurrent batches wait on each other's keys in one order, so two
+# consumers holding the same keys cannot deadlock. The events of the keys inserted go in with them, in one
+# statement (one round trip).
+NEW = """
+    WITH new AS (
+        INSERT INTO event_keys (key_hash, seq, received_at)
+        SELECT h, s, $9::timestamptz FROM unnest($1::bytea[], $2::bigint[]) AS u(h, s) ORDER BY h
+        ON CONFLICT (key_hash) DO UPDATE SET seq = excluded.seq, received_at = excluded.received_at
+        WHERE event_keys.received_at < $10::timestamptz
+        RETURNING key_hash, seq
+    ), stored AS (
+        INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)
+        SELECT u.s, t, e, ts, src, p, $8::text
+        FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+            AS u(s, t, e, ts, src, p)
+        JOIN new ON new.seq = u.s
+    )
+    SELECT key_hash FROM new
+"""
+# What the keys the batch did not insert hold (committed by an earlier batch or a concurrent consumer, whose
+# commit the insert waited for: this statement's snapshot sees it) ...
+KNOWN = "SELECT key_hash, seq, received_at FROM event_keys WHERE key_hash = ANY($1::bytea[])"
+# ... and the stored copies of those whose event has not expired, found by moment and seq: the planner reads
+# only the partitions of those moments (plans are custom: store/postgres/schema.py PLANNING).
+COPIES = """
+    SELECT seq, timestamp, source, payload FROM events
+    WHERE (received_at COLLATE "C") >= $1 AND (received_at COLLATE "C") < $2 AND seq = ANY($3::bigint[])
+"""
+# The slot for the rest of the transaction: the lowest one no other transaction holds, locked until the
+# commit, and the batch's commit time recorded on it. SKIP LOCKED never waits; when every slot is held
+# (more than SLOTS consumers) LEASE_ANY waits for one chosen at random. It runs after eventagg_allocate:
+# locking the row assigns the transaction its id, which must come with its seqs (see above).
+LEASE = """
+    UPDATE writer_slots SET last_commit_at = $1
+    WHERE slot = (SELECT slot FROM writer_slots ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING slot
+"""
+LEASE_ANY = "UPDATE writer_slots SET last_commit_at = $1 WHERE slot = $2 RETURNING slot"
+# A topic's first-seen row is written once, by the first batch that stores it (with the batch's lowest seq of
+# it, $6); only batches seeing a topic for the first time at the same moment meet here, in topic order. Its
+# counts go to the leased slot's rows, which no concurrent batch touches.
+TOPICS = """
+    WITH first_seen AS (
+        INSERT INTO topics (topic, first_seq)
+        SELECT t, f FROM unnest($1::text[], $6::bigint[]) AS u(t, f)
+        WHERE f IS NOT NULL AND NOT EXISTS (SELECT FROM topics WHERE topic = t)
+        ORDER BY t
+        ON CONFLICT (topic) DO NOTHING
+    )
+    INSERT INTO topic_counts (topic, slot, count, duplicates, conflicts)
+    SELECT t, $5::smallint, c, d, x
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(t, c, d, x)
+    ORDER BY t
+    ON CONFLICT (topic, slot) DO UPDATE SET count = topic_counts.count + excluded.count,
+        duplicates = topic_counts.duplicates + excluded.duplicates,
+        conflicts = topic_counts.conflicts + excluded.conflicts
+"""
+COUNTERS = """
+    UPDATE counter_slots AS c SET value = c.value + u.delta
+    FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
+    WHERE c.slot = $3 AND c.name = u.name
+"""
+SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counter_slots GROUP BY name"
+RECEIPTS = """
+    INSERT INTO receipts (receipt, new, duplicates, committed_at)
+    SELECT r, n, d, $4::text FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(r, n, d)
+    ORDER BY r
+    ON CONFLICT (receipt) DO NOTHING
+"""
+STATE = """
+    INSERT INTO consumer_state (key, value) VALUES ($1, $2)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+DEAD_LETTER = """
+    INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated)
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bool[]
+    )
+"""
+DEAD_LETTER_COUNT = """
+    INSERT INTO dead_letter_counts (kind, count)
+    SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1
+    ON CONFLICT (kind) DO UPDATE SET count = dead_letter_counts.count + excluded.count
+"""
+# Everything older than the newest DEAD_LETTERS_KEPT; only in a batch that rejected something.
+DEAD_LETTER_TRIM = """
+    DELETE FROM dead_letters WHERE id < (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET $1)
+"""
+
+
+async def stored_copies(
+    conn: Any,
+    numbered: dict[bytes, tuple[int, tuple[str, str], Event]],
+    inserted: set[tuple[str, str]],
+    retention: Retention,
+    moment: datetime,
+) -> dict[tuple[str, str], StoredCopy]:
+    """What each key the batch did not insert holds: the stored copy, or None when its event has expired (or
+    was swept): a duplicate whose conflict cannot be seen."""
+    known = await conn.fetch(KNOWN, [h for h, (_, key, _) in numbered.items() if key not in inserted])
+    cutoff = None if retention.events is None else moment - retention.events
+    keys = {int(r[1]): numbered[bytes(r[0])][1] for r in known}
+    live = [(int(r[1]), r[2]) for r in known if cutoff is None or r[2] >= cutoff]
+    stored: dict[tuple[str, str], StoredCopy] = dict.fromkeys(keys.values())
+    if live:
+        lo, hi = min(m for _, m in live), max(m for _, m in live)
+        # The upper bound a second later: a moment written without microseconds sorts after those with.
+        copies = await conn.fetch(COPIES, utc_text(lo), utc_text(hi + _SECOND), [s for s, _ in live])
+        for seq, timestamp, source, payload in copies:
+            if int(seq) in keys:
+                stored[keys[int(seq)]] = (str(timestamp), str(source), str(payload))
+    return stored
+
+
+async def keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
+    bodies = [item.stored_body() for item in rejected]
+    await conn.execute(
+        DEAD_LETTER,
+        [item.at for item in rejected],
+        [item.kind for item in rejected],
+        [item.reason for item in rejected],
+        [item.routing_key for item in rejected],
+        [body for body, _ in bodies],
+        [len(item.body) for item in rejected],
+        [truncated for _, truncated in bodies],
+    )
+    kinds = sorted(Counter(item.kind for item in rejected).items())
+    await conn.execute(DEAD_LETTER_COUNT, [k for k, _ in kinds], [n for _, n in kinds])
+    status = await conn.execute(DEAD_LETTER_TRIM, DEAD_LETTERS_KEPT - 1)
+    dropped = int(status.split()[-1])  # "DELETE n"
+    if dropped:
+        await conn.execute("UPDATE dead_letter_totals SET dropped = dropped + $1", dropped)
