@@ -10,7 +10,7 @@ from store import Expired, Filters, Reader, Retention, Writer
 from store.base import KEEP_ALL, Row
 from tests.harness.waiting import eventually
 
-SHORT = timedelta(seconds=2)
+SHORT = timedelta(seconds=5)
 
 
 def event(event_id: str, topic: str = "orders", source: str = "test", **payload: Any) -> Event:
