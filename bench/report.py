@@ -143,6 +143,18 @@ def targets(
     limit("GET /stats p99 at scale", "queries", "stats_p99_ms", 10.0, "ms")
     limit("consumer peak RSS draining the backlog", "backlog", "peak_rss_mb", 150.0, "MiB")
     limit("publish -> queryable p99 at the steady rate", "latency", "p99_ms", 100.0, "ms")
+    # Read-your-writes at the speed of a commit: the commit and its notice, not a timer, bound the wait.
+    for scenario, store in (("shim_stored", "SQLite"), ("shim_stored_postgres", "PostgreSQL")):
+        out.append(
+            Target(
+                f"POST ?wait=stored p50 / plain POST p50 ({store})",
+                results.median(scenario, "p50_ratio"),
+                2.0,
+                True,
+                "x",
+            )
+        )
+        limit(f"POST ?wait=stored p99 ({store}, quiet machine)", scenario, "stored_p99_ms", 10.0, "ms")
     return out
 
 
@@ -155,6 +167,13 @@ _POSTGRES_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("broker_cores", "broker, cores", _CORES),
     ("publisher_cores", "publisher, cores", _CORES),
     ("total_cores", "all of them, cores", _CORES),
+]
+_STORED_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
+    ("stored_p50_ms", "wait=stored p50 ms", "{:.2f}".format),
+    ("stored_p99_ms", "wait=stored p99 ms", "{:.2f}".format),
+    ("plain_p50_ms", "plain p50 ms", "{:.2f}".format),
+    ("plain_p99_ms", "plain p99 ms", "{:.2f}".format),
+    ("p50_ratio", "wait=stored / plain p50", "{:.2f}".format),
 ]
 _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "postgres_1": _POSTGRES_ROWS,
@@ -184,6 +203,8 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "shim_sequential": [("p50_ms", "p50 ms", "{:.2f}".format), ("p99_ms", "p99 ms", "{:.2f}".format)],
     "ingest_at_scale": [("events_per_second", "events/s", "{:,.0f}".format)],
     "ingest_over_tombstones": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "shim_stored": _STORED_ROWS,
+    "shim_stored_postgres": _STORED_ROWS,
     "latency": [("p50_ms", "p50 ms", "{:.1f}".format), ("p99_ms", "p99 ms", "{:.1f}".format)],
     "queries": [
         (f"{kind}_{q}_ms", f"{label} {q} ms", "{:.2f}".format)
@@ -218,6 +239,8 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "shim_topics": f"{sizes.shim_topics:,} events",
         "pika_roundtrip": f"{sizes.sequential_requests:,} messages",
         "shim_sequential": f"{sizes.sequential_requests:,} requests",
+        "shim_stored": f"{sizes.stored_requests:,} requests of each",
+        "shim_stored_postgres": f"{sizes.stored_requests:,} requests of each",
         "ingest_at_scale": f"{sizes.count:,} onto {sizes.stored:,}",
         "ingest_over_tombstones": f"{sizes.count:,} onto {sizes.stored:,} keys",
         "latency": f"{sizes.latency_rate:,.0f}/s for {sizes.latency_seconds:g}s",

@@ -51,6 +51,7 @@ class Sizes:
     publish_count: int = 20_000  # publish-only runs: the publisher CLI and the pika reference
     shim_topics: int = 10_000  # events (and topics) in the one many-topics POST
     sequential_requests: int = 1_000  # single-event POSTs (and pika round trips), one at a time
+    stored_requests: int = 500  # of each mode: POST ?wait=stored and plain POST, alternating
     drain: int = 50_000  # queued single-event messages a consumer drains (the product's and the reference)
 
 
@@ -65,6 +66,7 @@ QUICK = Sizes(  # only checks that everything works: start-up dominates every fi
     publish_count=1_000,
     shim_topics=500,
     sequential_requests=50,
+    stored_requests=30,
     drain=1_000,
     apply_events=2_000,
 )
@@ -317,6 +319,29 @@ async def shim_sequential(ctx: Context, tag: str) -> dict[str, float]:
     """One client posting single events one at a time: the time of a request, confirm included."""
     summary = await _shim_client(ctx, tag, ["--sequential", str(ctx.sizes.sequential_requests)])
     return {"p50_ms": float(summary["p50_ms"]), "p99_ms": float(summary["p99_ms"])}
+
+
+async def _shim_stored(ctx: Context, tag: str, database: ThrowawayDatabase | None) -> dict[str, float]:
+    """Sequential single-event POSTs, wait=stored and plain alternating, with the consumer and the api
+    running on one store: what read-your-writes costs over a plain publish, measured in the same moments."""
+    async with ctx.run(tag) as run:
+        run.database = database
+        await run.start_consumer()
+        await run.start_api()
+        args = ["--url", run.api_url, "--seed", str(ctx.seed), "--stored", str(ctx.sizes.stored_requests)]
+        client = await run.start("bench.shim_client", args)
+        summary = await run.finish(client, ctx.timeout)
+    keys = ("stored_p50_ms", "stored_p99_ms", "plain_p50_ms", "plain_p99_ms", "p50_ratio")
+    return {key: float(summary[key]) for key in keys}
+
+
+async def shim_stored(ctx: Context, tag: str) -> dict[str, float]:
+    return await _shim_stored(ctx, tag, None)
+
+
+async def shim_stored_postgres(ctx: Context, tag: str) -> dict[str, float]:
+    async with ThrowawayDatabase() as database:
+        return await _shim_stored(ctx, tag, database)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -578,6 +603,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("shim_topics", "HTTP shim: one POST, every event its own topic", shim_topics),
     Scenario("pika_roundtrip", "REFERENCE: pika publish + wait for confirm", pika_roundtrip),
     Scenario("shim_sequential", "HTTP shim: single-event POSTs one at a time", shim_sequential),
+    Scenario("shim_stored", "HTTP shim: POST ?wait=stored vs plain, one at a time, SQLite", shim_stored),
+    Scenario(
+        "shim_stored_postgres",
+        "HTTP shim: POST ?wait=stored vs plain, one at a time, PostgreSQL",
+        shim_stored_postgres,
+    ),
     Scenario("latency", "publish -> queryable at a steady rate", latency),
     Scenario("ingest_at_scale", "end to end, envelopes of 100, store pre-filled", ingest_at_scale, "events"),
     Scenario(

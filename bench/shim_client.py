@@ -4,6 +4,10 @@
   load: no two events can share a message); prints its events per second.
 * `--sequential N`: N single-event `POST /publish`, each sent when the previous one was answered; prints
   the nearest-rank p50 and p99 of the request times in milliseconds (the first WARMUP not counted).
+* `--stored N`: N single-event `POST /publish?wait=stored` and N plain `POST /publish`, alternating on one
+  connection (so both see the same moments of machine noise), each sent when the previous one was
+  answered; prints p50 and p99 of each mode and the ratio of the p50s. A wait=stored answer other than
+  200 with the event counted `new` fails the run: every answered event must be stored.
 
 The client is the standard library's `http.client` on one keep-alive connection: the least client-side
 time per request in Python, so what is measured is the server's. Bodies are serialised before the clock
@@ -35,12 +39,13 @@ def events(count: int, seed: int, distinct_topics: bool) -> list[dict[str, Any]]
     return items
 
 
-def post(connection: http.client.HTTPConnection, body: bytes) -> None:
-    connection.request("POST", "/publish", body=body, headers=HEADERS)
+def post(connection: http.client.HTTPConnection, body: bytes, path: str = "/publish") -> bytes:
+    connection.request("POST", path, body=body, headers=HEADERS)
     response = connection.getresponse()
     answer = response.read()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {answer[:300]!r}")
+    return answer
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,16 +73,41 @@ def sequential(connection: http.client.HTTPConnection, count: int, seed: int) ->
     return {"requests": count, "p50_ms": percentile(timings, 50), "p99_ms": percentile(timings, 99)}
 
 
+def stored(connection: http.client.HTTPConnection, count: int, seed: int) -> dict[str, Any]:
+    # Distinct events for both modes: a wait=stored event the store already has would still answer 200,
+    # but as a duplicate, which is not the case measured.
+    bodies = [json.dumps(item).encode() for item in events(2 * (count + WARMUP), seed, False)]
+    timings: dict[str, list[float]] = {"stored": [], "plain": []}
+    for index, body in enumerate(bodies):
+        mode = "stored" if index % 2 == 0 else "plain"
+        started = time.perf_counter()
+        answer = post(connection, body, "/publish?wait=stored" if mode == "stored" else "/publish")
+        took = (time.perf_counter() - started) * 1000
+        if mode == "stored" and json.loads(answer).get("new") != 1:
+            raise RuntimeError(f"wait=stored answered without storing the event: {answer[:300]!r}")
+        if index >= 2 * WARMUP:
+            timings[mode].append(took)
+    out: dict[str, Any] = {"requests": count}
+    for mode, values in timings.items():
+        out[f"{mode}_p50_ms"] = percentile(values, 50)
+        out[f"{mode}_p99_ms"] = percentile(values, 99)
+    out["p50_ratio"] = out["stored_p50_ms"] / out["plain_p50_ms"]
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.shim_client", description=__doc__)
     p.add_argument("--url", required=True, help="the api's base URL")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--topics", type=int, metavar="N", help="one request of N events, N topics")
     mode.add_argument("--sequential", type=int, metavar="N", help="N single-event requests, one at a time")
+    mode.add_argument(
+        "--stored", type=int, metavar="N", help="N wait=stored and N plain single-event requests, alternating"
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--timeout", type=float, default=60.0)
     args = p.parse_args()
-    count = args.topics if args.topics is not None else args.sequential
+    count = next(n for n in (args.topics, args.sequential, args.stored) if n is not None)
     if count < 1:
         print("shim_client: need a count >= 1", file=sys.stderr)
         return 2
@@ -86,6 +116,8 @@ def main() -> int:
     try:
         if args.topics is not None:
             result = many_topics(connection, count, args.seed)
+        elif args.stored is not None:
+            result = stored(connection, count, args.seed)
         else:
             result = sequential(connection, count, args.seed)
     except (OSError, RuntimeError, http.client.HTTPException) as exc:
