@@ -1,4 +1,4 @@
-"""Collects deliveries into batches: up to a size, or what arrived within a short wait or before a lull."""
+"""Group commit: a batch is what arrived while the previous commit ran, up to a size or a weight."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class Inbox(Generic[T]):
@@ -44,29 +45,51 @@ class Inbox(Generic[T]):
         self._items.clear()
         return drained
 
-    async def next_batch(self, size: int, wait: float, stop: asyncio.Event) -> list[T]:
-        """Block for the first delivery (or until stop is set, returning []), then fill up to `size`.
+    def wake(self) -> None:
+        """Wake a batch waiting on the commit in flight: the pipeline calls it when that commit ends."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-        The batch closes when it is full, when `wait` has passed since its first delivery, or when nothing
-        arrived for a quarter of `wait`. A lull means the publishers paused: holding what is in hand until
-        the full wait would add latency without making the batch any bigger. Under load deliveries keep
-        arriving, so batches still fill up to `size` or `wait`.
+    async def next_batch(
+        self,
+        size: int,
+        stop: asyncio.Event,
+        busy: Callable[[], bool] = lambda: False,
+        prepare: Callable[[list[T]], list[U]] | None = None,
+        linger: float = 0.0,
+    ) -> list[U]:
+        """Block for the first delivery (or until stop is set, returning []), then group commit: take what
+        is there, and while a commit runs (`busy()`), everything that arrives until it ends (the caller
+        calls `wake()` then) or the batch is full. With nothing committing the batch closes at once: a lone
+        delivery never waits for company, and under load a batch is what arrived during the previous
+        commit, so batches grow exactly as far as the store is slower than the arrivals.
+
+        `prepare` turns each chunk taken into what the batch holds (the consumer decodes there, so decoding
+        overlaps the commit in flight rather than following it). `linger` > 0 also keeps a batch open that
+        long after its first delivery while nothing commits, closing sooner after a lull of a quarter of it:
+        fewer, larger transactions for a trickle, at that much latency.
         """
         if not self._items and not await self._first(stop):
             return []
         room = [self._max_weight if self._weigh is not None else 1]  # left to fill; only weighing spends it
-        batch = self._take(size, room)
+        batch: list[U] = []
+        taken = 0
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        lull = wait / 4
-        while len(batch) < size and room[0] > 0:
+        deadline = loop.time() + linger
+        while True:
             if self._items:
-                batch += self._take(size - len(batch), room)
+                chunk = self._take(size - taken, room)
+                taken += len(chunk)
+                batch += chunk if prepare is None else prepare(chunk)  # type: ignore[arg-type]
+            if taken >= size or room[0] <= 0 or stop.is_set():
+                return batch
+            if busy():
+                await self._arrival(None)
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0 or stop.is_set() or not await self._arrival(min(remaining, lull)):
-                break
-        return batch
+            if remaining <= 0 or not await self._arrival(min(remaining, linger / 4)):
+                return batch
 
     def _take(self, count: int, room: list[int]) -> list[T]:
         items = self._items
@@ -87,8 +110,8 @@ class Inbox(Generic[T]):
             taken.append(item)
         return taken
 
-    async def _arrival(self, timeout: float) -> bool:
-        """Wait up to `timeout` for a delivery; True when one arrived."""
+    async def _arrival(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` (None: until woken) for a delivery; True when one arrived."""
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
