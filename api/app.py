@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import dashboard, deadletters, health, routes
 from api.broker import BrokerLink
+from api.commits import FeedCollector
 from api.compat import RESPONSE_MODELS
 from api.deps import State
 from api.docs import serve_docs
@@ -74,9 +75,12 @@ def create_app(settings: ApiSettings) -> EventApi:
         try:
             async with broker.running():
                 app.state.api = state = State(settings, reader, broker)
+                notices = FeedCollector(state.commits, state.watcher.reads)
+                app.state.metrics.registry.register(notices)
                 try:
                     yield
                 finally:
+                    app.state.metrics.registry.unregister(notices)
                     await state.close()
         finally:
             await reader.close()

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from api.broker import BrokerLink
+from api.commits import CommitFeed
 from api.settings import ApiSettings
 from api.stored import ReceiptPublisher, ReceiptWatcher
 from store import Reader
@@ -24,11 +25,15 @@ class State:
         self.broker = broker
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        # ?wait=stored: its own confirm channel, and the one watcher of the store's receipts.
+        # ?wait=stored: its own confirm channel, and the one watcher of the store's receipts, woken by the one
+        # subscription to the consumers' commit notices.
         self.receipts = ReceiptPublisher(settings.topology(), settings.envelope_size)
-        self.watcher = ReceiptWatcher(reader)
+        self.commits = CommitFeed(broker, settings.topology(), settings.reconnect_interval)
+        self.watcher = ReceiptWatcher(reader, self.commits, replay_window=settings.publish_timeout)
+        self.commits.start()
 
     async def close(self) -> None:
+        await self.commits.close()
         await self.watcher.close()
         await self.receipts.close()
 

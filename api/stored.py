@@ -6,8 +6,9 @@ that message it stored and how many were already there. So a request knows exact
 took effect and which copy of an event was the one stored: of 20 identical concurrent requests, exactly one
 receipt says "new", and once every reply has arrived every copy is already counted in /stats.
 
-Waiting requests never poll the store themselves: one watcher task, running only while someone waits, asks
-the store every few milliseconds for the receipts that are still awaited, all of them in one query.
+Waiting requests never poll the store themselves: one watcher task, running only while someone waits, reads
+the receipts that the consumers' commit notices (api/commits.py) name, for all waiters in one query, and falls
+back to reading every awaited receipt every few milliseconds only while the notices are down.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -25,23 +27,40 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
+from api.commits import FeedListener
 from contract import event as wire
 from contract.amqp import RECEIPT_HEADER
+from contract.commits import Notice
 from contract.event import Event
 from contract.topology import Topology
 
 log = logging.getLogger(__name__)
 
-# Often enough that a reply follows the commit by a few milliseconds; one query per tick for all waiters.
+# While commit notices are down (api/commits.py), the store is read this often for every awaited receipt.
 WATCH_INTERVAL = 0.005
 # Receipts asked for in one query at most (SQLite's bound-parameter limit is 32,766).
 QUERY_CHUNK = 1000
+# Receipt ids of recent notices, kept for a request that registers after its own notice went by (the
+# consumer can commit before the broker's confirm reaches the api): seconds of notices at any rate.
+RECENT_NOTICED = 65_536
+# The one read a request makes at its deadline, should every notice of its commit have been lost.
+LAST_READ_TIMEOUT = 0.5
 
 
 class ReceiptReader(Protocol):
     async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """For each id found: (events that message stored, events of it that were already stored)."""
         ...
+
+
+class Feed(Protocol):
+    """The api's commit notices (api/commits.CommitFeed), as the watcher uses them."""
+
+    live: bool
+
+    def listen(self, listener: FeedListener) -> None: ...
+
+    def live_for(self) -> float: ...
 
 
 class ReceiptsNotConfirmed(Exception):
@@ -62,30 +81,72 @@ class _Waiter:
     ids: set[str]
     found: dict[str, tuple[int, int]] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    recheck: bool = False  # its notices may have been lost: read its receipts once
+
+    def missing(self) -> set[str]:
+        return self.ids - self.found.keys()
 
 
 class ReceiptWatcher:
-    """One task that watches the store for the receipts of every waiting request."""
+    """One task that finds the receipts of every waiting request in the store, when commit notices say so.
 
-    def __init__(self, reader: ReceiptReader, interval: float = WATCH_INTERVAL) -> None:
+    A notice names the receipts a batch recorded; the watcher reads those (all waiters' at once) and the
+    requests answer with the store's own figures, so a notice is never trusted for more than "read now".
+    Without notices (no feed, or the subscription down) it reads every awaited receipt each `interval`;
+    once the subscription is back it reads every waiter's once more (notices of the gap are lost); and a
+    request whose deadline comes reads its own once more before answering 202.
+    """
+
+    def __init__(
+        self,
+        reader: ReceiptReader,
+        feed: Feed | None = None,
+        interval: float = WATCH_INTERVAL,
+        replay_window: float = 0.0,
+    ) -> None:
+        """`replay_window`: how long after the subscription came up a new waiter still reads the store
+        once, because its messages may have committed before (PUBLISH_TIMEOUT bounds a request's publish)."""
         self._reader = reader
+        self._feed = feed
         self._interval = interval
+        self._replay_window = replay_window
         self._waiters: set[_Waiter] = set()
+        self._by_receipt: dict[str, _Waiter] = {}
+        self._to_read: set[str] = set()
+        self._noticed: dict[str, None] = {}  # insertion-ordered: the oldest go first
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # What the watcher did, for /metrics and the tests: store reads by reason.
+        self.reads: Counter[str] = Counter()
+        if feed is not None:
+            feed.listen(self)
 
     async def wait(self, messages: dict[str, int], timeout: float) -> Waited:
         """Wait until every receipt id in `messages` (id → events in that message) is in the store, or until
         `timeout`; returns what was found, and how many events are still pending."""
         waiter = _Waiter(set(messages))
         self._waiters.add(waiter)
+        for receipt in waiter.ids:
+            self._by_receipt[receipt] = waiter
+        feed = self._feed
+        if feed is not None and feed.live and feed.live_for() >= self._replay_window:
+            self._to_read |= waiter.ids & self._noticed.keys()
+        else:
+            waiter.recheck = True
+        self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._watch(), name="receipt-watcher")
         try:
             with suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await waiter.done.wait()
+            if not waiter.done.is_set():
+                await self._last_read(waiter)
         finally:
             self._waiters.discard(waiter)
+            for receipt in waiter.ids:
+                self._by_receipt.pop(receipt, None)
+            self._wake.set()  # the task ends once nobody waits
         result = Waited()
         for receipt, size in messages.items():
             if receipt in waiter.found:
@@ -96,24 +157,75 @@ class ReceiptWatcher:
                 result.pending += size
         return result
 
+    async def _last_read(self, waiter: _Waiter) -> None:
+        """One read of the store at the deadline: a commit whose every notice was lost still answers 200."""
+        self.reads["deadline"] += 1
+        try:
+            async with asyncio.timeout(LAST_READ_TIMEOUT):
+                waiter.found.update(await self._read(sorted(waiter.missing())))
+        except Exception as exc:  # the store may be missing or failing: the request answers 202
+            log.debug("receipt query failed error=%s: %s", type(exc).__name__, exc)
+
+    def on_notice(self, notice: Notice) -> None:
+        noticed = self._noticed
+        for receipt in notice.receipts:
+            noticed[receipt] = None
+            if receipt in self._by_receipt:
+                self._to_read.add(receipt)
+                self._wake.set()
+        while len(noticed) > RECENT_NOTICED:
+            del noticed[next(iter(noticed))]
+
+    def on_live(self, live: bool) -> None:
+        if live:  # notices of the commits made while it was down are lost: read each waiter's once
+            for waiter in self._waiters:
+                waiter.recheck = True
+        self._wake.set()
+
+    async def _read(self, wanted: list[str]) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(wanted), QUERY_CHUNK):
+            found.update(await self._reader.receipts(wanted[start : start + QUERY_CHUNK]))
+        return found
+
     async def _watch(self) -> None:
         # Runs only while someone waits; the next waiter starts it again.
         while self._waiters:
+            self._wake.clear()
+            live = self._feed is not None and self._feed.live
+            wanted, self._to_read = self._to_read, set()
+            reason = "notice"
             waiting = [w for w in self._waiters if not w.done.is_set()]
-            wanted = sorted({i for w in waiting for i in w.ids - w.found.keys()})
-            try:
-                found: dict[str, tuple[int, int]] = {}
-                for start in range(0, len(wanted), QUERY_CHUNK):
-                    found.update(await self._reader.receipts(wanted[start : start + QUERY_CHUNK]))
-            except Exception as exc:  # the store may be missing or failing: keep waiting until the deadline
-                log.debug("receipt query failed error=%s: %s", type(exc).__name__, exc)
-                found = {}
             for waiter in waiting:
-                for receipt in waiter.ids & found.keys():
-                    waiter.found[receipt] = found[receipt]
-                if len(waiter.found) == len(waiter.ids):
-                    waiter.done.set()
-            await asyncio.sleep(self._interval)
+                if not live:
+                    wanted |= waiter.missing()
+                    reason = "polled"
+                elif waiter.recheck:
+                    wanted |= waiter.missing()
+                    reason = "recheck"
+                waiter.recheck = False
+            wanted &= self._by_receipt.keys()
+            if wanted:
+                self.reads[reason] += 1
+                try:
+                    found = await self._read(sorted(wanted))
+                except Exception as exc:  # the store may be missing or failing: keep waiting, read again
+                    log.debug("receipt query failed error=%s: %s", type(exc).__name__, exc)
+                    self._to_read |= wanted
+                    found = {}
+                    live = False  # retried after the interval, not at once
+                for receipt, figures in found.items():
+                    owner = self._by_receipt.get(receipt)
+                    if owner is not None:
+                        owner.found[receipt] = figures
+                        if len(owner.found) == len(owner.ids):
+                            owner.done.set()
+            if not live:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await self._wake.wait()
+            elif not self._to_read:
+                await self._wake.wait()
 
     def watching(self) -> bool:
         """Whether the watcher task runs (only while someone waits)."""

@@ -19,6 +19,7 @@ from consumer.handler import Decoded, decode_batch, receipt_of, settle
 from consumer.hooks import Commit, Fanout, Hooks, Settlement
 from consumer.metrics import ConsumerMetrics
 from consumer.retention import sweep_periodically
+from consumer.notices import CommitNotices
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
@@ -145,6 +146,7 @@ async def _consume(
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=settings.effective_prefetch())
     await declare(channel, settings.topology())
+    notices = await CommitNotices.open(connection, settings.topology())
     inbox: Inbox[DeliveredMessage] = Inbox(_body_size, BATCH_MAX_BYTES)
     subscription = Subscription(channel, settings.amqp_queue, inbox.put_nowait)
     await subscription.start()
@@ -158,7 +160,7 @@ async def _consume(
     # `halt` ends the loop on the stop signal, or at once when a commit failed for good (StoreConfigError):
     # its task is not awaited until the next batch, which an idle queue might never bring.
     halt = asyncio.Event()
-    pipeline = _Pipeline(storage, stop, hooks, halt.set, inbox.wake)
+    pipeline = _Pipeline(storage, stop, hooks, notices, halt.set, inbox.wake)
     mirror = asyncio.create_task(_set_when(stop, halt))
     limits = settings.limits()
 
@@ -189,6 +191,7 @@ async def _consume(
     try:
         async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
             await channel.close()
+            await notices.close()
     except Exception as exc:
         log.warning("could not close the channel cleanly error=%s", type(exc).__name__)
 
@@ -217,6 +220,7 @@ class _Pipeline:
         storage: Storage,
         stop: asyncio.Event,
         hooks: Hooks,
+        notices: CommitNotices,
         on_failure: Callable[[], None],
         on_idle: Callable[[], None],
     ) -> None:
@@ -225,6 +229,7 @@ class _Pipeline:
         self._on_idle = on_idle
         self._stop = stop
         self._hooks = hooks
+        self._notices = notices
         self._committing: asyncio.Task[bool] | None = None
         self._abandoned = False
         self._commits = 0
@@ -270,6 +275,10 @@ class _Pipeline:
         self._hooks.on_commit(
             Commit(self._commits, len(batch), result, seconds, redelivered, _lag(batch[0].message))
         )
+        # Before the acks: a request waiting on its receipts hears of the commit one broker hop later.
+        marked = [receipt for receipt in receipts if receipt is not None]
+        if marked or result.unique_processed:
+            await self._notices.committed(marked, result.unique_processed)
         unsettled = await settle(batch)
         self._hooks.on_settle(_settlement(batch, result.invalid, unsettled))
         log.debug(
