@@ -27,6 +27,7 @@ class Inbox(Generic[T]):
         self._waiter: asyncio.Future[None] | None = None
         self._weigh = weigh if max_weight > 0 else None
         self._max_weight = max_weight
+        self.opened_at = 0.0  # loop time when the last batch's first delivery was in hand
 
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
@@ -76,7 +77,8 @@ class Inbox(Generic[T]):
         batch: list[U] = []
         taken = 0
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + linger
+        self.opened_at = loop.time()
+        deadline = self.opened_at + linger
         while True:
             if self._items:
                 chunk = self._take(size - taken, room)

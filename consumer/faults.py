@@ -13,6 +13,9 @@
 
 - `EVENTAGG_FAULT_KILL_IN_SWEEP=N`: SIGKILL this process inside its N-th retention sweep transaction that
   removes something, after its deletes and before its COMMIT.
+- `EVENTAGG_FAULT_SLOW_COMMIT=SECONDS`: every batch transaction takes that much longer before COMMIT (a
+  slow disk). With SQLite the hook runs on the store's own thread, so deliveries keep arriving meanwhile: the
+  store is the bottleneck on purpose, and group commit must fill batches up to BATCH_SIZE.
 
 These are not settings: they exist to prove the crash guarantees and are logged loudly when active.
 """
@@ -23,6 +26,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +39,7 @@ KILL_AFTER_COMMIT = "EVENTAGG_FAULT_KILL_AFTER_COMMIT"
 COMMIT = "EVENTAGG_FAULT_COMMIT"
 FAIL_AFTER_COMMIT = "EVENTAGG_FAULT_FAIL_AFTER_COMMIT"
 KILL_IN_SWEEP = "EVENTAGG_FAULT_KILL_IN_SWEEP"
+SLOW_COMMIT = "EVENTAGG_FAULT_SLOW_COMMIT"
 ERRORS = {"ioerror": (errno.EIO, "disk I/O error"), "full": (errno.ENOSPC, "database or disk is full")}
 
 
@@ -46,6 +51,7 @@ class Faults(Hooks):
     fail_after_commit: int | None = None
     kill_in_sweep: int | None = None
     sweeps: list[int] = field(default_factory=lambda: [0], compare=False)  # sweep transactions so far
+    slow_commit: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Faults:
@@ -53,9 +59,18 @@ class Faults(Hooks):
         commit = environ.get(COMMIT)
         fail_after = environ.get(FAIL_AFTER_COMMIT)
         in_sweep = environ.get(KILL_IN_SWEEP)
+        slow = environ.get(SLOW_COMMIT)
         faults = cls()
         if in_sweep:
             faults = replace(faults, kill_in_sweep=_positive(KILL_IN_SWEEP, in_sweep))
+        if slow:
+            try:
+                seconds = float(slow)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds <= 10:
+                raise ValueError(f"{SLOW_COMMIT} must be seconds in (0, 10], got {slow!r}")
+            faults = replace(faults, slow_commit=seconds)
         if kill_after:
             faults = replace(faults, kill_after_commit=_positive(KILL_AFTER_COMMIT, kill_after))
         if commit:
@@ -74,11 +89,14 @@ class Faults(Hooks):
 
     @property
     def active(self) -> bool:
-        return any(x is not None for x in (self.kill_after_commit, self.commit_flag, self.kill_in_sweep))
+        return any(
+            x is not None
+            for x in (self.kill_after_commit, self.commit_flag, self.kill_in_sweep, self.slow_commit)
+        )
 
     def store_hook(self) -> Callable[[], None] | None:
         """What the store calls inside every batch transaction, if anything."""
-        return self.before_commit if self.commit_flag is not None else None
+        return self.before_commit if self.commit_flag is not None or self.slow_commit else None
 
     def sweep_hook(self) -> Callable[[], None] | None:
         """What the store calls inside every sweep transaction that removes something, before its COMMIT."""
@@ -94,6 +112,8 @@ class Faults(Hooks):
 
     def before_commit(self) -> None:
         """Called inside the batch transaction right before COMMIT; the store rolls the batch back."""
+        if self.slow_commit is not None:
+            time.sleep(self.slow_commit)
         if self.commit_flag is not None and self.commit_error is not None and self.commit_flag.exists():
             raise OSError(*ERRORS[self.commit_error])
 

@@ -25,6 +25,9 @@ class Commit:
     # Seconds from the publish of its first delivery (the AMQP timestamp property, whole seconds) to the
     # commit; None when that delivery carries no timestamp.
     lag: float | None
+    # Seconds from its first delivery in the consumer's hands to the start of its commit: the batch's wait
+    # for company and for the commit before it (group commit: none at all when nothing else commits).
+    waited: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from store import StoreError
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 256, 512, 1024, 4096, 10_000)
+WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # The AMQP timestamp is whole seconds, so nothing finer than a second means anything here; the upper
 # buckets are for a backlog drained after an outage.
@@ -81,6 +82,13 @@ class ConsumerMetrics(Hooks):
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.batch_wait = Histogram(
+            "eventagg_consumer_batch_wait_seconds",
+            "seconds from a batch's first delivery in hand to the start of its commit: its wait for company "
+            "and for the commit before it (none when nothing else commits)",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
         self.lag = Histogram(
             "eventagg_consumer_publish_to_commit_lag_seconds",
             LAG_HELP,
@@ -105,6 +113,7 @@ class ConsumerMetrics(Hooks):
         self.duplicates.inc(result.duplicate_dropped)
         self.batch_size.observe(commit.messages)
         self.commit_seconds.observe(commit.seconds)
+        self.batch_wait.observe(commit.waited)
         if commit.lag is not None:
             # A publisher's clock ahead of this one must not make a negative lag.
             self.lag.observe(max(commit.lag, 0.0))
