@@ -17,6 +17,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from contract import commits
 from contract.config import redact
 from contract.topology import Topology, declare
 
@@ -130,7 +131,9 @@ class BrokerLink:
         try:
             for queue in (topology.queue, topology.dead_letter_queue):
                 await asyncio.wait_for(channel.queue_delete(queue), OPERATION_TIMEOUT)
-            for exchange in (topology.exchange, topology.dead_letter_exchange):
+            # The commit notices' exchange too (contract/commits.py): the run's consumer declared it.
+            exchanges = (topology.exchange, topology.dead_letter_exchange, commits.exchange_name(topology))
+            for exchange in exchanges:
                 await asyncio.wait_for(channel.exchange_delete(exchange), OPERATION_TIMEOUT)
         finally:
             if not channel.is_closed:

@@ -204,6 +204,11 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "ingest_at_scale": [("events_per_second", "events/s", "{:,.0f}".format)],
     "ingest_over_tombstones": [("events_per_second", "events/s", "{:,.0f}".format)],
     "shim_stored": _STORED_ROWS,
+    "seed003_stored": [
+        ("events_per_second", "stored events/s", "{:,.0f}".format),
+        ("p50_ms", "p50 ms", "{:.2f}".format),
+        ("p99_ms", "p99 ms", "{:.2f}".format),
+    ],
     "shim_stored_postgres": _STORED_ROWS,
     "latency": [("p50_ms", "p50 ms", "{:.1f}".format), ("p99_ms", "p99 ms", "{:.1f}".format)],
     "queries": [
@@ -240,6 +245,7 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "pika_roundtrip": f"{sizes.sequential_requests:,} messages",
         "shim_sequential": f"{sizes.sequential_requests:,} requests",
         "shim_stored": f"{sizes.stored_requests:,} requests of each",
+        "seed003_stored": f"{sizes.stored_requests:,} requests",
         "shim_stored_postgres": f"{sizes.stored_requests:,} requests of each",
         "ingest_at_scale": f"{sizes.count:,} onto {sizes.stored:,}",
         "ingest_over_tombstones": f"{sizes.count:,} onto {sizes.stored:,} keys",

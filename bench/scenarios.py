@@ -335,6 +335,20 @@ async def _shim_stored(ctx: Context, tag: str, database: ThrowawayDatabase | Non
     return {key: float(summary[key]) for key in keys}
 
 
+async def seed003_stored(ctx: Context, tag: str) -> dict[str, float]:
+    """What a client of the seed003 aggregator sees with read-your-writes: single-event POSTs one at a time,
+    each answered once its event is committed (`?wait=stored`; API_COMPAT=seed003's answers). Its events/s
+    counts only events that are durably stored and readable when their answer arrives."""
+    async with ctx.run(tag) as run:
+        await run.start_consumer()
+        await run.start_api(API_COMPAT="seed003")
+        args = ["--url", run.api_url, "--seed", str(ctx.seed)]
+        args += ["--sequential", str(ctx.sizes.stored_requests), "--wait-stored"]
+        client = await run.start("bench.shim_client", args)
+        summary = await run.finish(client, ctx.timeout)
+    return {key: float(summary[key]) for key in ("events_per_second", "p50_ms", "p99_ms")}
+
+
 async def shim_stored(ctx: Context, tag: str) -> dict[str, float]:
     return await _shim_stored(ctx, tag, None)
 
@@ -609,6 +623,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "HTTP shim: POST ?wait=stored vs plain, one at a time, PostgreSQL",
         shim_stored_postgres,
     ),
+    Scenario("seed003_stored", "API_COMPAT=seed003: POST ?wait=stored, one event at a time", seed003_stored),
     Scenario("latency", "publish -> queryable at a steady rate", latency),
     Scenario("ingest_at_scale", "end to end, envelopes of 100, store pre-filled", ingest_at_scale, "events"),
     Scenario(

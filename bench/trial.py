@@ -179,8 +179,8 @@ class Run:
             self.topology.queue, lambda: child.returncode is None, START_TIMEOUT, why=lambda: why(child)
         )
 
-    async def start_api(self, module: str = "api") -> Child:
-        api = await self.start(module, [])
+    async def start_api(self, module: str = "api", **env: str) -> Child:
+        api = await self.start(module, [], **env)
         deadline = time.monotonic() + START_TIMEOUT
         async with httpx.AsyncClient(base_url=self.api_url, timeout=5.0) as client:
             while True:
