@@ -1,71 +1,115 @@
-"""The consumer's commit notices (contract/commits.py): one per committed batch, on a channel of its own.
+"""The consumer's commit notices (contract/commits.py), sent after each commit on a connection of their own.
 
-A notice is published after the commit and before the batch is acked, unconfirmed and transient: a lost one
-costs an api one read of the store (api/stored.py), never a wrong answer, so it is not worth a confirm's
-round trip or a write to the broker's disk. It goes out on its own channel so that nothing about the notices
-exchange can ever close the channel that holds the batch's unacked deliveries.
+A notice is unconfirmed and transient: a lost one costs an api one read of the store (api/stored.py), never
+a wrong answer, so it is worth neither a confirm's round trip nor a write to the broker's disk.
+
+Its own connection, because RabbitMQ blocks a connection that publishes while a memory or disk alarm is in
+effect, reading nothing more from it: on the consume connection that would stop the acks, which are what
+frees the broker's space. And never awaited by the commit: a notice is sent in the background, and the
+commits that land while one is on its way go out together in the next.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
+from contextlib import suppress
 
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
-from contract import commits
+from contract import amqp, commits
 from contract.amqp import BROKER_ERRORS
 from contract.topology import Topology
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT = Basic.Properties(delivery_mode=1, content_type="application/json")
+CLOSE_TIMEOUT = 2.0
+# RuntimeError: aio-pika's own, from a connection that is closing already.
+_CLOSE_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, RuntimeError)
 
 
 class CommitNotices:
-    def __init__(self, channel: AbstractRobustChannel, exchange: str) -> None:
-        self._channel = channel
-        self._exchange = exchange
+    def __init__(self, urls: Sequence[str], topology: Topology, reconnect_interval: float) -> None:
+        self._urls = urls
+        self._exchange = commits.exchange_name(topology)
+        self._reconnect_interval = reconnect_interval
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._underlay: AbstractChannel | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._receipts: list[str] = []
+        self._stored = 0
         self._failing = False
 
-    @classmethod
-    async def open(cls, connection: AbstractRobustConnection, topology: Topology) -> CommitNotices:
+    def start(self) -> None:
+        """Connect in the background: consuming never waits for it, and until it is up no notice goes out."""
+        self._connecting = asyncio.create_task(self._connect(), name="commit-notices-connect")
+
+    async def _connect(self) -> None:
+        connection = await amqp.connect(
+            self._urls, name="eventagg-consumer-notices", reconnect_interval=self._reconnect_interval
+        )
+        if connection is None:
+            return
+        self._connection = connection
         channel = await connection.channel(publisher_confirms=False)
         if not isinstance(channel, AbstractRobustChannel):
             raise TypeError("a robust connection gives robust channels")
-        name = commits.exchange_name(topology)
         # Declared through aio-pika, so the robust channel declares it again on every reopen.
-        await channel.declare_exchange(name, ExchangeType.FANOUT, durable=True)
-        notices = cls(channel, name)
-        channel.reopen_callbacks.add(notices._on_reopen)
-        await notices._on_reopen(None)
-        return notices
+        await channel.declare_exchange(self._exchange, ExchangeType.FANOUT, durable=True)
+        self._channel = channel
+        channel.reopen_callbacks.add(self._on_reopen)
+        await self._on_reopen(None)
+        log.info("commit notices ready exchange=%s", self._exchange)
 
     async def _on_reopen(self, _: object) -> None:
-        self._underlay = await self._channel.get_underlay_channel()
+        if self._channel is not None:
+            self._underlay = await self._channel.get_underlay_channel()
 
-    async def committed(self, receipts: list[str], stored: int) -> None:
-        """Tell every api that a batch committed; never raises, never waits for a reconnect."""
-        underlay = self._underlay
-        if underlay is None or underlay.is_closed:
-            return  # reconnecting: the apis re-read the store for what they wait for
-        try:
-            await underlay.basic_publish(
-                commits.encode(receipts, stored), exchange=self._exchange, properties=_TRANSIENT
-            )
-        except BROKER_ERRORS as exc:
-            if not self._failing:
-                log.warning("commit notice not sent error=%s; apis fall back to reading the store", exc)
-            self._failing = True
-        else:
+    def committed(self, receipts: list[str], stored: int) -> None:
+        """Tell every api that a batch committed: returns at once, never raises."""
+        self._receipts += receipts
+        self._stored += stored
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._send(), name="commit-notice")
+
+    async def _send(self) -> None:
+        while self._receipts or self._stored:
+            receipts, stored = self._receipts, self._stored
+            self._receipts, self._stored = [], 0
+            underlay = self._underlay
+            if underlay is None or underlay.is_closed:
+                return  # not connected (yet): the apis read the store for what they wait for
+            try:
+                await underlay.basic_publish(
+                    commits.encode(receipts, stored), exchange=self._exchange, properties=_TRANSIENT
+                )
+            except BROKER_ERRORS as exc:
+                if not self._failing:
+                    log.warning("commit notice not sent error=%r; apis fall back to reading the store", exc)
+                self._failing = True
+                return
             self._failing = False
 
     async def close(self) -> None:
-        self._channel.reopen_callbacks.discard(self._on_reopen)
-        try:
-            await self._channel.close()
-        except BROKER_ERRORS as exc:
-            log.debug("notices channel not closed cleanly error=%s", type(exc).__name__)
+        if self._sending is not None and not self._sending.done():
+            # The last commits' notice: a request waiting on them need not read at its deadline.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._sending), CLOSE_TIMEOUT)
+        for task in (self._connecting, self._sending):
+            if task is not None and not task.done():
+                task.cancel()
+                with suppress(asyncio.CancelledError, *BROKER_ERRORS):
+                    await task
+        if self._connection is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._connection.close()
+            except _CLOSE_ERRORS as exc:
+                log.debug("notices connection not closed cleanly error=%s", type(exc).__name__)
