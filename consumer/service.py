@@ -18,8 +18,8 @@ from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, receipt_of, settle
 from consumer.hooks import Commit, Fanout, Hooks, Settlement
 from consumer.metrics import ConsumerMetrics
-from consumer.retention import sweep_periodically
 from consumer.notices import CommitNotices
+from consumer.retention import sweep_periodically
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
