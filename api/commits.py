@@ -34,7 +34,9 @@ CLOSE_TIMEOUT = 2.0
 RESUBSCRIBE_PAUSE = 0.05
 
 
-_NO_CHANNEL: tuple[type[Exception], ...] = (BrokerUnavailable, *BROKER_ERRORS)
+# RuntimeError: aio-pika's own, from a connection closing under the call. The feed must outlive all of them:
+# while it is down every waiting request reads the store on a timer.
+_NO_CHANNEL: tuple[type[Exception], ...] = (BrokerUnavailable, *BROKER_ERRORS, RuntimeError)
 
 
 class FeedListener(Protocol):
@@ -88,8 +90,8 @@ class CommitFeed:
                 # Until the channel or its connection goes; wait() never raises what closed it.
                 await asyncio.wait({underlay.closing})
                 pause = RESUBSCRIBE_PAUSE
-            except BROKER_ERRORS as exc:
-                log.warning("commit notices: subscription failed error=%s; retrying", exc)
+            except _NO_CHANNEL as exc:
+                log.warning("commit notices: subscription failed error=%r; retrying", exc)
                 pause = self._retry
             finally:
                 if self.live:
