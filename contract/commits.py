@@ -1,8 +1,8 @@
 """Commit notices: what a consumer tells every api after a commit, and on which exchange.
 
 After a batch's transaction recorded receipts, the consumer publishes a notice on a fanout exchange next to
-the events exchange; each api instance binds an exclusive, auto-delete queue of its own to it. So any number of
-consumers reach any number of api replicas, on either store backend, with one subscription per api.
+the events exchange; each api instance binds an exclusive, auto-delete queue of its own to it. So any number
+of consumers reach any number of api replicas, on either store backend, with one subscription per api.
 
 A notice is a hint, never the truth: it is transient, unconfirmed and lost with a connection. The store's
 receipts table stays the source of truth; a notice only tells an api which receipts to read now.
