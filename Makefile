@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast test-docker crash bench up down lock clean
+.PHONY: install lint test test-fast test-docker crash soak bench up down lock clean
 
 install: $(STAMP)
 
@@ -26,9 +26,9 @@ lint: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Everything but the crash, cluster and docker tests, for a quick loop while editing.
+# Everything but the crash, cluster, soak and docker tests, for a quick loop while editing.
 test-fast: install
-	$(BIN)/python -m pytest -m "not crash and not cluster and not docker" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not crash and not cluster and not soak and not docker" $(PYTEST_ARGS)
 
 # The README's Docker commands on real engines (tests/test_docker.py, README "With Docker"): Compose v2 on
 # Engine 26 and docker-compose v1 on the host's engine, which it starts if installed but not running.
@@ -39,6 +39,12 @@ test-docker: install
 # The crash scenarios alone, bigger than in `make test`, ending with the crash checker's table.
 crash: install
 	CRASH_SCALE=$${CRASH_SCALE:-5} $(BIN)/python -m pytest -m crash --timeout=3600 $(PYTEST_ARGS)
+
+# A long run of every traffic and fault at once, checked exactly at the end, resources sampled and plotted
+# (tests/soak/). SOAK_MINUTES (10), SOAK_BACKEND (sqlite|postgres), SOAK_SEED (replays the fault schedule),
+# SOAK_OUT (where the report and the plots go; printed).
+soak: install
+	SOAK_MINUTES=$${SOAK_MINUTES:-10} SOAK_BACKEND=$${SOAK_BACKEND:-sqlite} $(BIN)/python -m tests.soak
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)

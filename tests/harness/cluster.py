@@ -25,6 +25,8 @@ from tests.harness.broker import (
     START_TIMEOUT,
     BrokerError,
     PrivateNode,
+    _free_port,
+    _marked_processes,
 )
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,9 @@ class ClusterNode(PrivateNode):
     node's members rejoin as followers, which is the normal case, not a stuck queue.
     """
 
-    def __init__(self, tmp_root: pathlib.Path, cookie: str) -> None:
+    def __init__(self, tmp_root: pathlib.Path, cookie: str, management: bool = False) -> None:
+        # With the management plugin (slower to boot): its HTTP API on 127.0.0.1:management_port.
+        self.management_port = _free_port() if management else None
         super().__init__(tmp_root)
         path = self.root / "home" / ".erlang.cookie"
         path.write_text(cookie)
@@ -55,6 +59,26 @@ class ClusterNode(PrivateNode):
         user = self._run_as
         if user is not None:
             os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        if self.management_port is None:
+            return
+        with (self.root / "rabbitmq.conf").open("a") as conf:
+            conf.write(
+                f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+                # Statistics every 2 s rather than 5: the soak samples connections and channels every 10 s.
+                "collect_statistics_interval = 2000\n"
+            )
+        (self.root / "enabled_plugins").write_text("[rabbitmq_management].\n")
+
+    @property
+    def management_url(self) -> str | None:
+        return None if self.management_port is None else f"http://127.0.0.1:{self.management_port}"
+
+    def pids(self) -> list[int]:
+        """Every live process of this node (the VM and its helpers), for resource sampling."""
+        return sorted(_marked_processes(self._marker)) if self.running else []
 
     def _wait_until_ready(self, deadline: float, log_offset: int) -> None:
         # The greeting and a login only: where a cluster's quorum queues lead is asked of the cluster
@@ -99,9 +123,9 @@ class QueueStatus:
 class Cluster:
     """Three ClusterNodes joined into one cluster; `urls` is what AMQP_URL gets."""
 
-    def __init__(self, tmp_root: pathlib.Path) -> None:
+    def __init__(self, tmp_root: pathlib.Path, management: bool = False) -> None:
         cookie = secrets.token_hex(16).upper()
-        self.nodes = [ClusterNode(tmp_root, cookie) for _ in range(SIZE)]
+        self.nodes = [ClusterNode(tmp_root, cookie, management) for _ in range(SIZE)]
 
     @property
     def urls(self) -> list[str]:

@@ -233,6 +233,22 @@ class PrivatePostgres:
         self.kill()
         self.start()
 
+    def shutdown(self) -> None:
+        """A fast shutdown (SIGINT: sessions ended, a checkpoint written); the data dir stays for start()."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("%s ignored a fast shutdown for %.0fs", self.description, STOP_TIMEOUT)
+        self.kill()
+
+    def group_pids(self) -> list[int]:
+        """The postmaster and every backend it forked, for resource sampling."""
+        pid = self.pid
+        return [] if pid is None else _group_members(pid)
+
     def stop(self) -> None:
         """Shut the server down (fast shutdown, SIGKILL if it will not) and delete its directory."""
         proc = self._proc

@@ -81,6 +81,7 @@ class Process:
         args: list[str],
         env: dict[str, str],
         stdin: bytes | None = None,
+        keep_stdin: bool = False,
     ) -> None:
         self.module = module
         index = len(list(deployment.logs.glob(f"{module}-*.log")))
@@ -96,7 +97,11 @@ class Process:
         )
         if stdin is not None and self.popen.stdin is not None:
             self.popen.stdin.write(stdin)
-            self.popen.stdin.close()
+            # keep_stdin: the caller goes on writing (popen.stdin) and closes it when done.
+            if keep_stdin:
+                self.popen.stdin.flush()
+            else:
+                self.popen.stdin.close()
 
     @property
     def alive(self) -> bool:
@@ -132,8 +137,10 @@ class Processes:
         self.all: list[Process] = []
         self._cleanups = Cleanups()
 
-    def start(self, module: str, *args: str, stdin: bytes | None = None, **env: str) -> Process:
-        process = Process(module, self.deployment, list(args), self.deployment.env(**env), stdin)
+    def start(
+        self, module: str, *args: str, stdin: bytes | None = None, keep_stdin: bool = False, **env: str
+    ) -> Process:
+        process = Process(module, self.deployment, list(args), self.deployment.env(**env), stdin, keep_stdin)
         self.all.append(process)
         self._cleanups.add(process.close, f"{module} pid {process.popen.pid}")
         return process

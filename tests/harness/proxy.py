@@ -1,5 +1,6 @@
-"""A TCP proxy in a thread whose broker-to-client direction can be frozen (a broker that stops answering) and
-whose open connections can be cut (a network that drops them) while it keeps accepting new ones."""
+"""A TCP proxy in a thread whose broker-to-client direction can be frozen (a broker that stops answering),
+whose traffic can be slowed (a delay before every chunk it forwards, both ways) and whose open connections
+can be cut (a network that drops them) while it keeps accepting new ones."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class FreezableProxy:
         self._flowing = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # Seconds each chunk waits before it is forwarded, in both directions; 0: no delay.
+        self.delay = 0.0
         self._ready = threading.Event()
         self.port = 0
         self._thread = threading.Thread(target=self._run, name="proxy", daemon=True)
@@ -32,13 +35,21 @@ class FreezableProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        broker_reader, broker_writer = await asyncio.open_connection(*self._target)
+        try:
+            broker_reader, broker_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            # The target is down (a killed broker node): the client sees its connection closed, as it would
+            # see a refusal, and tries the next node.
+            client_writer.transport.abort()
+            return
         pair = {client_writer, broker_writer}
         self._writers |= pair
 
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gated: bool) -> None:
             try:
                 while data := await reader.read(65536):
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                     if gated:
                         await self._flowing.wait()
                     writer.write(data)
@@ -68,6 +79,10 @@ class FreezableProxy:
             yield
         finally:
             self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def slow(self, delay: float) -> None:
+        """Every chunk waits `delay` seconds before it is forwarded, both ways, until slow(0)."""
+        self.delay = delay
 
     def cut(self) -> None:
         """Reset every connection open now, both sides, as a failed network would; new ones still work."""
