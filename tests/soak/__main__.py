@@ -1,7 +1,8 @@
 """`python -m tests.soak [--minutes M] [--backend sqlite|postgres] [--seed N] [--out DIR]` (`make soak`).
 
 The environment gives the defaults: SOAK_MINUTES (10), SOAK_BACKEND (sqlite), SOAK_SEED (random, printed),
-SOAK_OUT (a new directory under the system temp dir), SOAK_SAMPLE_INTERVAL (10 s). Exit 0 when the run
+SOAK_OUT (a new directory under the system temp dir), SOAK_SAMPLE_INTERVAL (10 s), SOAK_RETENTION (auto: a
+short RETENTION when the consumer's --help names it; off; or a duration such as 90s). Exit 0 when the run
 passed, 1 when it found anything (the report says what).
 """
 
@@ -28,10 +29,13 @@ def parse(argv: list[str]) -> Settings:
     p.add_argument(
         "--sample-interval", type=float, default=float(os.environ.get("SOAK_SAMPLE_INTERVAL", "10"))
     )
+    p.add_argument("--retention", default=os.environ.get("SOAK_RETENTION", "auto"))
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix=f"eventagg-soak-{args.backend}-"))
     out.mkdir(parents=True, exist_ok=True)
-    return Settings(args.minutes, args.backend, args.seed, out.resolve(), args.sample_interval)
+    return Settings(
+        args.minutes, args.backend, args.seed, out.resolve(), args.sample_interval, args.retention
+    )
 
 
 if __name__ == "__main__":

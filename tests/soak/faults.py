@@ -9,6 +9,7 @@ network) until the system is consuming again: the queue has all its consumers ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import statistics
@@ -105,6 +106,9 @@ class System:
     api: Process | None = None
     # Set while every broker node is up (poison is sent only then).
     calm: asyncio.Event = field(default_factory=asyncio.Event)
+    # Pids the faults killed; any other exit of a consumer or the api is a crash, listed here.
+    killed: set[int] = field(default_factory=set)
+    crashes: list[str] = field(default_factory=list)
 
     @property
     def queue(self) -> str:
@@ -115,6 +119,35 @@ class System:
 
     def start_api(self) -> Process:
         return self.procs.api(**self.api_env)
+
+    def kill9(self, process: Process) -> None:
+        """SIGKILL as a fault: the watchdog then knows this death was the soak's doing."""
+        self.killed.add(process.popen.pid)
+        process.popen.send_signal(signal.SIGKILL)
+
+    async def watchdog(self, stop: asyncio.Event) -> None:
+        """A consumer or api that exits by itself is a defect: record it, and restart it as a supervisor
+        would, so that the run goes on and shows whatever else there is."""
+        while not stop.is_set():
+            slots: list[tuple[str, int, Process | None]] = [
+                ("consumer", n, p) for n, p in enumerate(self.consumers)
+            ]
+            slots.append(("api", 0, self.api))
+            for role, slot, process in slots:
+                if process is None or process.alive or process.popen.pid in self.killed:
+                    continue
+                tail = "\n".join(process.output().splitlines()[-12:])
+                self.crashes.append(
+                    f"{role} pid {process.popen.pid} exited {process.popen.returncode}:\n{tail}"
+                )
+                log.error("%s", self.crashes[-1])
+                if role == "api":
+                    self.api = self.start_api()
+                else:
+                    self.consumers[slot] = self.start_consumer()
+                self.retire(process)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     def retire(self, process: Process) -> None:
         """A dead process's log file is closed: the soak would otherwise keep one open per restart."""
@@ -217,7 +250,7 @@ class Injector:
         began = self.now()
         record.target = f"consumer {slot} pid {victim.popen.pid}"
         if victim.alive:
-            victim.popen.send_signal(signal.SIGKILL)
+            system.kill9(victim)
             await asyncio.to_thread(victim.popen.wait, 10)
         await asyncio.sleep(record.fault.duration)
         if system.consumers[slot] is victim:  # not replaced meanwhile by an overlapping kill
@@ -249,7 +282,7 @@ class Injector:
         assert victim is not None
         began = self.now()
         record.target = f"api pid {victim.popen.pid}"
-        victim.popen.send_signal(signal.SIGKILL)
+        system.kill9(victim)
         await asyncio.to_thread(victim.popen.wait, 10)
         await asyncio.sleep(record.fault.duration)
         system.api = system.start_api()

@@ -130,6 +130,7 @@ def write(
             "",
             "check",
             *outcome.lines,
+            *[f"crash (an exit the soak did not cause): {crash}" for crash in figures.get("crashes", [])],
             "",
             "resources: growth over the last two-thirds of the traffic (Theil-Sen slope x window) vs allowed",
             *[g.line() for g in growth],

@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 
 from contract import amqp as broker_link
-from store.sqlite import WAL_AUTOCHECKPOINT_PAGES
+from store.sqlite.schema import WAL_AUTOCHECKPOINT_PAGES
 from tests.harness.cluster import Cluster
 from tests.harness.private_postgres import PrivatePostgres
 from tests.harness.probes import queue_depth
@@ -56,6 +56,7 @@ class Settings:
     seed: int
     out: Path
     sample_interval: float = 10.0
+    retention: str = "auto"
 
 
 @dataclass
@@ -98,11 +99,15 @@ async def run(settings: Settings) -> Result:
     (out / "schedule.txt").write_text("\n".join(f.describe() for f in faults) + "\n")
     sys.stdout.flush()
 
-    retention = consumer_has_retention()
+    # SOAK_RETENTION: "auto" (the default) turns it on when the consumer knows RETENTION, "off" never, a
+    # duration always. Auto's retention is short, so that sweeps run all along: a sixth of the run, at least
+    # a minute.
+    wanted = settings.retention
+    retention = wanted != "off" and (wanted != "auto" or consumer_has_retention())
     extra: dict[str, str] = {}
     if retention:
-        # A short retention so that sweeps run all along: a sixth of the run, at least a minute.
-        extra = {"RETENTION": f"{max(60, int(seconds / 6))}s", "RETENTION_SWEEP_INTERVAL": "10s"}
+        period = f"{max(60, int(seconds / 6))}s" if wanted == "auto" else wanted
+        extra = {"RETENTION": period, "RETENTION_SWEEP_INTERVAL": "10"}
     print(f"soak: retention {'on: ' + json.dumps(extra) if retention else 'off (the consumer has none)'}")
 
     started = time.monotonic()
@@ -179,6 +184,8 @@ async def run(settings: Settings) -> Result:
         faulting = asyncio.create_task(injector.run(t0, stop_faults))
         sampling = asyncio.create_task(_sample_until(sampler, t0, stop_faults))
         progress = asyncio.create_task(_progress(traffic, injector, t0, stop_faults))
+        stop_watchdog = asyncio.Event()
+        watchdog = asyncio.create_task(system.watchdog(stop_watchdog))
         await asyncio.sleep(seconds)
         traffic_end = time.monotonic() - t0
         stop_faults.set()
@@ -207,6 +214,8 @@ async def run(settings: Settings) -> Result:
         await traffic.stop()
         print("soak: draining")
         drained_in = await _drain(system, traffic, deployment)
+        stop_watchdog.set()
+        await watchdog
         # Nothing stuck: with every consumer stopped, whatever they held unacked is back in the queue.
         codes = []
         for consumer in system.consumers:
@@ -234,6 +243,9 @@ async def run(settings: Settings) -> Result:
         rows = summary(injector.records)
         unrecovered = [r.line() for r in injector.records if not r.skipped and r.recovered is None]
         outcome.expect(not unrecovered, f"every fault recovered ({len(unrecovered)} did not)")
+        outcome.expect(
+            not system.crashes, f"no consumer or api exited by itself ({len(system.crashes)} did; see below)"
+        )
         # The soak driver keeps every event it sent, for the check: it grows by design.
         skip = ["soak-driver rss_mib", "store store_mib" if not retention else "store store_bytes_per_event"]
         growth = growth_check(sampler.samples, 0.0, traffic_end, skip)
@@ -257,6 +269,7 @@ async def run(settings: Settings) -> Result:
             "pages": traffic.observed.pages,
             "cli_exit_codes": cli_codes,
             "probe_errors": sampler.errors,
+            "crashes": system.crashes,
             **outcome.figures,
         }
         text = report.write(
@@ -266,6 +279,7 @@ async def run(settings: Settings) -> Result:
         problems = [line for line in outcome.lines if line.startswith("FAILED")]
         problems += [g.line() for g in growth if not g.ok]
         problems += unrecovered
+        problems += system.crashes
         return Result(outcome.ok, problems)
     finally:
         for closing in closers:
@@ -281,10 +295,20 @@ async def run(settings: Settings) -> Result:
         await asyncio.to_thread(cluster.stop)
 
 
-async def _until(probe: Any, timeout: float, message: str) -> None:
-    from tests.harness.waiting import eventually
-
-    await eventually(probe, timeout, 0.25, message=message)
+async def _until(probe: Callable[[], Awaitable[bool]], timeout: float, message: str) -> None:
+    """Like tests/harness/waiting.py's eventually, but a SetupError from the probe ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if await probe():
+                return
+        except SetupError:
+            raise
+        except Exception as exc:
+            last = exc
+        await asyncio.sleep(0.25)
+    raise SetupError(f"{message} not reached within {timeout:g}s; last probe gave {last!r}")
 
 
 async def _api_ready(api_url: str) -> bool:
@@ -294,7 +318,17 @@ async def _api_ready(api_url: str) -> bool:
 
 
 async def _attached(system: System) -> bool:
+    for consumer in system.consumers:
+        if not consumer.alive:
+            # Not a probe failure to wait out: say why it ended.
+            raise SetupError(
+                f"a consumer exited at start ({consumer.popen.returncode}):\n{consumer.output()[-3000:]}"
+            )
     return await system.all_consumers_attached()
+
+
+class SetupError(Exception):
+    """The deployables could not be started; the soak cannot run."""
 
 
 async def _drain(system: System, traffic: Traffic, deployment: Deployment) -> float:
