@@ -123,9 +123,13 @@ class QueueStatus:
 class Cluster:
     """Three ClusterNodes joined into one cluster; `urls` is what AMQP_URL gets."""
 
-    def __init__(self, tmp_root: pathlib.Path, management: bool = False) -> None:
+    def __init__(
+        self, tmp_root: pathlib.Path, management: bool = False, cli_timeout: float = CLI_TIMEOUT
+    ) -> None:
         cookie = secrets.token_hex(16).upper()
         self.nodes = [ClusterNode(tmp_root, cookie, management) for _ in range(SIZE)]
+        # How long the joins' rabbitmqctl calls may take (a machine under heavy load needs more).
+        self.cli_timeout = cli_timeout
 
     @property
     def urls(self) -> list[str]:
@@ -144,9 +148,9 @@ class Cluster:
         first = self.nodes[0]
 
         def join(node: ClusterNode) -> None:
-            node.ctl("stop_app")
-            node.ctl("join_cluster", first.node_name)
-            node.ctl("start_app")
+            node.ctl("stop_app", timeout=self.cli_timeout)
+            node.ctl("join_cluster", first.node_name, timeout=self.cli_timeout)
+            node.ctl("start_app", timeout=self.cli_timeout)
             node._wait_until_ready(time.monotonic() + START_TIMEOUT, 0)
 
         # One at a time: two nodes joining at once can both be rebuilding their Mnesia schema from the first

@@ -27,6 +27,7 @@ import httpx
 
 from contract import amqp as broker_link
 from store.sqlite.schema import WAL_AUTOCHECKPOINT_PAGES
+from tests.harness.broker import BrokerError
 from tests.harness.cluster import Cluster
 from tests.harness.private_postgres import PrivatePostgres
 from tests.harness.probes import queue_depth
@@ -44,6 +45,8 @@ log = logging.getLogger("soak")
 HEARTBEAT = 4
 CONSUMERS = {"sqlite": 1, "postgres": 3}
 DRAIN_TIMEOUT = 600.0
+CLI_TIMEOUT = 240.0
+CLUSTER_ATTEMPTS = 3
 # The WAL is checkpointed at WAL_AUTOCHECKPOINT_PAGES (4 KiB pages); a checkpoint that cannot finish (a reader
 # holding an old snapshot) would let it grow past that. A tenth over it for the frames of the last commits.
 WAL_BOUND_MIB = WAL_AUTOCHECKPOINT_PAGES * 4096 / (1 << 20) * 1.1
@@ -112,13 +115,24 @@ async def run(settings: Settings) -> Result:
 
     started = time.monotonic()
     (out / "cluster").mkdir(exist_ok=True)
-    cluster = Cluster(out / "cluster", management=True)
+    cluster = Cluster(out / "cluster", management=True, cli_timeout=CLI_TIMEOUT)
     postgres: PrivatePostgres | None = None
     proxies: list[FreezableProxy] = []
     procs: Processes | None = None
     closers: list[Callable[[], Awaitable[Any]]] = []
     try:
-        await asyncio.to_thread(cluster.start)
+        for attempt in range(1, CLUSTER_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(cluster.start)
+                break
+            except BrokerError as exc:
+                # A node that does not answer rabbitmqctl in minutes on a machine with a load of 15 is the
+                # machine, not the product: a new cluster, a bounded number of times.
+                log.warning("the cluster did not form (attempt %d): %s", attempt, exc)
+                await asyncio.to_thread(cluster.stop)
+                if attempt == CLUSTER_ATTEMPTS:
+                    raise
+                cluster = Cluster(out / "cluster", management=True, cli_timeout=CLI_TIMEOUT)
         database_url = None
         if settings.backend == "postgres":
             postgres = PrivatePostgres()
