@@ -34,6 +34,8 @@ log = logging.getLogger("soak.faults")
 
 RECOVERY_TIMEOUT = 240.0
 POLL = 0.25
+# consumer/service.py's line once its subscription is up.
+CONSUMING = "consuming queue="
 
 
 class Management:
@@ -242,10 +244,23 @@ class Injector:
             await asyncio.sleep(POLL)
         return None
 
+    async def _until_consuming(self, record: Record, slot: int) -> Process:
+        """The slot's consumer once it is consuming: killing or stopping a process that is still importing
+        Python (seconds on a loaded machine) would prove nothing. The wait is recorded."""
+        asked = self.now()
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            process = self.system.consumers[slot]
+            if process.alive and CONSUMING in process.output():
+                break
+            await asyncio.sleep(POLL)
+        record.waited = self.now() - asked
+        return self.system.consumers[slot]
+
     async def _consumer_kill(self, record: Record) -> None:
         system = self.system
         slot = record.fault.target
-        victim = system.consumers[slot]
+        victim = await self._until_consuming(record, slot)
         base = await self._received()
         began = self.now()
         record.target = f"consumer {slot} pid {victim.popen.pid}"
@@ -259,9 +274,8 @@ class Injector:
         record.recovered = await self._consuming_again(base, began)
 
     async def _consumer_stop(self, record: Record) -> None:
-        system = self.system
         slot = record.fault.target
-        victim = system.consumers[slot]
+        victim = await self._until_consuming(record, slot)
         record.target = f"consumer {slot} pid {victim.popen.pid}"
         if not victim.alive:
             record.note, record.skipped = "skipped: already dead", True
@@ -278,6 +292,10 @@ class Injector:
 
     async def _api_kill(self, record: Record) -> None:
         system = self.system
+        asked = self.now()
+        # Only an api that answers is killed (a restart takes seconds on a loaded machine).
+        await self._api_answers(asked)
+        record.waited = self.now() - asked
         victim = system.api
         assert victim is not None
         began = self.now()

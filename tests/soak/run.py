@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -447,6 +447,15 @@ def _add_probes(
     sampler.add("store", store)
 
 
+async def _cancellable(work: Coroutine[Any, Any, Result]) -> Result:
+    """SIGTERM or SIGINT cancels the run, so that its clean-up (nodes, database, processes) still runs."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    return await task
+
+
 def main(settings: Settings) -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -460,7 +469,7 @@ def main(settings: Settings) -> int:
     # Every reconnect of the soak's own probe connection, with a traceback; contract/amqp.py says it once.
     for noisy in ("aiormq", "aio_pika"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    result = asyncio.run(run(settings))
+    result = asyncio.run(_cancellable(run(settings)))
     if result.ok:
         print("soak: PASSED")
         return 0
