@@ -176,6 +176,7 @@ class Injector:
         self.records: list[Record] = []
         self._broker_lock = asyncio.Lock()
         self._db_lock = asyncio.Lock()
+        self._slot_locks: dict[int, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._client = httpx.AsyncClient(timeout=5)
         self._t0 = 0.0
@@ -260,17 +261,21 @@ class Injector:
     async def _consumer_kill(self, record: Record) -> None:
         system = self.system
         slot = record.fault.target
-        victim = await self._until_consuming(record, slot)
-        base = await self._received()
-        began = self.now()
-        record.target = f"consumer {slot} pid {victim.popen.pid}"
-        if victim.alive:
+        # One kill of a slot at a time: a kill due while the slot's last victim is still being replaced
+        # waits for the replacement to be consuming, and then kills that one.
+        async with self._slot_locks.setdefault(slot, asyncio.Lock()):
+            victim = await self._until_consuming(record, slot)
+            base = await self._received()
+            began = self.now()
+            record.target = f"consumer {slot} pid {victim.popen.pid}"
+            if not victim.alive:
+                record.note, record.skipped = "skipped: not consuming within the bound", True
+                return
             system.kill9(victim)
             await asyncio.to_thread(victim.popen.wait, 10)
-        await asyncio.sleep(record.fault.duration)
-        if system.consumers[slot] is victim:  # not replaced meanwhile by an overlapping kill
+            await asyncio.sleep(record.fault.duration)
             system.consumers[slot] = system.start_consumer()
-        system.retire(victim)
+            system.retire(victim)
         record.recovered = await self._consuming_again(base, began)
 
     async def _consumer_stop(self, record: Record) -> None:
