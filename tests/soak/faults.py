@@ -110,6 +110,7 @@ class System:
     calm: asyncio.Event = field(default_factory=asyncio.Event)
     # Pids the faults killed; any other exit of a consumer or the api is a crash, listed here.
     killed: set[int] = field(default_factory=set)
+    stopped: set[int] = field(default_factory=set)  # SIGSTOPped right now
     crashes: list[str] = field(default_factory=list)
 
     @property
@@ -166,6 +167,16 @@ class System:
     async def all_consumers_attached(self) -> bool:
         return await consumer_count(self.amqp, self.queue) == len(self.consumers)
 
+    async def consuming_attached(self) -> bool:
+        """Every consumer process that got as far as consuming (and still runs) is attached to the queue:
+        one still starting (a kill's replacement) does not hold up the recovery of another fault."""
+        running = [
+            p
+            for p in self.consumers
+            if p.alive and p.popen.pid not in self.stopped and CONSUMING in p.output()
+        ]
+        return bool(running) and await consumer_count(self.amqp, self.queue) >= len(running)
+
 
 class Injector:
     """Runs each fault at its time, each in its own task; the log of what happened is `records`."""
@@ -220,12 +231,16 @@ class Injector:
         except (httpx.HTTPError, ValueError, KeyError):
             return self.system.observed.received
 
-    async def _consuming_again(self, base: int, since: float) -> float | None:
-        """Seconds from `since` until all consumers are attached and `received` passed `base`."""
+    async def _consuming_again(
+        self, base: int, since: float, replacement: Process | None = None
+    ) -> float | None:
+        """Seconds from `since` until every consumer that was consuming is attached again (and the
+        `replacement` of a killed one is consuming), and `received` passed `base`."""
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         while time.monotonic() < deadline:
             try:
-                if await self.system.all_consumers_attached() and await self._received() > base:
+                replaced = replacement is None or CONSUMING in replacement.output()
+                if replaced and await self.system.consuming_attached() and await self._received() > base:
                     return self.now() - since
             except Exception:  # the probe's own connection may be failing over
                 pass
@@ -274,9 +289,9 @@ class Injector:
             system.kill9(victim)
             await asyncio.to_thread(victim.popen.wait, 10)
             await asyncio.sleep(record.fault.duration)
-            system.consumers[slot] = system.start_consumer()
+            replacement = system.consumers[slot] = system.start_consumer()
             system.retire(victim)
-        record.recovered = await self._consuming_again(base, began)
+        record.recovered = await self._consuming_again(base, began, replacement)
 
     async def _consumer_stop(self, record: Record) -> None:
         slot = record.fault.target
@@ -285,10 +300,12 @@ class Injector:
         if not victim.alive:
             record.note, record.skipped = "skipped: already dead", True
             return
+        self.system.stopped.add(victim.popen.pid)
         victim.popen.send_signal(signal.SIGSTOP)
         await asyncio.sleep(record.fault.duration)
         base = await self._received()
         resumed = self.now()
+        self.system.stopped.discard(victim.popen.pid)
         if victim.alive:
             victim.popen.send_signal(signal.SIGCONT)
         else:
