@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
 from consumer.batcher import Inbox
@@ -143,14 +143,13 @@ async def _consume(
     stop: asyncio.Event,
     hooks: Hooks,
 ) -> None:
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=settings.effective_prefetch())
-    await declare(channel, settings.topology())
+    inbox: Inbox[DeliveredMessage] = Inbox(_body_size, BATCH_MAX_BYTES)
+    subscribed = await _subscribe(connection, settings, stop, inbox)
+    if subscribed is None:
+        return
+    channel, subscription = subscribed
     notices = CommitNotices(settings.amqp_urls(), settings.topology(), settings.reconnect_interval)
     notices.start()
-    inbox: Inbox[DeliveredMessage] = Inbox(_body_size, BATCH_MAX_BYTES)
-    subscription = Subscription(channel, settings.amqp_queue, inbox.put_nowait)
-    await subscription.start()
     log.info(
         "consuming queue=%s prefetch=%d batch_size=%d batch_wait=%.3fs",
         settings.amqp_queue,
@@ -198,6 +197,47 @@ async def _consume(
             await channel.close()
     except Exception as exc:
         log.warning("could not close the channel cleanly error=%s", type(exc).__name__)
+
+
+async def _subscribe(
+    connection: AbstractRobustConnection,
+    settings: ConsumerSettings,
+    stop: asyncio.Event,
+    inbox: Inbox[DeliveredMessage],
+) -> tuple[AbstractChannel, Subscription] | None:
+    """Open the channel, declare the topology and start consuming; None when stopped first.
+
+    The connection can be lost in the middle of it (a node killed, a network cut): the robust connection
+    then reconnects by itself, and the whole step is done again on a new channel, the failed one closed so
+    that the reconnect does not restore it. Without this the consumer exited at the first such loss.
+    """
+    while not stop.is_set():
+        channel: AbstractChannel | None = None
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=settings.effective_prefetch())
+            await declare(channel, settings.topology())
+            subscription = Subscription(channel, settings.amqp_queue, inbox.put_nowait)
+            await subscription.start()
+            return channel, subscription
+        except Exception as exc:
+            # The broker's errors, and whatever a call pending on a channel that the loss closed is failed
+            # with (aiormq fails them with a bare Exception when its reader ended at a clean end of stream).
+            if not (isinstance(exc, amqp.BROKER_ERRORS) or channel is None or channel.is_closed):
+                raise
+            log.warning(
+                "subscribing failed error=%s: %s; again in %.1fs",
+                type(exc).__name__,
+                amqp.scrub(str(exc)),
+                settings.reconnect_interval,
+            )
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(SHUTDOWN_BROKER_TIMEOUT):
+                        await channel.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.reconnect_interval)
+    return None
 
 
 def _body_size(message: DeliveredMessage) -> int:

@@ -19,6 +19,8 @@ class FreezableProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         # Seconds each chunk waits before it is forwarded, in both directions; 0: no delay.
         self.delay = 0.0
+        # cut_when_sent(): the bytes whose first appearance from a client resets every connection.
+        self._trigger: bytes | None = None
         self._ready = threading.Event()
         self.port = 0
         self._thread = threading.Thread(target=self._run, name="proxy", daemon=True)
@@ -48,6 +50,11 @@ class FreezableProxy:
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gated: bool) -> None:
             try:
                 while data := await reader.read(65536):
+                    if not gated and self._trigger is not None and self._trigger in data:
+                        self._trigger = None
+                        for each in list(self._writers):
+                            each.transport.abort()
+                        return
                     if self.delay:
                         await asyncio.sleep(self.delay)
                     if gated:
@@ -79,6 +86,11 @@ class FreezableProxy:
             yield
         finally:
             self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def cut_when_sent(self, trigger: bytes) -> None:
+        """The first time a client sends `trigger` (e.g. an AMQP method's class and method ids), every open
+        connection is reset before it reaches the broker: a network lost at that exact step. Once only."""
+        self._trigger = trigger
 
     def slow(self, delay: float) -> None:
         """Every chunk waits `delay` seconds before it is forwarded, both ways, until slow(0)."""
