@@ -36,6 +36,8 @@ RECOVERY_TIMEOUT = 240.0
 POLL = 0.25
 # consumer/service.py's line once its subscription is up.
 CONSUMING = "consuming queue="
+# A consumer is killed only after consuming for this long.
+MIN_CONSUMING = 3.0
 
 
 class Management:
@@ -111,6 +113,7 @@ class System:
     # Pids the faults killed; any other exit of a consumer or the api is a crash, listed here.
     killed: set[int] = field(default_factory=set)
     stopped: set[int] = field(default_factory=set)  # SIGSTOPped right now
+    consuming_since: dict[int, float] = field(default_factory=dict)  # pid -> when first seen consuming
     crashes: list[str] = field(default_factory=list)
 
     @property
@@ -136,6 +139,10 @@ class System:
                 ("consumer", n, p) for n, p in enumerate(self.consumers)
             ]
             slots.append(("api", 0, self.api))
+            for process in self.consumers:
+                if process.alive and process.popen.pid not in self.consuming_since:
+                    if CONSUMING in process.output():
+                        self.consuming_since[process.popen.pid] = time.monotonic()
             for role, slot, process in slots:
                 if process is None or process.alive or process.popen.pid in self.killed:
                     continue
@@ -188,6 +195,7 @@ class Injector:
         self._broker_lock = asyncio.Lock()
         self._db_lock = asyncio.Lock()
         self._slot_locks: dict[int, asyncio.Lock] = {}
+        self._pending: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._client = httpx.AsyncClient(timeout=5)
         self._t0 = 0.0
@@ -268,7 +276,10 @@ class Injector:
         while time.monotonic() < deadline:
             process = self.system.consumers[slot]
             if process.alive and CONSUMING in process.output():
-                break
+                since = self.system.consuming_since.setdefault(process.popen.pid, time.monotonic())
+                # It has been consuming for a while: a kill hits a consumer at work, with batches in flight.
+                if time.monotonic() - since >= MIN_CONSUMING:
+                    break
             await asyncio.sleep(POLL)
         record.waited = self.now() - asked
         return self.system.consumers[slot]
@@ -278,8 +289,17 @@ class Injector:
         slot = record.fault.target
         # One kill of a slot at a time: a kill due while the slot's last victim is still being replaced
         # waits for the replacement to be consuming, and then kills that one.
+        if self._pending.get(slot, 0):
+            # On a loaded machine a restart can take longer than the schedule's interval; one kill waits for
+            # the slot, the ones due meanwhile are dropped rather than piled up (they would otherwise kill
+            # each replacement the moment it starts consuming).
+            record.target = f"consumer {slot}"
+            record.note, record.skipped = "skipped: a kill of this slot is already waiting", True
+            return
+        self._pending[slot] = self._pending.get(slot, 0) + 1
         async with self._slot_locks.setdefault(slot, asyncio.Lock()):
             victim = await self._until_consuming(record, slot)
+            self._pending[slot] -= 1
             base = await self._received()
             began = self.now()
             record.target = f"consumer {slot} pid {victim.popen.pid}"
@@ -443,8 +463,9 @@ class Injector:
 def summary(records: list[Record]) -> list[dict[str, Any]]:
     """One row per kind of fault: count, recovered, median and max recovery."""
     rows = []
-    for kind in sorted({r.fault.kind for r in records if not r.skipped}):
+    for kind in sorted({r.fault.kind for r in records}):
         mine = [r for r in records if r.fault.kind == kind and not r.skipped]
+        skipped = sum(1 for r in records if r.fault.kind == kind and r.skipped)
         times = [r.recovered for r in mine if r.recovered is not None]
         rows.append(
             {
@@ -454,6 +475,7 @@ def summary(records: list[Record]) -> list[dict[str, Any]]:
                 "median_s": round(statistics.median(times), 2) if times else None,
                 "max_s": round(max(times), 2) if times else None,
                 "failed": sum(1 for r in mine if r.recovered is None or "FAILED" in r.note),
+                "skipped": skipped,
             }
         )
     return rows

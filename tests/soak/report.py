@@ -40,7 +40,7 @@ FAULT_COLOURS = {
 
 
 def fault_table(rows: list[dict[str, Any]]) -> str:
-    header = ("fault", "count", "recovered", "median s", "max s", "failed")
+    header = ("fault", "count", "recovered", "median s", "max s", "failed", "skipped")
     body = [
         (
             r["kind"],
@@ -49,6 +49,7 @@ def fault_table(rows: list[dict[str, Any]]) -> str:
             "-" if r["median_s"] is None else f"{r['median_s']:.2f}",
             "-" if r["max_s"] is None else f"{r['max_s']:.2f}",
             str(r["failed"]),
+            str(r["skipped"]),
         )
         for r in rows
     ]

@@ -42,7 +42,7 @@ Key = tuple[str, str]
 TOPICS = 8
 RESEND_SHARE = 0.2
 # Events per second from each source.
-RATES = {"cli-single": 20.0, "cli-envelopes": 100.0, "http-single": 10.0, "http-batch": 50.0}
+RATES = {"cli-single": 10.0, "cli-envelopes": 50.0, "http-single": 5.0, "http-batch": 25.0}
 HTTP_BATCH = 25
 POISON_EVERY = (20.0, 60.0)
 
