@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -34,6 +35,7 @@ log = logging.getLogger("soak.faults")
 
 RECOVERY_TIMEOUT = 240.0
 POLL = 0.25
+PROBE_TIMEOUT = 10.0
 # consumer/service.py's line once its subscription is up.
 CONSUMING = "consuming queue="
 # A consumer is killed only after consuming for this long.
@@ -172,7 +174,9 @@ class System:
         return data
 
     async def all_consumers_attached(self) -> bool:
-        return await consumer_count(self.amqp, self.queue) == len(self.consumers)
+        return await asyncio.wait_for(consumer_count(self.amqp, self.queue), PROBE_TIMEOUT) == len(
+            self.consumers
+        )
 
     async def consuming_attached(self) -> bool:
         """Every consumer process that got as far as consuming (and still runs) is attached to the queue:
@@ -182,7 +186,8 @@ class System:
             for p in self.consumers
             if p.alive and p.popen.pid not in self.stopped and CONSUMING in p.output()
         ]
-        return bool(running) and await consumer_count(self.amqp, self.queue) >= len(running)
+        attached = await asyncio.wait_for(consumer_count(self.amqp, self.queue), PROBE_TIMEOUT)
+        return bool(running) and attached >= len(running)
 
 
 class Injector:
@@ -199,6 +204,8 @@ class Injector:
         self._tasks: list[asyncio.Task[None]] = []
         self._client = httpx.AsyncClient(timeout=5)
         self._t0 = 0.0
+        # Every fault's line is appended here as it ends, so that a run cut short still leaves its faults.
+        self.journal: Path | None = None
 
     def now(self) -> float:
         return time.monotonic() - self._t0
@@ -232,6 +239,9 @@ class Injector:
             record.note += f" FAILED: {exc!r}"
             log.exception("fault %s failed", fault.describe())
         log.info("fault %s", record.line())
+        if self.journal is not None:
+            with self.journal.open("a") as out:
+                out.write(record.line() + "\n")
 
     async def _received(self) -> int:
         try:

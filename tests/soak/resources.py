@@ -16,6 +16,7 @@ TOLERANCES below; tests/soak/README.md gives the run they were justified from.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import time
@@ -150,7 +151,7 @@ class Sampler:
             try:
                 value = probe()
                 if inspect.isawaitable(value):
-                    value = await value
+                    value = await asyncio.wait_for(value, self.interval)
                 sample.values.update(value or {})
             except Exception:  # a probe of something that is down right now (a killed node, the database)
                 self.errors[name] = self.errors.get(name, 0) + 1

@@ -194,9 +194,10 @@ async def run(settings: Settings) -> Result:
         t0 = time.monotonic()
         traffic.start()
         injector = Injector(system, faults)
+        injector.journal = out / "faults-as-they-ended.txt"
         stop_faults = asyncio.Event()
         faulting = asyncio.create_task(injector.run(t0, stop_faults))
-        sampling = asyncio.create_task(_sample_until(sampler, t0, stop_faults))
+        sampling = asyncio.create_task(_sample_until(sampler, t0, stop_faults, out / "samples.jsonl"))
         progress = asyncio.create_task(_progress(traffic, injector, t0, stop_faults))
         stop_watchdog = asyncio.Event()
         watchdog = asyncio.create_task(system.watchdog(stop_watchdog))
@@ -234,8 +235,9 @@ async def run(settings: Settings) -> Result:
         codes = []
         for consumer in system.consumers:
             codes.append(await asyncio.to_thread(consumer.terminate, 60))
-        left = await queue_depth(amqp, deployment.queue)
-        dead_depth = await queue_depth(amqp, deployment.dead_letter_queue)
+        # A connection of its own, bounded: the run's probe connection went through every fault (a 30-minute
+        # run once hung here for good on a channel of it whose node had closed the socket).
+        left, dead_depth = await asyncio.wait_for(_final_depths(cluster, deployment), 120)
         outcome = await final_check(
             deployment.api_url,
             traffic.ledger.first,
@@ -353,7 +355,7 @@ async def _drain(system: System, traffic: Traffic, deployment: Deployment) -> fl
     async with httpx.AsyncClient(timeout=10) as client:
         while time.monotonic() - began < DRAIN_TIMEOUT:
             try:
-                depth = await queue_depth(system.amqp, deployment.queue)
+                depth = await asyncio.wait_for(queue_depth(system.amqp, deployment.queue), 10)
                 received = int((await system.stats(client))["received"])
             except Exception:
                 await asyncio.sleep(0.5)
@@ -366,9 +368,25 @@ async def _drain(system: System, traffic: Traffic, deployment: Deployment) -> fl
     raise AssertionError(f"the queue did not drain within {DRAIN_TIMEOUT:.0f}s")
 
 
-async def _sample_until(sampler: Sampler, t0: float, stop: asyncio.Event) -> None:
+async def _final_depths(cluster: Cluster, deployment: Deployment) -> tuple[int, int]:
+    connection = await broker_link.connect(
+        cluster.urls, name="soak-final", reconnect_interval=0.5, attempts=6
+    )
+    assert connection is not None
+    async with connection:
+        return (
+            await queue_depth(connection, deployment.queue),
+            await queue_depth(connection, deployment.dead_letter_queue),
+        )
+
+
+async def _sample_until(sampler: Sampler, t0: float, stop: asyncio.Event, path: Path) -> None:
     while not stop.is_set():
-        await sampler.sample(t0)
+        # Each probe bounded, so that one hung probe cannot stop the sampling.
+        await asyncio.wait_for(sampler.sample(t0), sampler.interval * 3)
+        # Written as it goes: a run that never reaches its report still leaves its samples.
+        with path.open("a") as out:
+            out.write(json.dumps({"t": sampler.samples[-1].t, **sampler.samples[-1].values}) + "\n")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), sampler.interval)
 
