@@ -157,7 +157,11 @@ class Cluster:
         # node, and under load one of them then fails to start (`{mnesia_app,start}` from start_app).
         for node in self.nodes[1:]:
             join(node)
-        members = set(json.loads(first.ctl("cluster_status", "--formatter", "json"))["running_nodes"])
+        members = set(
+            json.loads(first.ctl("cluster_status", "--formatter", "json", timeout=self.cli_timeout))[
+                "running_nodes"
+            ]
+        )
         if members != {node.node_name for node in self.nodes}:
             raise BrokerError(f"the cluster formed with {sorted(members)} running, not all {SIZE} nodes")
         log.info("cluster of %d nodes up after %.1fs: %s", SIZE, time.monotonic() - began, self.amqp_url)
