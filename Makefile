@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast test-docker crash soak bench up down lock clean
+.PHONY: install lint test test-fast test-docker test-soak crash soak bench up down lock clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ crash: install
 # A long run of every traffic and fault at once, checked exactly at the end, resources sampled and plotted
 # (tests/soak/). SOAK_MINUTES (10), SOAK_BACKEND (sqlite|postgres), SOAK_SEED (replays the fault schedule),
 # SOAK_OUT (where the report and the plots go; printed).
+# The suite's bounded soak alone: both backends' 3-minute soaks at once (tests/test_soak.py).
+test-soak: install
+	$(BIN)/python -m pytest -m soak -s $(PYTEST_ARGS) tests/test_soak.py
+
 soak: install
 	SOAK_MINUTES=$${SOAK_MINUTES:-10} SOAK_BACKEND=$${SOAK_BACKEND:-sqlite} $(BIN)/python -m tests.soak
 

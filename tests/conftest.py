@@ -136,15 +136,21 @@ async def amqp(broker: Broker) -> AsyncIterator[AbstractRobustConnection]:
         yield connection
 
 
+# Run only when the -m expression names them: the docker tests (make test-docker) build images and run the
+# compose file on real engines for many minutes; the soak (make test-soak) runs two 3-node clusters for
+# minutes. A `-m "not crash"` must not pull them in.
+OPT_IN_MARKERS = ("docker", "soak")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The docker tests (make test-docker) run only when the -m expression names them: they build images and
-    run the compose file on real engines for many minutes, and a `-m "not crash"` must not pull them in."""
-    if "docker" in (config.getoption("markexpr") or ""):
-        return
-    deselected = [item for item in items if item.get_closest_marker("docker")]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("docker")]
+    named = config.getoption("markexpr") or ""
+    for marker in OPT_IN_MARKERS:
+        if marker in named:
+            continue
+        deselected = [item for item in items if item.get_closest_marker(marker)]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
