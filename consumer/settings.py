@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
-from contract.config import CommonSettings, Duration
+from contract.config import CommonSettings, Duration, duration_seconds
 from store import Retention
 
 
@@ -36,7 +36,9 @@ class ConsumerSettings(CommonSettings):
     # last consumer to start sets them for every reader and sweeper (store/base.py Retention).
     retention: Duration = None
     retention_sweep_interval: Annotated[
-        float, Field(gt=0, le=86_400, description="seconds between retention sweeps")
+        float,
+        BeforeValidator(duration_seconds),
+        Field(gt=0, le=86_400, description="time between retention sweeps: 60, 60s, 5m"),
     ] = 60.0
     key_retention: Duration = None
 

@@ -65,7 +65,7 @@ class CommonSettings(BaseSettings):
         return redact_all(self.amqp_urls())
 
 
-__all__ = ["CommonSettings", "configure_logging", "parse_duration", "redact"]
+__all__ = ["CommonSettings", "configure_logging", "duration_seconds", "parse_duration", "redact"]
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
@@ -85,6 +85,14 @@ def parse_duration(value: object) -> timedelta | None:
     if seconds < 0:
         raise ValueError("must not be negative")
     return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+def duration_seconds(value: object) -> object:
+    """A duration as seconds for a number field (`60`, `60s`, `5m`); 0 stays 0, for the field to refuse."""
+    if isinstance(value, str):
+        span = parse_duration(value)
+        return span.total_seconds() if span else 0.0
+    return value
 
 
 # A duration setting: `RETENTION=30d`; None (unset or 0) means forever.
