@@ -101,15 +101,23 @@ async def current_node(cluster: Cluster, process: Process) -> ClusterNode:
 
 
 async def failed_over(cluster: Cluster, process: Process, killed: ClusterNode, at: float) -> float:
-    """Seconds from the kill until the process connected to another node."""
+    """Seconds from the kill until the process connected to another node; the process must have been on
+    the killed node when it died, and the node it moved to must be one that still runs."""
+    # Log stamps have millisecond resolution; 10 ms of slack keeps a connection at the kill's own instant.
+    before = [port for when, port in connections(process) if when < at - 0.01]
+    assert before and before[-1] == killed.port, (
+        f"{process.module} was on port {before[-1] if before else None}, not on the killed node "
+        f"{killed.port}, when it was killed"
+    )
 
-    def moved() -> float | None:
+    def moved() -> tuple[float, int] | None:
         later = [(when, port) for when, port in connections(process) if when >= at - 0.01]
-        return later[-1][0] - at if later and later[-1][1] != killed.port else None
+        return later[-1] if later and later[-1][1] != killed.port else None
 
-    took = await eventually(moved, 60, 0.05, message=f"{process.module} connected to another node")
-    assert float(took) >= 0
-    return float(took)
+    when, port = await eventually(moved, 60, 0.05, message=f"{process.module} connected to another node")
+    assert not killed.running
+    assert cluster.node_at(port).running, f"{process.module} moved to port {port}, which is not running"
+    return float(when) - at
 
 
 async def extra_deliveries(deployment: Deployment, sent: int) -> int:
@@ -259,16 +267,23 @@ async def test_killing_the_quorum_queue_leader_mid_stream_loses_nothing(
 
 
 async def post_all(
-    client: httpx.AsyncClient, requests: list[list[Event]], answers: dict[int, int], concurrency: int
+    client: httpx.AsyncClient,
+    requests: list[list[Event]],
+    answers: dict[int, int],
+    concurrency: int,
+    spans: dict[int, tuple[float, float]],
 ) -> None:
-    """POST every request (a few at once), recording each one's status; the api publishes with confirms."""
+    """POST every request (a few at once), recording each one's status and (sent, answered) wall-clock
+    times; the api publishes with confirms."""
     slots = asyncio.Semaphore(concurrency)
 
     async def one(index: int) -> None:
         async with slots:
+            sent = time.time()
             response = await client.post(
                 "/publish", content=wire.encode(requests[index]), headers={"content-type": "application/json"}
             )
+            spans[index] = (sent, time.time())
             answers[index] = response.status_code
 
     await asyncio.gather(*(one(i) for i in range(len(requests))))
@@ -285,8 +300,9 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
     api, _, victim = await pipeline(cluster, procs, amqp)
 
     answers: dict[int, int] = {}
+    spans: dict[int, tuple[float, float]] = {}
     async with httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as client:
-        stream = asyncio.create_task(post_all(client, requests, answers, concurrency=4))
+        stream = asyncio.create_task(post_all(client, requests, answers, concurrency=4, spans=spans))
         await eventually(lambda: len(answers) >= len(requests) // 5, 60, 0.01, message="a fifth answered")
         at = await kill(victim)
         answered_before = len(answers)
@@ -297,6 +313,9 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
         await stream
         assert answered_before < len(requests), "the stream ended before the kill; proves nothing"
         assert set(answers.values()) <= {200, 503}, answers
+        # The kill landed on publishes in flight: requests sent before it and answered after it.
+        in_flight = sorted(i for i, (sent, answered) in spans.items() if sent < at < answered)
+        assert in_flight, "no request was in flight when the node died; proves nothing"
         first_answers = dict(answers)
         for index, status in first_answers.items():
             if status == 200:
@@ -309,6 +328,12 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
             )
             assert response.status_code == 200, response.text
             checked.record_confirmed(batch)
+    # Something in flight was sent again: by the client after a 503, or by the api itself on its new
+    # channel before it answered 200. Either way the check below proves the re-send stored once.
+    resent_by_api = resent(api)
+    assert retry or resent_by_api, (
+        f"requests {in_flight} were in flight at the kill, yet nothing was re-sent; proves no re-send"
+    )
 
     await checked.settle(amqp, 120)
     extra = await extra_deliveries(deployment, checked.workload.count)
@@ -316,7 +341,8 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
     await checked.check(
         amqp,
         "cluster: api's node kill -9",
-        f"fail-over {took:.2f}s, {len(retry)} of {len(requests)} requests 503 and re-sent, "
+        f"fail-over {took:.2f}s, {len(in_flight)} requests in flight at the kill, {len(retry)} of "
+        f"{len(requests)} 503 and re-sent by the client, {resent_by_api} messages re-sent by the api, "
         f"extra deliveries {extra}",
     )
 

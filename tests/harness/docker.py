@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
-from tests.harness.waiting import eventually_sync
+from tests.harness.waiting import GiveUp, eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 # Outside the repository: debootstrap's results, the inner engine's images and build cache, dockerd's log.
@@ -132,11 +132,13 @@ def start_host_engine() -> str:
     def answers() -> bool:
         if not Path(f"/proc/{pid}").exists():
             tail = log.read_text(errors="replace").splitlines()[-15:]
-            raise EngineUnavailable("dockerd exited while starting:\n" + "\n".join(tail))
+            raise GiveUp("dockerd exited while starting:\n" + "\n".join(tail))
         return _host_answers()
 
     try:
         eventually_sync(answers, 60, interval=0.5, message="the started dockerd answering")
+    except GiveUp as exc:
+        raise EngineUnavailable(str(exc)) from None
     except AssertionError as exc:
         raise EngineUnavailable(f"dockerd (pid {pid}) did not answer within 60 s; see {log}") from exc
     say(
@@ -274,7 +276,15 @@ class InnerEngine:
         )  # fmt: skip
 
         def answers() -> bool:
-            return self.engine.docker("info", timeout=30, check=False).returncode == 0
+            if self.engine.docker("info", timeout=30, check=False).returncode == 0:
+                return True
+            state = run(
+                ["docker", "inspect", "--format", "{{.State.Status}}", INNER_NAME], timeout=30, check=False
+            )
+            if state.stdout.strip() in ("exited", "dead"):
+                logs = run(["docker", "logs", "--tail", "15", INNER_NAME], timeout=30, check=False)
+                raise GiveUp(f"the inner dockerd's container {state.stdout.strip()}:\n{logs.stderr}{logs.stdout}")
+            return False
 
         eventually_sync(answers, 90, interval=0.5, message="the inner dockerd answering")
         for image in sorted(set(base_images)):
@@ -347,14 +357,14 @@ class Up:
     def wait_for(self, pattern: str, timeout: float, what: str) -> re.Match[str]:
         def seen() -> re.Match[str] | None:
             if self.popen.poll() is not None:
-                raise AssertionError(
+                raise GiveUp(
                     f"`{' '.join(self.argv)}` exited {self.popen.returncode}:\n{self.output()}"
                 )
             output = self.output()
             # Compose v2 reports a dependency that never got healthy, and then keeps following the logs.
             failed = re.search(r"^dependency failed to start: .*$", output, re.MULTILINE)
             if failed:
-                raise AssertionError(failed[0])
+                raise GiveUp(failed[0])
             return re.search(pattern, output, re.MULTILINE)
 
         try:

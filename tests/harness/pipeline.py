@@ -37,8 +37,18 @@ async def start_pipeline(
     consumer = procs.consumer(**(consumer_env or {})) if with_consumer else None
     api = procs.api(**(api_env or {}))
     if consumer is not None and amqp is not None:
-        await eventually(lambda: consumer_count(amqp, deployment.queue), 30, message="consumer attached")
-    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api up")
+
+        async def attached() -> int:
+            consumer.still_running()
+            return await consumer_count(amqp, deployment.queue)
+
+        await eventually(attached, 30, message="consumer attached")
+
+    def api_up() -> bool:
+        api.still_running()
+        return api_get(deployment, "/health").status_code == 200
+
+    await eventually(api_up, 30, message="api up")
     if amqp is not None:
         await eventually(
             lambda: api_get(deployment, "/health").json()["broker"]["status"] == "connected",

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from tests.harness.cleanups import Cleanups
+from tests.harness.waiting import GiveUp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,6 +107,12 @@ class Process:
     @property
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def still_running(self) -> None:
+        """For a probe: a process that exited will never get where the test waits for it to get."""
+        code = self.popen.poll()
+        if code is not None:
+            raise GiveUp(f"{self.module} exited {code} while a test waited on it:\n{self.output()[-4000:]}")
 
     def kill9(self) -> None:
         self.popen.send_signal(signal.SIGKILL)
