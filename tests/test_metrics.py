@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import datetime
 from typing import Any
 
 import aio_pika
 import httpx
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -72,7 +74,9 @@ async def test_metrics_report_the_store_counters_depths_and_traffic_exactly(
     await eventually(dead_lettered, 30, message="the invalid message dead-lettered")
     # The api caches depths for BROKER_PROBE_TTL; wait until its reading shows the dead letter too.
     await eventually(lambda: stats(deployment)["dead_letter_queue"]["messages"] == 1, 30, message="depth")
+    scraped_from = time.time()
     samples = scrape(deployment)
+    scraped_by = time.time()
     current = stats(deployment)
 
     assert {name: samples[(f"eventagg_{name}_total", ())] for name in COUNTERS} == {
@@ -93,7 +97,12 @@ async def test_metrics_report_the_store_counters_depths_and_traffic_exactly(
     assert samples[("eventagg_queue_messages", (("queue", deployment.queue),))] == 0
     assert samples[("eventagg_queue_consumers", (("queue", deployment.queue),))] == 1
     assert samples[("eventagg_dead_letter_messages", (("queue", deployment.dead_letter_queue),))] == 1
-    assert 0 <= samples[("eventagg_consumer_last_commit_age_seconds", ())] < 60
+    # The commit time is /stats' own last_commit_at (the invalid message's batch was the last one), and the
+    # age is the scrape's clock minus it: the scrape happened between scraped_from and scraped_by.
+    committed = datetime.fromisoformat(current["consumer"]["last_commit_at"]).timestamp()
+    assert samples[("eventagg_consumer_last_commit_timestamp_seconds", ())] == pytest.approx(committed, abs=1e-3)
+    age = samples[("eventagg_consumer_last_commit_age_seconds", ())]
+    assert scraped_from - committed - 0.01 <= age <= scraped_by - committed + 0.01, (age, committed)
     # The shim: two confirmed requests of 3 and 1 events, none unavailable.
     assert samples[("eventagg_publish_confirm_seconds_count", ())] == 2
     assert samples[("eventagg_publish_confirmed_events_total", ())] == 4

@@ -13,18 +13,26 @@ from api.stored import ReceiptWatcher
 from contract.commits import Notice
 from contract.event import Event
 from store.sqlite import SqliteReader, SqliteWriter
+from tests.harness.waiting import eventually
 
 
 class CountingReader:
-    """The real reader, counting the receipt queries the watcher makes."""
+    """The real reader, recording the ids of every receipt query the watcher makes and what it found."""
 
     def __init__(self, reader: SqliteReader) -> None:
         self.reader = reader
-        self.queries = 0
+        self.asked: list[list[str]] = []
+        self.found: list[int] = []
+
+    @property
+    def queries(self) -> int:
+        return len(self.asked)
 
     async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        self.queries += 1
-        return await self.reader.receipts(ids)
+        self.asked.append(list(ids))
+        found = await self.reader.receipts(ids)
+        self.found.append(len(found))
+        return found
 
 
 def event(event_id: str) -> Event:
@@ -40,17 +48,25 @@ async def test_fifty_waiting_requests_share_one_query_per_tick_and_each_gets_its
     counting = CountingReader(reader)
     watcher = ReceiptWatcher(counting, interval=0.01)
     try:
-        waits = [asyncio.create_task(watcher.wait({f"r{i}": 1}, timeout=10)) for i in range(50)]
-        await asyncio.sleep(0.2)  # every request is waiting; nothing committed yet
-        queries_while_idle = counting.queries
+        every = sorted(f"r{i}" for i in range(50))
+        waits = [asyncio.create_task(watcher.wait({f"r{i}": 1}, timeout=60)) for i in range(50)]
+        # Ten ticks with all fifty waiting and nothing committed yet.
+        await eventually(lambda: counting.queries >= 10, 30, 0.005, message="ten ticks of the watcher")
+        idle = counting.queries
         same = [[event("same")] for _ in range(50)]
         await writer.apply(same, [f"r{i}" for i in range(50)])
+        applied = counting.queries
         results = await asyncio.gather(*waits)
+        await eventually(lambda: not watcher.watching(), 30, 0.005, message="the watcher stopped")
 
         assert sorted((r.new, r.duplicates, r.pending) for r in results) == [(0, 1, 0)] * 49 + [(1, 0, 0)]
-        # 0.2 s at 10 ms a tick is about 20 queries for all fifty waiters, not fifty per tick.
-        assert queries_while_idle <= 30
-        assert counting.queries <= queries_while_idle + 5
+        # Each tick was one query for all fifty waiters' receipts, never one per waiter.
+        assert counting.asked[:idle] == [every] * idle
+        assert counting.found[:idle] == [0] * idle
+        # The query that found them asked for all fifty, and it was the last: with nobody left waiting,
+        # the watcher asked no more (at most one query started after the commit returned).
+        assert counting.asked[-1] == every and counting.found[-1] == 50
+        assert counting.found.count(50) == 1 and counting.queries - applied <= 1
     finally:
         await watcher.close()
         await reader.close()
@@ -69,9 +85,9 @@ async def test_a_wait_ends_at_its_deadline_with_the_missing_events_pending(tmp_p
         result = await watcher.wait({"here": 2, "never": 3}, timeout=0.3)
 
         assert (result.new, result.duplicates, result.pending) == (2, 0, 3)
-        assert 0.3 <= time.monotonic() - started < 1.5
-        await asyncio.sleep(0.05)
-        assert not watcher.watching()  # it stops once nobody waits
+        assert 0.3 <= time.monotonic() - started < 5
+        # It stops once nobody waits.
+        await eventually(lambda: not watcher.watching(), 30, 0.005, message="the watcher stopped")
     finally:
         await watcher.close()
         await reader.close()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.harness.pipeline import counters, start_pipeline
+from tests.harness.pipeline import counters, settled, start_pipeline
 from tests.harness.processes import Deployment, Processes, all_events, api_get
 from tests.harness.waiting import eventually
 
@@ -88,7 +88,12 @@ async def test_a_waiting_publish_answers_with_its_events_already_stored_and_coun
     assert (empty.status_code, empty.json()) == (200, answer(profile, 0, new=0, duplicates=0))
     invalid = post(deployment, "/publish", [event("e"), {**event("f"), "timestamp": "soon"}])
     assert invalid.status_code == 422
-    assert counters(deployment) == expect(received=6, unique_processed=4, duplicate_dropped=2)
+    # Nothing of the rejected request was published: a marker sent behind it is stored, the queue drains,
+    # and the marker is the only event that arrived since.
+    marker = post(deployment, "/publish", [event("marker", "wait.b")])
+    assert (marker.status_code, marker.json()) == (200, answer(profile, 1, new=1, duplicates=0))
+    assert await settled(deployment, amqp, 7) == expect(received=7, unique_processed=5, duplicate_dropped=2)
+    assert api_get(deployment, "/events/wait.a/e").status_code == 404
 
 
 @pytest.mark.backends("sqlite", "postgres")

@@ -17,6 +17,7 @@ from store.postgres.batch import COUNTERS, LEASE, TOPICS
 from store.postgres.schema import MIGRATIONS
 from tests.harness.postgres import fresh_schema
 from tests.harness.stores import PostgresPeek, StoreSettings, counted_per_topic, counters, topic_counts
+from tests.harness.waiting import eventually
 from tests.store.test_writer import event
 
 
@@ -74,14 +75,31 @@ async def test_with_every_slot_held_a_batch_waits_for_one_and_then_commits(
     writer: PostgresWriter, url: str
 ) -> None:
     held = [await open_batch(url, f"t{i:02}") for i in range(SLOTS)]
+    holders = {conn.get_server_pid() for conn, _ in held}
+    watcher = await asyncpg.connect(url)
     try:
         applying = asyncio.ensure_future(writer.apply([[event("late", topic="t00")]]))
-        await asyncio.sleep(0.5)
+
+        async def lock_wait() -> list[Any]:
+            # The writer's own backend, waiting on a row lock that only the held batches can release.
+            rows = await watcher.fetch(
+                """
+                SELECT pid, wait_event_type, query, pg_blocking_pids(pid) AS blockers FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid() AND NOT (pid = ANY($1::int[]))
+                  AND wait_event_type = 'Lock' AND query LIKE 'UPDATE writer_slots%'
+                """,
+                list(holders),
+            )
+            return [r for r in rows if r["blockers"] and set(r["blockers"]) <= holders]
+
+        waiting = await eventually(lock_wait, 30, 0.02, message="the batch waiting on a held slot's lock")
+        assert len(waiting) == 1, waiting
         assert not applying.done(), "all slots are held: the batch waits for one"
         for _, transaction in held:
             await transaction.commit()
         assert (await asyncio.wait_for(applying, 5)).unique_processed == 1
     finally:
+        await watcher.close()
         for conn, _ in held:
             await conn.close()
 
