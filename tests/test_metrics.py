@@ -100,7 +100,8 @@ async def test_metrics_report_the_store_counters_depths_and_traffic_exactly(
     # The commit time is /stats' own last_commit_at (the invalid message's batch was the last one), and the
     # age is the scrape's clock minus it: the scrape happened between scraped_from and scraped_by.
     committed = datetime.fromisoformat(current["consumer"]["last_commit_at"]).timestamp()
-    assert samples[("eventagg_consumer_last_commit_timestamp_seconds", ())] == pytest.approx(committed, abs=1e-3)
+    stamped = samples[("eventagg_consumer_last_commit_timestamp_seconds", ())]
+    assert stamped == pytest.approx(committed, abs=1e-3)
     age = samples[("eventagg_consumer_last_commit_age_seconds", ())]
     assert scraped_from - committed - 0.01 <= age <= scraped_by - committed + 0.01, (age, committed)
     # The shim: two confirmed requests of 3 and 1 events, none unavailable.

@@ -283,7 +283,8 @@ class InnerEngine:
             )
             if state.stdout.strip() in ("exited", "dead"):
                 logs = run(["docker", "logs", "--tail", "15", INNER_NAME], timeout=30, check=False)
-                raise GiveUp(f"the inner dockerd's container {state.stdout.strip()}:\n{logs.stderr}{logs.stdout}")
+                status = state.stdout.strip()
+                raise GiveUp(f"the inner dockerd's container {status}:\n{logs.stderr}{logs.stdout}")
             return False
 
         eventually_sync(answers, 90, interval=0.5, message="the inner dockerd answering")
@@ -357,9 +358,7 @@ class Up:
     def wait_for(self, pattern: str, timeout: float, what: str) -> re.Match[str]:
         def seen() -> re.Match[str] | None:
             if self.popen.poll() is not None:
-                raise GiveUp(
-                    f"`{' '.join(self.argv)}` exited {self.popen.returncode}:\n{self.output()}"
-                )
+                raise GiveUp(f"`{' '.join(self.argv)}` exited {self.popen.returncode}:\n{self.output()}")
             output = self.output()
             # Compose v2 reports a dependency that never got healthy, and then keeps following the logs.
             failed = re.search(r"^dependency failed to start: .*$", output, re.MULTILINE)
