@@ -22,7 +22,11 @@ set -euo pipefail
 KIND=${1:?kind: python, rabbitmq or engine}
 TAG=${2:?image tag}
 CACHE=${EVENTAGG_DOCKER_CACHE:-/var/cache/eventagg-docker}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror is the one this machine's apt uses (its sources, read as apt reads them, by
+# apt_mirror.py); DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR override it.
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MIRROR=$(python3 "$HERE/apt_mirror.py" archive)
+SECURITY=$(python3 "$HERE/apt_mirror.py" security 2>/dev/null || true)
 TARBALL="$CACHE/rootfs-$KIND.tar"
 mkdir -p "$CACHE"
 
@@ -62,8 +66,12 @@ if [ ! -s "$TARBALL" ]; then
     echo "base-image.sh: debootstrap $SUITE for $KIND (once; kept as $TARBALL)"
     debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >/dev/null
     if [ "$SUITE" = bookworm ]; then
-        printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://deb.debian.org/debian-security bookworm-security main\n' \
-            "$MIRROR" "$MIRROR" > "$ROOT/etc/apt/sources.list"
+        printf 'deb %s bookworm main\ndeb %s bookworm-updates main\n' "$MIRROR" "$MIRROR" > "$ROOT/etc/apt/sources.list"
+        if [ -n "$SECURITY" ]; then
+            printf 'deb %s bookworm-security main\n' "$SECURITY" >> "$ROOT/etc/apt/sources.list"
+        else
+            echo "base-image.sh: apt names no security mirror here (set DEBIAN_SECURITY_MIRROR); none used" >&2
+        fi
     fi
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
     # No services start inside the chroot.
