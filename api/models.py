@@ -68,7 +68,9 @@ class PublishSeed004(BaseModel):
 
 
 class EventsWrapped(BaseModel):
-    """GET /events under API_COMPAT=seed003."""
+    """GET /events under API_COMPAT=seed003: exactly `{"events": [...]}`, nothing beside it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     events: list[StoredEvent]
 

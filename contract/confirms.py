@@ -58,12 +58,14 @@ class Tally:
         "pending",
         "reasons",
         "unroutable",
+        "written",
     )
 
     def __init__(self, on_confirmed: OnConfirmed | None = None) -> None:
         self.on_confirmed = on_confirmed
         self.pending = 0
         self.confirmed = 0
+        self.written = 0  # events handed to the connection's writer at least once
         self.failed: list[Event] = []
         self.reasons: set[str] = set()
         self.unroutable = 0  # failed events that the broker returned
@@ -185,6 +187,8 @@ class Lane:
         self.tag += 1
         self.unsettled[self.tag] = message
         message.attempts += 1
+        if message.attempts == 1:
+            message.tally.written += len(message.events)
         method = self._methods.get(message.routing_key)
         if method is None:
             if len(self._methods) >= METHOD_CACHE_SIZE:

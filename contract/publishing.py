@@ -454,6 +454,11 @@ class EnvelopeBatch:
     def confirmed(self) -> int:
         return self._tally.confirmed
 
+    @property
+    def written(self) -> int:
+        """Events written towards the broker (handed to the connection's writer), confirmed or not."""
+        return self._tally.written
+
     async def add(self, item: Event) -> None:
         publisher = self.publisher
         await publisher.room()

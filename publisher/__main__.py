@@ -15,7 +15,7 @@ import httpx
 from pydantic import ValidationError
 
 from contract.amqp import BROKER_ERRORS
-from contract.cli import describe
+from contract.cli import describe, environment_help
 from contract.cli import run as run_async
 from contract.config import configure_logging
 from contract.event import Event
@@ -42,12 +42,26 @@ log = logging.getLogger("publisher")
 
 UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_ERRORS, httpx.TransportError)
 
+SUBCOMMANDS = """\
+subcommands:
+  python -m publisher dead-letters [--json | --bodies] [--limit N]
+                        list what the consumer rejected, newest first (GET /dead-letters)
+  python -m publisher dead-letters replay --file PATH [options]
+                        re-publish corrected events, confirmed like any publish
+  (python -m publisher dead-letters --help for more)"""
+EXIT_CODES = """\
+exit codes: 0 all confirmed (and verified); 1 some events not confirmed after every retry; 2 bad usage or
+  configuration; 3 bad input lines were skipped; 4 --verify or --check failed, or the api it needs is
+  unreachable; 130 interrupted by Ctrl-C"""
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m publisher",
         description="Publish events to the aggregator with publisher confirms. Without --file, sends a "
         "generated load. Settings not given here come from the environment (AMQP_URL, ...).",
+        epilog=f"{SUBCOMMANDS}\n\n{EXIT_CODES}\n\n{environment_help(PublisherSettings)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("what to send")
     src.add_argument("--file", metavar="PATH", help="NDJSON events, one JSON object per line; '-' for stdin")
@@ -120,22 +134,40 @@ def generated_load(args: argparse.Namespace) -> load.Load:
     return load.generate(args.count, args.duplicates, args.topics, seed, args.topic_prefix)
 
 
+# Events generated between two yields to the event loop: confirms, the progress line and Ctrl-C are heard
+# while a big load is generated and sent, even when the publisher always has room.
+YIELD_EVERY = 500
+
+
 async def send_load(
-    transport: Transport, args: argparse.Namespace, report: Report, on_confirmed: OnConfirmed
+    transport: Transport,
+    args: argparse.Namespace,
+    report: Report,
+    on_confirmed: OnConfirmed,
+    progress: Progress,
 ) -> list[Event]:
-    # In a thread: a big load takes seconds to generate, and Ctrl-C must be heard meanwhile.
-    generated = await asyncio.to_thread(generated_load, args)
-    report.sent, report.unique, report.duplicates = (
-        len(generated.events),
-        generated.unique,
-        generated.duplicates,
-    )
+    """Generate the load as it is sent: the first message leaves at once, not after the whole load was made.
+    The time spent generating is measured and left out of the reported rate."""
+    seed = args.seed if args.seed is not None else time.time_ns()
+    events = load.Stream(args.count, args.duplicates, args.topics, seed, args.topic_prefix)
     batch = transport.batch(on_confirmed)
+    progress.watch(lambda: batch.written)
+    sent: list[Event] = []
     report.first_publish_at = time.time()
-    for item in generated.events:
+    clock = time.perf_counter
+    while True:
+        began = clock()
+        item = next(events, None)
+        report.generating += clock() - began
+        if item is None:
+            break
+        sent.append(item)
+        report.sent, report.unique, report.duplicates = report.sent + 1, events.unique, events.duplicates
         await batch.add(item)
+        if report.sent % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
     await _finish(batch, report)
-    return generated.events
+    return sent
 
 
 async def send_file(
@@ -144,12 +176,14 @@ async def send_file(
     settings: PublisherSettings,
     report: Report,
     on_confirmed: OnConfirmed,
+    progress: Progress,
 ) -> list[Event]:
     interactive = args.file == "-"
     stream = sys.stdin.buffer if interactive else await asyncio.to_thread(Path(args.file).open, "rb")
     sent: list[Event] = []
     seen: set[tuple[str, str]] = set()
     batch = transport.batch(on_confirmed)
+    progress.watch(lambda: batch.written)
     try:
         async for item in read_ndjson(stream, settings.limits(), interactive):
             if isinstance(item, BadLine):
@@ -179,6 +213,7 @@ async def _finish(batch: Batch, report: Report) -> None:
         report.errors.append(str(exc))
     report.last_confirm_at = time.time()
     report.confirmed = batch.confirmed
+    report.written = batch.written
 
 
 async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
@@ -196,7 +231,7 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
                 f"publisher: the api at {settings.api_url} is unreachable ({problem}); nothing was published",
                 file=sys.stderr,
             )
-            return EXIT_UNCONFIRMED if args.via == "http" else EXIT_VERIFY
+            return EXIT_VERIFY  # the README's 4: the api it needs is unreachable
     if verifying:
         verifier = Verifier(
             settings.api_url, args.verify_timeout, settings.api_key, None if args.verify_all else 1000
@@ -221,20 +256,24 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
         # confirm timeout and only print warnings; whatever they were, re-sending is safe.
         progress.close()
         report.confirmed = progress.done
-        report.unconfirmed = max(report.sent - report.confirmed, 0)
+        report.written = progress.written()
+        # What is not confirmed of the whole run: a load not yet generated in full counts in full.
+        planned = report.sent if args.file else args.count
+        report.unconfirmed = max(planned - report.confirmed, 0)
         report.stop_clock(started)
         if confirmed_log is not None:
             confirmed_log.close()
-        print_interrupted(report, args.json)
+        print_interrupted(report, args.json, "the api" if args.via == "http" else "the broker")
         os._exit(EXIT_INTERRUPTED)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted)
+    progress.start()
     try:
         async with open_transport(args.via, settings) as transport:
             if args.file:
-                sent = await send_file(transport, args, settings, report, on_confirmed)
+                sent = await send_file(transport, args, settings, report, on_confirmed, progress)
             else:
-                sent = await send_load(transport, args, report, on_confirmed)
+                sent = await send_load(transport, args, report, on_confirmed, progress)
             if isinstance(transport, HttpTransport) and settings.wait_stored:
                 report.stored = dict(transport.stored)
     except PublishFailed as exc:
@@ -275,7 +314,7 @@ async def check(args: argparse.Namespace, settings: PublisherSettings) -> int:
         result = await run_check(settings.api_url, settings.api_key, workload, args.confirmed_log)
     except CheckError as exc:
         print(f"publisher: {exc}", file=sys.stderr)
-        return EXIT_UNCONFIRMED
+        return EXIT_VERIFY
     return print_check(result, args.json)
 
 

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from contract.cli import describe
 from publisher.settings import PublisherSettings
 
-EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2
+# The publisher's codes (publisher/report.py, README): 4 is "the api it needs is unreachable".
+EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 2, 4
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,8 +69,10 @@ def cli(argv: list[str], publish: Callable[[list[str]], int]) -> int:
     except ValidationError as exc:
         print(f"publisher: invalid configuration:\n{describe(exc, {'api_url': '--url'})}", file=sys.stderr)
         return EXIT_USAGE
+    listed = 0
     try:
         for letter in letters(settings.api_url, settings.api_key, args.limit):
+            listed += 1
             if args.json:
                 print(json.dumps(letter))
             elif args.bodies:
@@ -81,6 +84,9 @@ def cli(argv: list[str], publish: Callable[[list[str]], int]) -> int:
     except (httpx.HTTPError, ValueError) as exc:
         print(f"publisher: cannot read dead letters from {settings.api_url}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if not listed:
+        # On stderr: stdout stays the listing itself (empty), for a script that reads it.
+        print(f"publisher: no dead letters at {settings.api_url}", file=sys.stderr)
     return EXIT_OK
 
 

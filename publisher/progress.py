@@ -2,30 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-import time
+from collections.abc import Callable
 
 from contract.event import Event
 
 
 class Progress:
-    """A one-line progress display on a terminal; silent when stderr is not one."""
+    """One progress line on a terminal, redrawn every REDRAW seconds from the start of the run: events written
+    towards the broker and events it confirmed. Silent when stderr is not a terminal."""
+
+    REDRAW = 0.25
 
     def __init__(self, total: int | None, enabled: bool) -> None:
-        self.total, self.enabled, self.done, self._last = total, enabled, 0, 0.0
+        self.total, self.enabled, self.done = total, enabled, 0
+        self._written: Callable[[], int] = lambda: 0
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, written: Callable[[], int]) -> None:
+        """Where the count of events written so far is read (the transport's batch)."""
+        self._written = written
+
+    def written(self) -> int:
+        return self._written()
 
     def add(self, events: list[Event]) -> None:
         self.done += len(events)
-        now = time.monotonic()
-        if self.enabled and (now - self._last > 0.1 or self.done == self.total):
-            self._last = now
-            of = f"/{self.total}" if self.total else ""
-            sys.stderr.write(f"\rconfirmed {self.done}{of}")
-            sys.stderr.flush()
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._redraw())
+
+    async def _redraw(self) -> None:
+        while True:
+            self._draw()
+            await asyncio.sleep(self.REDRAW)
+
+    def _draw(self) -> None:
+        of = f"/{self.total}" if self.total is not None else ""
+        sys.stderr.write(f"\r\033[Kwritten {self.written()}{of}  confirmed {self.done}")
+        sys.stderr.flush()
 
     def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
         if self.enabled:
+            self._draw()
             sys.stderr.write("\n")
+            self.enabled = False
 
 
 class VerifyStatus:

@@ -15,13 +15,16 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 
 @dataclass
 class Report:
-    sent: int = 0
+    sent: int = 0  # events read or generated and handed to the transport
     unique: int = 0
     duplicates: int = 0
+    written: int = 0  # events written towards the broker (or the api) at least once
     confirmed: int = 0
     unconfirmed: int = 0
     bad_lines: int = 0
     elapsed: float = 0.0
+    # Seconds spent generating the load while sending; left out of events_per_second, which is the sending's.
+    generating: float = 0.0
     events_per_second: float = 0.0
     # Wall-clock (epoch) times of the first send and the last confirm, comparable across processes.
     first_publish_at: float | None = None
@@ -33,7 +36,8 @@ class Report:
     def stop_clock(self, started: float) -> None:
         """Elapsed time and rate since `started` (a `time.monotonic()` reading)."""
         self.elapsed = time.monotonic() - started
-        self.events_per_second = self.confirmed / self.elapsed if self.elapsed > 0 else 0.0
+        sending = self.elapsed - self.generating
+        self.events_per_second = self.confirmed / sending if sending > 0 else 0.0
 
     def exit_code(self) -> int:
         """What the run's counts mean for its exit code, before any --verify."""
@@ -51,6 +55,7 @@ class Report:
             f"sent        {self.sent}",
             f"unique      {self.unique}",
             f"duplicates  {self.duplicates}",
+            f"written     {self.written}",
             f"confirmed   {self.confirmed}",
         ]
         if self.unconfirmed:
@@ -62,7 +67,10 @@ class Report:
             lines.append(
                 f"stored      new {s['new']}, already stored {s['duplicates']}, not yet stored {s['pending']}"
             )
-        lines += [f"elapsed     {self.elapsed:.2f}s", f"events/s    {self.events_per_second:,.0f}"]
+        lines.append(f"elapsed     {self.elapsed:.2f}s")
+        if self.generating:
+            lines.append(f"generating  {self.generating:.2f}s  (of the elapsed time; not in events/s)")
+        lines.append(f"events/s    {self.events_per_second:,.0f}")
         return "\n".join(lines)
 
 
@@ -78,11 +86,12 @@ def print_summary(report: Report, verified: dict[str, object] | None, code: int,
             print(f"verify      {verified['summary']}")
 
 
-def print_interrupted(report: Report, as_json: bool) -> None:
-    """Ctrl-C: what the broker confirmed so far, said once, and flushed before the process leaves."""
+def print_interrupted(report: Report, as_json: bool, target: str = "the broker") -> None:
+    """Ctrl-C: what was written and what was confirmed so far, said once, and flushed before the process
+    leaves."""
     print(
-        f"publisher: interrupted; {report.confirmed} events confirmed, the rest may or may not have "
-        "arrived (re-sending them is safe: duplicates are dropped)",
+        f"publisher: interrupted; {report.written} events written to {target}, {report.confirmed} of them "
+        "confirmed; the rest may or may not have arrived (re-sending them is safe: duplicates are dropped)",
         file=sys.stderr,
     )
     if as_json:

@@ -24,6 +24,11 @@ class Batch(Protocol):
     @property
     def confirmed(self) -> int: ...
 
+    @property
+    def written(self) -> int:
+        """Events written towards the broker (or the api) so far, confirmed or not."""
+        ...
+
     async def add(self, item: Event) -> None: ...
 
     async def flush(self) -> None: ...
@@ -106,12 +111,14 @@ class InFlight:
         self._on_confirmed = on_confirmed
         self._tasks: set[asyncio.Task[None]] = set()
         self.confirmed = 0
+        self.written = 0  # events of the requests started
         self.failed: list[Event] = []
         self.reasons: list[str] = []
 
     async def start(self, events: list[Event], send: Callable[[list[Event]], Awaitable[None]]) -> None:
         # Acquire before creating the task: this is the back-pressure that bounds unconfirmed sends.
         await self._slots.acquire()
+        self.written += len(events)
         self.spawn(self._deliver(events, send))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -159,6 +166,10 @@ class HttpBatch:
     @property
     def confirmed(self) -> int:
         return self._in_flight.confirmed
+
+    @property
+    def written(self) -> int:
+        return self._in_flight.written
 
     async def add(self, item: Event) -> None:
         self._buffer.append(item)

@@ -95,7 +95,7 @@ def run(module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]
     )
 
 
-@pytest.mark.parametrize("module", ["consumer", "api"])
+@pytest.mark.parametrize("module", ["consumer", "api", "publisher"])
 def test_help_prints_usage_and_the_environment_and_connects_nowhere(module: str, tmp_path: Path) -> None:
     with socket.socket() as listener:
         # A broker address that only counts: nothing may connect to it while --help runs.
@@ -114,6 +114,10 @@ def test_help_prints_usage_and_the_environment_and_connects_nowhere(module: str,
     assert {"AMQP_URL", "DB_PATH", "AMQP_EXCHANGE", "AMQP_QUEUE", "LOG_LEVEL", "LOG_FORMAT"} <= variables
     assert ("BATCH_SIZE" in variables) == (module == "consumer")
     assert ("API_PORT" in variables) == (module == "api")
+    assert ({"ENVELOPE_SIZE", "CONFIRM_TIMEOUT", "API_URL"} <= variables) == (module == "publisher")
+    # The publisher's subcommand and exit codes are in its --help, not only in the README.
+    assert ("python -m publisher dead-letters [--json" in done.stdout) == (module == "publisher")
+    assert ("4 --verify or --check failed, or the api it needs is" in done.stdout) == (module == "publisher")
     assert not db_path.parent.exists()
     assert done.stderr == ""
 
@@ -184,7 +188,8 @@ async def test_a_publisher_run_prints_its_report_and_no_log_lines_at_info(
     assert " DEBUG contract.topology topology declared exchange=" in procs.all[-1].output()
 
 
-@pytest.mark.parametrize(("options", "code"), [(("--verify",), 4), (("--via", "http"), 1)])
+# 4 both ways: the README's exit code for "the api it needs is unreachable".
+@pytest.mark.parametrize(("options", "code"), [(("--verify",), 4), (("--via", "http"), 4)])
 async def test_an_unreachable_api_is_named_within_seconds_and_nothing_is_published(
     procs: Processes, amqp: AbstractRobustConnection, options: tuple[str, ...], code: int
 ) -> None:
@@ -249,9 +254,15 @@ async def test_ctrl_c_of_the_publisher_prints_one_line_and_what_was_confirmed(
     lines = process.output().splitlines()
     confirmed = confirmed_lines()
     assert 1000 <= confirmed < 300_000
+    report = {line[:12].strip(): line[12:] for line in lines if line[:1].isalpha() and line[11:12] == " "}
+    sent, written = int(report["sent"]), int(report["written"])
+    # The load is generated as it is sent: at the Ctrl-C only part of it existed, and what was written to
+    # the broker is said apart from what it confirmed.
+    assert confirmed <= written <= sent < 300_000, report
+    assert int(report["unique"]) + int(report["duplicates"]) == sent
     assert [line for line in lines if line.startswith("publisher:")] == [
-        f"publisher: interrupted; {confirmed} events confirmed, the rest may or may not have arrived "
-        "(re-sending them is safe: duplicates are dropped)"
+        f"publisher: interrupted; {written} events written to the broker, {confirmed} of them confirmed; "
+        "the rest may or may not have arrived (re-sending them is safe: duplicates are dropped)"
     ]
     assert f"confirmed   {confirmed}" in lines
     assert f"UNCONFIRMED {300_000 - confirmed}  (safe to re-send: the consumer deduplicates)" in lines

@@ -9,10 +9,11 @@ from typing import Any
 
 import aio_pika
 import httpx
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from tests.harness.pipeline import settled, start_pipeline, stats
-from tests.harness.processes import Deployment, Processes
+from tests.harness.processes import Deployment, Processes, free_port
 
 
 def event(event_id: str, **extra: Any) -> dict[str, Any]:
@@ -101,6 +102,10 @@ async def test_the_publisher_lists_dead_letters_and_replays_corrected_events(
 ) -> None:
     deployment = procs.deployment
     await start_pipeline(procs, amqp)
+    # None yet: one line says so, and the exit code is 0.
+    empty = procs.start("publisher", "dead-letters")
+    assert empty.wait(60) == 0
+    assert empty.output().splitlines() == [f"publisher: no dead letters at {deployment.api_url}"]
     channel = await amqp.channel()
     exchange = await channel.get_exchange(deployment.exchange)
     broken = [event("fix-1", timestamp="yesterday"), event("fix-2", source="")]
@@ -131,3 +136,14 @@ async def test_the_publisher_lists_dead_letters_and_replays_corrected_events(
         "invalid": 2,
         "conflicts": 0,
     }
+
+
+@pytest.mark.backends("sqlite")
+def test_listing_dead_letters_with_the_api_down_exits_4_as_the_readme_says(procs: Processes) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    listing = procs.start("publisher", "dead-letters", API_URL=dead)
+
+    assert listing.wait(60) == 4
+    lines = listing.output().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"publisher: cannot read dead letters from {dead}: "), lines
