@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -182,6 +184,11 @@ async def test_a_publisher_run_prints_its_report_and_no_log_lines_at_info(
     summary = procs.publish("--count", "10", "--seed", "3")
 
     assert summary["exit_code"] == 0
+    # The time spent generating the load is measured and left out of the rate, which is the sending's.
+    assert 0 < summary["generating"] < summary["elapsed"]
+    sending = summary["elapsed"] - summary["generating"]
+    assert summary["events_per_second"] == pytest.approx(summary["confirmed"] / sending, rel=1e-9)
+    assert (summary["sent"], summary["written"], summary["confirmed"]) == (10, 10, 10)
     assert [line[:1] for line in procs.all[-1].output().splitlines()] == ["{"]
     debug = procs.publish("--count", "10", "--seed", "3", LOG_LEVEL="DEBUG")
     assert debug["exit_code"] == 0
@@ -267,3 +274,42 @@ async def test_ctrl_c_of_the_publisher_prints_one_line_and_what_was_confirmed(
     assert f"confirmed   {confirmed}" in lines
     assert f"UNCONFIRMED {300_000 - confirmed}  (safe to re-send: the consumer deduplicates)" in lines
     assert not [line for line in lines if " WARNING " in line or "Traceback" in line]
+
+
+async def test_on_a_terminal_the_publisher_shows_progress_from_its_start_while_the_load_is_made(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    total = 300_000
+    master, terminal = pty.openpty()
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "publisher", "--count", str(total), "--envelope-size", "10"],
+        cwd=REPO,
+        env=procs.deployment.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = bytearray()
+    line = re.compile(rb"\r\x1b\[Kwritten (\d+)/%d  confirmed (\d+)" % total)
+    try:
+
+        def confirmed_shown() -> list[tuple[int, int]]:
+            while select.select([master], [], [], 0)[0]:
+                shown.extend(os.read(master, 65536))
+            return [(int(w), int(c)) for w, c in line.findall(shown) if int(c) > 0]
+
+        progress = await eventually(confirmed_shown, 120, 0.05, message="a progress line with confirms")
+        # The first line came at the start, before any confirm; later ones while the load was still being
+        # made and sent (with the load generated up front, nothing showed for seconds).
+        first = line.search(shown)
+        assert first is not None and first[2] == b"0", bytes(shown[:200])
+        written, confirmed = progress[0]
+        assert 0 < confirmed <= written < total
+        popen.send_signal(signal.SIGINT)
+        assert popen.wait(15) == 130
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(10)
+        os.close(master)
