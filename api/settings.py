@@ -14,7 +14,9 @@ PROFILES: tuple[str, ...] = get_args(Profile)
 
 
 class ApiSettings(CommonSettings):
-    api_host: str = "0.0.0.0"  # in a container the service listens on all interfaces
+    # Loopback unless told otherwise: the default API key is none and the broker's default password is
+    # public. Dockerfile.api sets 0.0.0.0, which a container needs for its published port to reach it.
+    api_host: str = Field("127.0.0.1", description="address to listen on; 0.0.0.0 for every interface")
     api_port: Annotated[int, Field(ge=1, le=65_535)] = 8080
     # Publish shim.
     publish_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0

@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from tests.harness.pipeline import start_pipeline
 from tests.harness.probes import consumer_count
-from tests.harness.processes import REPO, Processes, api_get, free_port
+from tests.harness.processes import REPO, Process, Processes, api_get, free_port
 from tests.harness.waiting import eventually
 
 
@@ -313,3 +313,34 @@ async def test_on_a_terminal_the_publisher_shows_progress_from_its_start_while_t
             popen.kill()
             popen.wait(10)
         os.close(master)
+
+
+def listening(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port`, from the kernel's table."""
+    found = set()
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = row.split()[1], row.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+async def test_outside_docker_the_api_listens_on_loopback_unless_api_host_says_otherwise(
+    procs: Processes,
+) -> None:
+    deployment = procs.deployment
+    env = {k: v for k, v in deployment.env().items() if k != "API_HOST"}
+    api = Process("api", deployment, [], env)
+    procs.all.append(api)
+    try:
+        await eventually(lambda: api_get(deployment, "/health").status_code == 200, 60, message="api up")
+        assert listening(deployment.api_port) == {"127.0.0.1"}
+    finally:
+        api.close()
+    # The one setting that changes it, as the api image sets it (Dockerfile.api: ENV API_HOST=0.0.0.0).
+    everywhere = procs.api(API_HOST="0.0.0.0")
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 60, message="api up")
+    assert listening(deployment.api_port) == {"0.0.0.0"}
+    everywhere.terminate()
+    assert "API_HOST=0.0.0.0" in (REPO / "Dockerfile.api").read_text().split("\nCMD")[0]
