@@ -37,6 +37,7 @@ class Depths:
     dead_letter_queue: int | None
     error: str | None
     consumers: int | None = None
+    measured_at: float | None = None  # time.time() of a good reading, which is reused (BROKER_PROBE_TTL)
 
 
 class BrokerLink:
@@ -180,7 +181,7 @@ class BrokerLink:
                 async with channel:
                     queue, consumers = await queue_depth(channel, topology.queue)
                     dead, _ = await queue_depth(channel, topology.dead_letter_queue)
-            return Depths(queue, dead, None, consumers)
+            return Depths(queue, dead, None, consumers, time.time())
         except PROBE_ERRORS as exc:
             log.warning("queue depth probe failed error=%s: %s", type(exc).__name__, exc)
             return Depths(None, None, f"{type(exc).__name__}: {exc}")

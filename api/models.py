@@ -122,6 +122,11 @@ class QueueInfo(BaseModel):
         None, description="consumers attached; null while the broker is unreachable"
     )
     messages: int | None = Field(description="ready messages, exact; null while the broker is unreachable")
+    age_seconds: float | None = Field(
+        None,
+        description="how old this reading is: the api reuses a queue reading for BROKER_PROBE_TTL (and "
+        "answers with one up to 5 TTLs old while it takes a fresh one); null with no reading",
+    )
 
 
 class StoreInfo(BaseModel):

@@ -310,6 +310,7 @@ async def stats(st: StateDep) -> JSONResponse:
     snapshot = await st.reader.snapshot()
     dead = await st.reader.dead_letter_counts()
     depths = await st.broker.depths()
+    age = None if depths.measured_at is None else round(max(0.0, time.time() - depths.measured_at), 3)
     topology = st.settings.topology()
     uptime = st.uptime()
     received = snapshot.counters["received"]
@@ -326,8 +327,12 @@ async def stats(st: StateDep) -> JSONResponse:
         started_at=st.started_at,
         store="ok" if snapshot.store == "ok" else "missing",
         store_info=store_info(snapshot.durability),
-        queue=QueueInfo(name=topology.queue, messages=depths.queue, consumers=depths.consumers),
-        dead_letter_queue=QueueInfo(name=topology.dead_letter_queue, messages=depths.dead_letter_queue),
+        queue=QueueInfo(
+            name=topology.queue, messages=depths.queue, consumers=depths.consumers, age_seconds=age
+        ),
+        dead_letter_queue=QueueInfo(
+            name=topology.dead_letter_queue, messages=depths.dead_letter_queue, age_seconds=age
+        ),
         dead_letters=DeadLetterStats(by_reason=dead.by_kind, kept=dead.kept, dropped=dead.dropped)
         if snapshot.store == "ok"
         else None,

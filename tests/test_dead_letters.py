@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from tests.harness.pipeline import settled, start_pipeline, stats
+from tests.harness.probes import queue_depth
 from tests.harness.processes import Deployment, Processes, free_port
 
 
@@ -147,3 +149,27 @@ def test_listing_dead_letters_with_the_api_down_exits_4_as_the_readme_says(procs
     lines = listing.output().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"publisher: cannot read dead letters from {dead}: "), lines
+
+
+async def test_a_cached_dead_letter_depth_says_how_old_it_is(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    # A reading kept for two minutes: /stats then answers with it while the dead letters arrive.
+    await start_pipeline(procs, amqp, api_env={"BROKER_PROBE_TTL": "120"})
+    first = stats(deployment)["dead_letter_queue"]
+    read_at = time.monotonic()
+    assert (first["messages"], first["age_seconds"] is not None) == (0, True)
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(deployment.exchange)
+    for routing_key, body in BODIES[:2]:
+        await exchange.publish(aio_pika.Message(body), routing_key)
+    await channel.close()
+    await settled(deployment, amqp, 2)
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 2
+
+    now = stats(deployment)
+    assert now["dead_letters"]["kept"] == 2
+    # The depth is still the first reading, and it says so: it is at least as old as the time since then.
+    assert now["dead_letter_queue"]["messages"] == 0
+    assert now["dead_letter_queue"]["age_seconds"] >= time.monotonic() - read_at + first["age_seconds"] - 0.01
