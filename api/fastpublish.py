@@ -1,10 +1,11 @@
 """POST /publish and POST /events answered in plain ASGI: the hot path of the publish shim, below FastAPI.
 
 Only a request the FastAPI route would accept without asking anything of its machinery comes here: no query
-string (so no `?wait=stored`), a JSON content type, no declared length over the limit, and the right API key
-when one is set. Everything else goes on to the FastAPI routes in api/routes.py, which stay registered, so
-the OpenAPI document and every other answer are theirs. What this path answers (200, 413, 422, 503) it
-builds exactly as they do, from the same functions.
+string (so no `?wait=`), a plain publish that waits for the broker's confirm only (PUBLISH_WAIT, not under
+API_COMPAT=seed004, which looks stored keys up), a JSON content type, no declared length over the limit,
+and the right API key when one is set. Everything else goes on to the FastAPI routes in api/routes.py, which
+stay registered, so the OpenAPI document and every other answer are theirs. What this path answers (200,
+413, 422, 503) it builds exactly as they do, from the same functions.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class PublishFastPath:
         state = self.owner.state
         st: State = state.api
         settings = st.settings
+        if settings.waits_for() == "stored" or settings.api_compat == "seed004":
+            # A publish that waits for the store (PUBLISH_WAIT), or seed004's look-up of stored keys: the
+            # FastAPI route's.
+            await self.app(scope, receive, send)
+            return
         # The first of repeated headers counts, as with Starlette's `Headers.get`.
         found: dict[bytes, str] = {}
         for name, value in scope["headers"]:

@@ -13,7 +13,14 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse
 
 from api.broker import BrokerUnavailable
-from api.compat import PublishOutcome, events_body, events_descending, publish_body, stats_body
+from api.compat import (
+    PublishOutcome,
+    already_stored,
+    events_body,
+    events_descending,
+    publish_body,
+    stats_body,
+)
 from api.deps import State, StateDep, require_publish_key, require_read_key
 from api.errors import jsonable_errors
 from api.health import consumer_info, store_info
@@ -33,6 +40,7 @@ from api.models import (
 from api.paging import AfterQuery, bad_cursor, next_link
 from api.publish import PayloadTooLarge, RequestInvalid, parse_body
 from api.queries import NEWEST, BadCursor, Page, decode_cursor, row_json
+from api.settings import Wait
 from api.stored import ReceiptsNotConfirmed
 from contract import status as status_file
 from contract.amqp import BROKER_ERRORS
@@ -128,11 +136,12 @@ async def publish(
     request: Request,
     st: StateDep,
     wait: Annotated[
-        Literal["stored"] | None,
+        Wait | None,
         Query(
             description="`stored`: answer only once every event is also committed in the store (200, with "
             "`new` and `duplicates`), or 202 with `pending` if the store has not caught up within "
-            "PUBLISH_TIMEOUT"
+            "PUBLISH_TIMEOUT. `confirmed`: answer once the broker confirmed every event. Unset: PUBLISH_WAIT "
+            "(`confirmed`, or `stored` under API_COMPAT seed003 and seed004)"
         ),
     ] = None,
 ) -> JSONResponse:
@@ -146,11 +155,15 @@ async def publish(
         return JSONResponse({"detail": jsonable_errors(exc.errors)}, status_code=422)
     except PayloadTooLarge as exc:
         raise HTTPException(413, str(exc)) from exc
-    if wait == "stored":
-        return await _publish_stored(st, events)
+    profile = st.settings.api_compat
+    # seed004 answers how many were already stored when the request arrived, as that aggregator did.
+    # A failing store is a 503 like any read's (api/errors.py).
+    before = await already_stored(st.reader, events) if profile == "seed004" else None
+    if st.settings.waits_for(wait) == "stored":
+        return await _publish_stored(st, events, before)
     if events:
         await publish_confirmed(st, metrics_of(request), events)
-    return JSONResponse(publish_body(st.settings.api_compat, PublishOutcome(received=len(events))))
+    return JSONResponse(publish_body(profile, PublishOutcome(received=len(events), stored_before=before)))
 
 
 async def publish_confirmed(st: State, metrics: ApiMetrics, events: list[Event]) -> None:
@@ -187,7 +200,7 @@ async def publish_confirmed(st: State, metrics: ApiMetrics, events: list[Event])
 _UNCONFIRMED: tuple[type[Exception], ...] = (BrokerUnavailable, ReceiptsNotConfirmed, *BROKER_ERRORS)
 
 
-async def _publish_stored(st: StateDep, events: list[Event]) -> JSONResponse:
+async def _publish_stored(st: StateDep, events: list[Event], before: int | None = None) -> JSONResponse:
     """Publish with receipts and wait for the store; one deadline, PUBLISH_TIMEOUT, for both."""
     timeout = st.settings.publish_timeout
     deadline = time.monotonic() + timeout
@@ -214,7 +227,7 @@ async def _publish_stored(st: StateDep, events: list[Event]) -> JSONResponse:
         ) from exc
     sizes = {receipt: len(group) for receipt, group in envelopes.items()}
     waited = await st.watcher.wait(sizes, max(deadline - time.monotonic(), 0.0))
-    outcome = PublishOutcome(len(events), waited.new, waited.duplicates, waited.pending)
+    outcome = PublishOutcome(len(events), waited.new, waited.duplicates, waited.pending, before)
     # 202: confirmed (durable in the broker), not in the store yet; it will be once the consumer catches up.
     status = 202 if waited.pending else 200
     return JSONResponse(publish_body(st.settings.api_compat, outcome), status_code=status)

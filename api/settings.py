@@ -11,6 +11,11 @@ from contract.config import CommonSettings
 # The shapes of answers the api can give (api/compat.py); validation and guarantees are the same in all.
 Profile = Literal["default", "seed003", "seed004"]
 PROFILES: tuple[str, ...] = get_args(Profile)
+# What a publish waits for before it answers: the broker's confirm, or the store's commit (?wait=stored).
+Wait = Literal["confirmed", "stored"]
+# Profiles whose clients read /stats or /events the moment their POST returns (docs/compat.md): their
+# publishes wait for the store unless PUBLISH_WAIT says otherwise.
+READS_AFTER_POST: frozenset[str] = frozenset({"seed003", "seed004"})
 
 
 class ApiSettings(CommonSettings):
@@ -33,6 +38,20 @@ class ApiSettings(CommonSettings):
     consumer_stall_seconds: Annotated[float, Field(gt=0)] = 30.0
     # Which earlier aggregator's answers to imitate (README, "HTTP API"); only shapes answers.
     api_compat: Profile = "default"
+    # Unset: `confirmed`, or `stored` under a profile in READS_AFTER_POST. A request's ?wait= wins.
+    publish_wait: Wait | None = Field(
+        None,
+        description="what a plain publish waits for: confirmed (the broker) or stored (the store, as "
+        "?wait=stored); unset: confirmed, or stored under API_COMPAT seed003 and seed004",
+    )
+
+    def waits_for(self, asked: Wait | None = None) -> Wait:
+        """What a publish waits for: the request's ?wait=, else PUBLISH_WAIT, else the profile's default."""
+        if asked is not None:
+            return asked
+        if self.publish_wait is not None:
+            return self.publish_wait
+        return "stored" if self.api_compat in READS_AFTER_POST else "confirmed"
 
     @field_validator("api_compat", mode="before")
     @classmethod
