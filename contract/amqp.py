@@ -33,9 +33,9 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 
-# A failed connect is logged for each node of the first round, then every this many attempts: a broker that
-# is down for an hour must not write a line every reconnect interval.
-LOG_EVERY = 30
+# The link's state changes are logged once each, at WARNING (unreachable, lost, back), never each attempt: a
+# broker that is down for an hour must not write a line every reconnect interval. Only a bounded connect
+# (attempts=N) says each failed attempt, with how many remain.
 
 
 class BrokerUrlError(ValueError):
@@ -135,11 +135,16 @@ class FailoverConnection(RobustConnection):
             # (tests/test_cluster.py met it in both runs where the api lost the leader's node without this).
             await asyncio.sleep(self._lost_at + self.reconnect_interval - self.loop.time())
         await super()._on_connected()
-        log.info(
-            "connected to the broker node=%s connection=%s%s",
+        # Back after a loss or after failed attempts is a change of state worth a WARNING; a first connect
+        # that worked at once is lifecycle.
+        recovered = self._lost_at is not None or self._failures > 0
+        log.log(
+            logging.WARNING if recovered else logging.INFO,
+            "connected to the broker node=%s connection=%s%s%s",
             self.node,
             self.name,
             f" nodes={len(self.nodes)}" if len(self.nodes) > 1 else "",
+            f" after attempts={self._failures + 1}" if recovered else "",
         )
         self._failures = 0
         self._lost_at = None
@@ -164,17 +169,18 @@ class FailoverConnection(RobustConnection):
                 self.node,
             )
             return
+        # A failed reconnect after the loss above: the same state, already said (the DEBUG line is for
+        # whoever wants each attempt).
         self._failures += 1
-        if self._failures <= len(self.nodes) or self._failures % LOG_EVERY == 0:
-            log.warning(
-                "broker unreachable node=%s connection=%s attempt=%d error=%s; next node=%s in %.1fs",
-                failed,
-                self.name,
-                self._failures,
-                error,
-                self.node,
-                self.reconnect_interval,
-            )
+        log.debug(
+            "broker unreachable node=%s connection=%s attempt=%d error=%s; next node=%s in %.1fs",
+            failed,
+            self.name,
+            self._failures,
+            error,
+            self.node,
+            self.reconnect_interval,
+        )
 
 
 def _describe(closing: asyncio.Future[Any]) -> str:
@@ -218,6 +224,7 @@ async def connect(
         connection = FailoverConnection(
             URL(node), nodes=order, name=name, reconnect_interval=reconnect_interval
         )
+        connection._failures = attempt - 1  # so that its "connected" line says it recovered
         try:
             await connection.connect(timeout=timeout)
         except BROKER_ERRORS as exc:
@@ -229,7 +236,26 @@ async def connect(
                 raise
             # The next node is tried at once; only a whole round of refusals waits out the interval.
             pause = reconnect_interval if attempt % len(order) == 0 else 0.0
-            if attempt <= len(order) or attempt % LOG_EVERY == 0:
+            if attempts is None and attempt > 1:
+                log.debug(
+                    "broker unreachable node=%s connection=%s attempt=%d error=%s",
+                    redact(node),
+                    name,
+                    attempt,
+                    f"{type(exc).__name__}: {scrub(str(exc))}",
+                )
+            elif attempts is None:
+                # Unbounded (a service waiting for its broker): said once; the next line is "connected".
+                log.warning(
+                    "broker unreachable node=%s connection=%s error=%s; retrying every %.1fs%s until one "
+                    "answers",
+                    redact(node),
+                    name,
+                    f"{type(exc).__name__}: {scrub(str(exc))}",
+                    reconnect_interval,
+                    f" over nodes={len(order)}" if len(order) > 1 else "",
+                )
+            else:
                 log.warning(
                     "broker unreachable node=%s connection=%s attempt=%d%s error=%s; next node=%s in %.1fs",
                     redact(node),

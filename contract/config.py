@@ -99,6 +99,21 @@ def duration_seconds(value: object) -> object:
 Duration = Annotated[timedelta | None, BeforeValidator(parse_duration)]
 
 
+class _SaidByTheProduct(logging.Filter):
+    """Drops aiormq's and aio-pika's ERROR lines for what contract/amqp.py reports itself: a connect that
+    failed ("error when creating transport", every reconnect interval while a broker is down), a close by
+    the broker, and aio-pika's robust channel failing to close a channel whose connection is already gone
+    (one ERROR with "No active transport" at every connection loss)."""
+
+    DROPPED = ("error when creating transport", "Unexpected connection close from remote")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aio_pika.tools":
+            text = record.getMessage()
+            return not ("RobustChannel._on_close" in text and "ChannelInvalidStateError" in text)
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.DROPPED))
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format))
@@ -106,5 +121,11 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     # aiormq/aio-pika log every reconnect attempt with a traceback at WARNING; ours say it once, better.
     logging.getLogger("aiormq").setLevel(max(logging.getLevelName(level), logging.ERROR))
     logging.getLogger("aio_pika").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    # ...and aiormq logs each refused connect and each broker-side close at ERROR too: the product says each
+    # change of the link's state once, at WARNING, with the same reason (contract/amqp.py).
+    for name in ("aiormq.connection", "aio_pika.tools"):
+        said = logging.getLogger(name)
+        if not any(isinstance(f, _SaidByTheProduct) for f in said.filters):
+            said.addFilter(_SaidByTheProduct())
     # httpx logs every request at INFO; a load run would drown the summary.
     logging.getLogger("httpx").setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import pty
@@ -14,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
@@ -344,3 +347,77 @@ async def test_outside_docker_the_api_listens_on_loopback_unless_api_host_says_o
     assert listening(deployment.api_port) == {"0.0.0.0"}
     everywhere.terminate()
     assert "API_HOST=0.0.0.0" in (REPO / "Dockerfile.api").read_text().split("\nCMD")[0]
+
+
+class Gate:
+    """A broker address that refuses connections (nothing listens) until opened, then forwards them to the
+    real broker; `close` cuts every forwarded connection and refuses again."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port, self.target = port, target
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def _forward(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        broker_reader, broker_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {client_writer, broker_writer}
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(pump(client_reader, broker_writer), pump(broker_reader, client_writer))
+
+
+async def test_an_unreachable_broker_is_one_warning_per_change_of_state_and_nothing_from_aiormq(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    broker = urlsplit(deployment.amqp_url)
+    gate = Gate(free_port(), (broker.hostname or "127.0.0.1", broker.port or 5672))
+    url = f"amqp://guest:guest@127.0.0.1:{gate.port}/"
+    # DEBUG, so that each attempt shows (as a DEBUG line) and aiormq's loggers are as loud as they get.
+    consumer = procs.consumer(AMQP_URL=url, RECONNECT_INTERVAL="0.1", LOG_LEVEL="DEBUG")
+
+    def attempts() -> int:
+        return len(re.findall(r" DEBUG contract\.amqp broker unreachable ", consumer.output()))
+
+    try:
+        await eventually(lambda: attempts() >= 5, 60, message="five refused connects")
+        await gate.open()
+        await eventually(lambda: consumer_count(amqp, deployment.queue), 60, message="consumer attached")
+        before = attempts()
+        await gate.close()  # the broker goes away under a connected consumer
+        await eventually(lambda: attempts() >= before + 5, 60, message="five refused reconnects")
+        await gate.open()
+        await eventually(
+            lambda: consumer.output().count("connected to the broker") == 2, 60, message="reconnected"
+        )
+        await eventually(lambda: consumer_count(amqp, deployment.queue), 60, message="consumer attached")
+        assert consumer.terminate() == 0
+    finally:
+        await gate.close()
+    lines = consumer.output().splitlines()
+    warnings = [line.split(" WARNING ", 1)[1] for line in lines if " WARNING contract.amqp " in line]
+    assert [w.split(" node=")[0] for w in warnings] == [
+        "contract.amqp broker unreachable",
+        "contract.amqp connected to the broker",
+        "contract.amqp connection to the broker lost",
+        "contract.amqp connected to the broker",
+    ], warnings
+    assert not [line for line in lines if " ERROR " in line or "error when creating transport" in line]
