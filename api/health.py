@@ -30,10 +30,16 @@ def consumer_info(
     values: dict[str, str], depths: Depths, stall_seconds: float, reported: status_file.Status | None = None
 ) -> ConsumerInfo:
     """The consumer as the store shows it (`values`: its last commit), the queue, and its own report."""
-    status = _consumer_status(values.get("last_commit_at"), depths, stall_seconds)
+    status: Literal["ok", "idle", "stalled", "absent", "connecting", "unknown"] = _consumer_status(
+        values.get("last_commit_at"), depths, stall_seconds
+    )
     detail = None
     if reported is not None and reported.state == "store_failing":
         status, detail = "stalled", f"store failing since {reported.since}: {reported.detail}"
+    elif reported is not None and reported.state == "connecting":
+        # The consumer cannot consume (its broker link is down, or its channel is not restored): whatever
+        # the queue shows, it is not `ok`.
+        status, detail = "connecting", f"since {reported.since}: {reported.detail}"
     return ConsumerInfo(
         status=status,
         detail=detail,
@@ -67,8 +73,9 @@ def _consumer_status(
     response_model=Health,
     summary="Can the api serve? Store, broker and consumer reported separately",
     description="200 `healthy`, or 200 `degraded` when messages wait but the consumer is stalled (not "
-    "committing, e.g. retrying a failing store) or absent; 503 `unhealthy` when the store exists but cannot "
-    "be read. Broker reachability never makes the api unhealthy: reads keep working without it.",
+    "committing, e.g. retrying a failing store) or absent, or when the consumer reports it cannot consume "
+    "(`connecting`: its broker link or channel is being restored); 503 `unhealthy` when the store exists "
+    "but cannot be read. Broker reachability never makes the api unhealthy: reads keep working without it.",
     responses={503: {"model": Health, "description": "the store exists but cannot be read"}},
 )
 async def health(st: StateDep) -> Health | JSONResponse:
@@ -94,7 +101,7 @@ async def health(st: StateDep) -> Health | JSONResponse:
         else ComponentHealth(status="unreachable", detail=st.broker.problem())
     )
     status: Literal["healthy", "degraded", "unhealthy"] = "healthy"
-    if consumer.status in ("stalled", "absent"):
+    if consumer.status in ("stalled", "absent", "connecting"):
         status = "degraded"
     if store.status == "error":
         status = "unhealthy"

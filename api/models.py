@@ -103,11 +103,12 @@ class ValidationFailed(BaseModel):
 
 
 class ConsumerInfo(BaseModel):
-    status: Literal["ok", "idle", "stalled", "absent", "unknown"] = Field(
+    status: Literal["ok", "idle", "stalled", "absent", "connecting", "unknown"] = Field(
         "unknown",
         description="ok: committed recently; idle: nothing waiting; stalled: messages wait but no commit for "
         "CONSUMER_STALL_SECONDS (e.g. the store is failing and it is retrying); absent: messages wait and no "
-        "consumer is attached; unknown: broker unreachable",
+        "consumer is attached; connecting: the consumer reports it cannot consume (its broker link is down "
+        "or its channel is not restored; `detail` says why); unknown: broker unreachable",
     )
     detail: str | None = Field(None, description="why it is stalled, as the consumer reported it")
     started_at: str | None = Field(None, description="when the consumer last started, UTC")

@@ -2,13 +2,14 @@
 
 Three facts, each read inside the container (no curl, no extra broker connection every few seconds):
 
-1. the status file beside the store (contract/status.py) says `consuming`: the store takes commits;
+1. the status file beside the store (contract/status.py) says `consuming`: the store takes commits and a
+   subscription is open on the broker (`connecting` while it is not, e.g. a channel restore that blocks);
 2. the pid in it is a live `python -m consumer` that started before the file was written. The file lives on
    the store volume and outlives containers, so one left by a killed consumer must not count, even though
    the new consumer may well have the same pid;
-3. that process holds an established TCP connection to one of the broker nodes in AMQP_URL. `consuming` is
-   written when the store works, not when the broker does; the socket is what shows the consumer is
-   connected, and the AMQP heartbeat makes the broker drop it when the consumer stops answering.
+3. that process holds an established TCP connection to one of the broker nodes in AMQP_URL. The socket
+   shows the consumer is still connected now, and the AMQP heartbeat makes the broker drop it when the
+   consumer stops answering.
 
 Linux only (it reads /proc), which is what the image runs on.
 """

@@ -101,7 +101,7 @@ async def run(settings: ConsumerSettings, stop: asyncio.Event, faults: Faults | 
             try:
                 async with _connect(settings, stop) as connection:
                     if connection is not None:
-                        await _consume(connection, storage, settings, stop, hooks)
+                        await _consume(connection, storage, settings, stop, hooks, status)
             finally:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -142,9 +142,11 @@ async def _consume(
     settings: ConsumerSettings,
     stop: asyncio.Event,
     hooks: Hooks,
+    status: StatusFile,
 ) -> None:
     inbox: Inbox[DeliveredMessage] = Inbox(_body_size, BATCH_MAX_BYTES)
-    subscribed = await _subscribe(connection, settings, stop, inbox)
+    availability = _Availability(connection, status, settings.restore_timeout)
+    subscribed = await _subscribe(connection, settings, stop, inbox, availability.changed)
     if subscribed is None:
         return
     channel, subscription = subscribed
@@ -188,6 +190,7 @@ async def _consume(
             await pipeline.submit(chunk, asyncio.get_running_loop().time())
     finally:
         mirror.cancel()
+        availability.close()
         try:
             await pipeline.finish()
         finally:
@@ -204,6 +207,7 @@ async def _subscribe(
     settings: ConsumerSettings,
     stop: asyncio.Event,
     inbox: Inbox[DeliveredMessage],
+    on_change: Callable[[str | None], None],
 ) -> tuple[AbstractChannel, Subscription] | None:
     """Open the channel, declare the topology and start consuming; None when stopped first.
 
@@ -217,7 +221,7 @@ async def _subscribe(
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=settings.effective_prefetch())
             await declare(channel, settings.topology())
-            subscription = Subscription(channel, settings.amqp_queue, inbox.put_nowait)
+            subscription = Subscription(channel, settings.amqp_queue, inbox.put_nowait, on_change)
             await subscription.start()
             return channel, subscription
         except Exception as exc:
@@ -238,6 +242,73 @@ async def _subscribe(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.reconnect_interval)
     return None
+
+
+class RestoreTimeout(ConnectionError):
+    """A reconnected channel was not restored in time; its connection is closed to move to the next node."""
+
+
+class _Availability:
+    """Whether the consumer can consume, said in its status file (`connecting` with the reason, until its
+    subscription is open again), and a bound on a channel restore that never finishes.
+
+    After a reconnect aio-pika restores the channel (qos, declarations, then this consumer's basic.consume)
+    and waits for the broker's answer to each step with no deadline. On a node where the quorum queue has no
+    majority of its members that answer never comes: the restore blocks, nothing is consumed, and nothing
+    fails. So a subscription not back within RESTORE_TIMEOUT closes the connection with RestoreTimeout;
+    the robust connection then moves to the next node of AMQP_URL and restores there, and this repeats,
+    RESTORE_TIMEOUT apart, until a node can serve the queue.
+    """
+
+    def __init__(self, connection: AbstractRobustConnection, status: StatusFile, bound: float) -> None:
+        self._connection = connection
+        self._status = status
+        self._bound = bound
+        self._timer: asyncio.TimerHandle | None = None
+        self._abort: asyncio.Task[None] | None = None
+        self._overdue_said = False
+
+    def changed(self, problem: str | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if problem is None:
+            if self._overdue_said:
+                log.warning("consuming again node=%s", _node(self._connection))
+            self._overdue_said = False
+            self._status.broker(None)
+            return
+        self._status.broker(f"not consuming: {problem}; reconnecting")
+        self._arm()
+
+    def _arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._bound, self._overdue)
+
+    def _overdue(self) -> None:
+        transport = getattr(self._connection, "transport", None)
+        if transport is None or transport.connection.is_closed:
+            self._arm()  # not connected at all: reconnecting, which contract.amqp reports
+            return
+        node = _node(self._connection)
+        reason = (
+            f"the channel was not restored on node={node} within {self._bound:g}s (RESTORE_TIMEOUT); a "
+            "quorum queue without a majority of its members answers nothing"
+        )
+        self._status.broker(f"not consuming: {reason}; trying the next node")
+        if not self._overdue_said:  # once per outage: the next node may well block the same way
+            log.warning("%s; trying the next node", reason)
+            self._overdue_said = True
+        self._abort = asyncio.ensure_future(transport.connection.close(RestoreTimeout(reason)))
+        self._arm()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _node(connection: AbstractRobustConnection) -> str:
+    return str(getattr(connection, "node", "?"))
 
 
 def _body_size(message: DeliveredMessage) -> int:

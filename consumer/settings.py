@@ -27,6 +27,11 @@ class ConsumerSettings(CommonSettings):
     retry_initial: Annotated[float, Field(gt=0)] = 0.5
     retry_max: Annotated[float, Field(gt=0)] = 30.0
     reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
+    # A channel not restored within this after a reconnect is given up on that node: on a node whose quorum
+    # queue has no majority the restore waits for an answer that never comes.
+    restore_timeout: Annotated[
+        float, Field(gt=0, le=3600, description="seconds a channel restore may take before the next node")
+    ] = 15.0
     metrics_port: Annotated[
         int, Field(ge=0, le=65_535, description="Prometheus metrics port; 0 turns them off")
     ] = 9101

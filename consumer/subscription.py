@@ -35,11 +35,17 @@ RESUBSCRIBE_DELAY = 1.0
 
 class Subscription:
     def __init__(
-        self, channel: AbstractRobustChannel, queue: str, deliver: Callable[[DeliveredMessage], None]
+        self,
+        channel: AbstractRobustChannel,
+        queue: str,
+        deliver: Callable[[DeliveredMessage], None],
+        on_change: Callable[[str | None], None] | None = None,
     ) -> None:
         self._channel = channel
         self._queue = queue
         self._deliver = deliver
+        # Told None once consuming, and why not each time the channel it consumes on closes.
+        self._on_change = on_change
         self._underlay: AbstractChannel | None = None
         self._tag: str | None = None
         self._cancelled = False
@@ -60,6 +66,9 @@ class Subscription:
             _take_deliveries(underlay, self._deliver)
         ok = await underlay.basic_consume(self._queue, self._on_delivery, no_ack=False)
         self._underlay, self._tag = underlay, ok.consumer_tag
+        if self._on_change is not None:
+            underlay.closing.add_done_callback(self._closed)
+            self._on_change(None)
         log.debug("subscribed queue=%s channel=%s consumer_tag=%s", self._queue, underlay.number, self._tag)
 
     async def _on_reopen(self, _: object) -> None:
@@ -73,6 +82,12 @@ class Subscription:
         else:
             log.info("consuming again after the channel reopened queue=%s", self._queue)
 
+    def _closed(self, closing: asyncio.Future[object]) -> None:
+        if self._cancelled or self._on_change is None:
+            return
+        error = None if closing.cancelled() else closing.exception()
+        self._on_change(f"the channel closed ({type(error).__name__ if error else 'closed'}: {error or ''})")
+
     def _on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
         # The broker cancels a consumer when its queue goes away (deleted, or its node lost). Subscribing
         # again fails while the queue is missing, which closes the channel; aio-pika then reopens it and
@@ -80,6 +95,8 @@ class Subscription:
         if self._cancelled or frame.consumer_tag != self._tag:
             return
         log.warning("the broker cancelled the consumer queue=%s; subscribing again", self._queue)
+        if self._on_change is not None:
+            self._on_change("the broker cancelled the consumer (its queue moved or went away)")
         self._retry = asyncio.ensure_future(self._resubscribe())
 
     async def _resubscribe(self) -> None:

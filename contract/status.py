@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-State = Literal["consuming", "store_failing", "stopped"]
-STATES: tuple[State, ...] = ("consuming", "store_failing", "stopped")
+# `connecting`: the store takes commits but no subscription is open on the broker (starting, a lost
+# connection, or a channel restore that does not finish); the detail says why.
+State = Literal["consuming", "connecting", "store_failing", "stopped"]
+STATES: tuple[State, ...] = ("consuming", "connecting", "store_failing", "stopped")
 
 
 class UnreadableStatus(ValueError):

@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contract import amqp as broker_link
 from contract import event as wire
+from contract import status as status_file
 from contract.event import Event
 from tests.harness.broker import RABBITMQ_SERVER
 from tests.harness.cluster import Cluster, ClusterNode
@@ -394,3 +395,59 @@ async def test_two_of_three_nodes_killed_publishes_fail_fast_and_everything_resu
         "cluster: 2 of 3 nodes kill -9",
         f"503 in {answered_in:.1f}s, CLI exit 1 in {exited_in:.1f}s, resumed",
     )
+
+
+async def test_a_channel_that_cannot_be_restored_is_reported_connecting_not_consuming_until_a_majority(
+    cluster: Cluster, procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    # The consumer off the leader's node; both die, and the consumer can only reach the third node, where
+    # the quorum queue has one member of three: its channel restore there gets no answer.
+    api, consumer, leader = await pipeline(
+        cluster, procs, amqp, consumer_on_leader=False, RESTORE_TIMEOUT="3"
+    )
+    consumers_node = await current_node(cluster, consumer)
+    survivor = next(n for n in cluster.nodes if n is not leader and n is not consumers_node)
+    await eventually(lambda: reported(deployment)[0] == "consuming", 30, message="consuming at first")
+
+    for node in (consumers_node, leader):
+        await kill(node)
+    # Bounded: the restore on the survivor is given up after RESTORE_TIMEOUT, said once, and tried again.
+    _, detail = await eventually(
+        lambda: (r := reported(deployment))[0] == "connecting" and "was not restored" in (r[1] or "") and r,
+        120,
+        0.2,
+        message="the consumer reporting a restore that does not finish",
+    )
+    assert f"on node=amqp://guest:***@127.0.0.1:{survivor.port}/" in detail, detail
+    health = await eventually(
+        lambda: (h := api_get(deployment, "/health").json())["consumer"]["status"] == "connecting" and h,
+        60,
+        0.2,
+        message="/health saying the consumer is connecting",
+    )
+    assert health["status"] == "degraded", health
+    assert "was not restored" in health["consumer"]["detail"], health
+    check = procs.start("consumer.healthcheck")
+    assert check.wait(30) == 1
+    assert "consumer state is 'connecting'" in check.output()
+    overdue = [line for line in consumer.output().splitlines() if "was not restored on node=" in line]
+    assert len(overdue) == 1, overdue  # one WARNING for the outage, however many restores it took
+
+    # A majority again: the restore finishes, the consumer says so, and it really consumes.
+    await asyncio.to_thread(leader.start)
+    await eventually(lambda: reported(deployment)[0] == "consuming", 120, 0.2, message="consuming again")
+    assert "consuming again node=" in consumer.output()
+    checked = Checked(procs, Workload(200, seed=1205, duplicates=0.0))
+    publisher = checked.publish("--envelope-size", "10", MAX_ATTEMPTS="30")
+    assert await asyncio.to_thread(publisher.wait, 120) == 0, publisher.output()
+    await checked.settle(amqp, 120)
+    assert counters(deployment)["unique_processed"] == 200
+    await restart_and_rejoin(cluster, consumers_node, deployment.queue, deployment.dead_letter_queue)
+    assert api.alive
+
+
+def reported(deployment: Deployment) -> tuple[str | None, str | None]:
+    """The consumer's own status file: its state and why."""
+    found = status_file.read_or_none(deployment.db_path)
+    return (None, None) if found is None else (found.state, found.detail)
