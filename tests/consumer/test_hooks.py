@@ -63,9 +63,36 @@ def test_the_status_file_keeps_when_a_state_began_and_rewrites_only_what_changed
     hooks.on_store_error(StoreError("database or disk is full"), 1.0)
     second = status.read(db_path)
     hooks.on_store_ok()
+    # The store works, but nothing is subscribed on the broker yet: not `consuming`.
+    assert (status.read(db_path).state, status.read(db_path).detail) == (
+        "connecting",
+        "connecting to the broker",
+    )
+    hooks.broker(None)
 
     assert (first.state, first.detail) == ("store_failing", "disk I/O error")
     assert (second.since, second.detail) == (first.since, "database or disk is full")
+    assert status.read(db_path).state == "consuming"
+
+
+def test_the_status_file_says_connecting_with_the_reason_while_nothing_is_subscribed(tmp_path: Path) -> None:
+    db_path = tmp_path / "events.db"
+    hooks = StatusFile(db_path)
+    hooks.on_store_ok()
+    hooks.broker(None)
+    assert status.read(db_path).state == "consuming"
+
+    hooks.broker("not consuming: the channel closed; reconnecting")
+    lost = status.read(db_path)
+    hooks.on_store_ok()  # a batch in hand committed meanwhile: still not consuming
+    assert status.read(db_path) == lost
+    assert (lost.state, lost.detail) == ("connecting", "not consuming: the channel closed; reconnecting")
+    # A failing store says more than a missing subscription; once it works, the subscription shows again.
+    hooks.on_store_error(StoreError("disk full"), 1.0)
+    assert status.read(db_path).state == "store_failing"
+    hooks.on_store_ok()
+    assert status.read(db_path).state == "connecting"
+    hooks.broker(None)
     assert status.read(db_path).state == "consuming"
 
 
