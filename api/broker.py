@@ -79,6 +79,7 @@ class BrokerLink:
             confirm_timeout=s.publish_timeout,
             max_attempts=2,
         )
+        unusable_said = False
         while True:
             connection = await amqp.connect(
                 s.amqp_urls(),
@@ -97,11 +98,13 @@ class BrokerLink:
                 with suppress(Exception):
                     await connection.close()
                 self._failed(exc)
-                log.warning(
-                    "broker connected but not usable node=%s error=%s; publish answers 503 until it is",
-                    connection.node,
-                    self.last_error,
-                )
+                if not unusable_said:  # once: every reconnect interval would repeat the same line
+                    log.warning(
+                        "broker connected but not usable node=%s error=%s; publish answers 503 until it is",
+                        connection.node,
+                        self.last_error,
+                    )
+                    unusable_said = True
                 await asyncio.sleep(s.reconnect_interval)
         # From here on the robust connection reconnects by itself, moving between the nodes of AMQP_URL,
         # and the publisher opens a new channel on it whenever its channel went away.
