@@ -712,16 +712,17 @@ def test_consumer_healthcheck_fails_without_a_broker_connection_or_with_a_stale_
 ) -> None:
     status_path = Path(f"{stack.volume}/events.db.consumer.json")
 
-    # A consumer whose store works but which cannot reach its broker is not healthy, although its status
-    # file says `consuming` (that is written once the store takes a commit).
+    # A consumer whose store works but which cannot reach its broker is not healthy: its status file says
+    # `connecting` (nothing is subscribed), and the healthcheck says so.
     nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
     cut_off = stack.container("consumer", AMQP_URL=nowhere, RECONNECT_INTERVAL="0.2")
     cut_off.start()
     eventually_sync(
-        lambda: json.loads(status_path.read_text())["state"] == "consuming", 20, message="status consuming"
+        lambda: json.loads(status_path.read_text())["state"] == "connecting", 20, message="status connecting"
     )
     result = stack.healthcheck(cut_off)
-    assert result.returncode == 1 and "no connection to the broker" in result.stdout, result.stdout
+    assert result.returncode == 1, result.stdout
+    assert "consumer state is 'connecting'" in result.stdout and "connecting to the broker" in result.stdout
     assert cut_off.stop() == 0
 
     consumer = stack.container("consumer")

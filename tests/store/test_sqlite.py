@@ -284,11 +284,12 @@ async def test_a_second_consumer_on_the_same_sqlite_file_refuses_to_start_in_one
     first = consumer(path, tmp_path / "first.log")
     try:
 
-        def consuming() -> bool:
+        def holding() -> bool:
+            # The store is open (and locked); with no broker it reports that it is connecting, not consuming.
             state = json.loads(status.path_for(path).read_text())
-            return bool(state["state"] == "consuming")
+            return bool(state["state"] == "connecting")
 
-        await eventually(consuming, 30, message="the first consumer holds the store")
+        await eventually(holding, 30, message="the first consumer holds the store")
         assert lock_path(path).exists()
 
         second = subprocess.run(
@@ -316,7 +317,7 @@ async def test_a_second_consumer_on_the_same_sqlite_file_refuses_to_start_in_one
         stderr=subprocess.DEVNULL,
     )
     try:
-        await eventually(consuming, 30, message="a consumer starts once the first one stopped")
+        await eventually(holding, 30, message="a consumer starts once the first one stopped")
     finally:
         again.send_signal(signal.SIGTERM)
         assert again.wait(30) == 0
