@@ -52,7 +52,10 @@ class Stream:
 
     def __init__(self, count: int, duplicates: float, topics: int, seed: int, prefix: str = "demo") -> None:
         self._unique_left, self._dup_left = split(count, duplicates, topics)
+        # The originals from one generator, where they fall and what is re-sent from another: the originals
+        # of a seed are then the same whatever the count (a bigger load begins with a smaller one's events).
         self._rng = random.Random(seed)
+        self._mix = random.Random(f"{seed}/re-sends")
         self._topics = topics
         self._names = topic_names(topics, prefix)
         self._start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -64,13 +67,14 @@ class Stream:
         return self
 
     def __next__(self) -> Event:
-        rng, originals = self._rng, self._originals
+        rng, mix, originals = self._rng, self._mix, self._originals
         if not (self._unique_left or self._dup_left):
             raise StopIteration
-        if originals and rng.randrange(self._unique_left + self._dup_left) < self._dup_left:
+        left = self._unique_left + self._dup_left
+        if originals and self._dup_left and mix.randrange(left) < self._dup_left:
             self._dup_left -= 1
             self.duplicates += 1
-            return originals[rng.randrange(len(originals))]
+            return originals[mix.randrange(len(originals))]
         self._unique_left -= 1
         i = len(originals)
         event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))

@@ -9,7 +9,7 @@ import pytest
 
 from contract.event import Event, Limits
 from publisher.files import BadLine, parse_line
-from publisher.load import generate, topic_names
+from publisher.load import Stream, generate, topic_names
 
 LIMITS = Limits()
 
@@ -49,6 +49,22 @@ def test_every_duplicate_comes_after_its_original_and_repeats_it_verbatim() -> N
 
 def test_the_same_seed_gives_identical_events() -> None:
     assert generate(500, 0.2, 3, seed=42) == generate(500, 0.2, 3, seed=42)
+
+
+def test_a_bigger_load_of_a_seed_begins_with_a_smaller_ones_originals() -> None:
+    # --check of a bigger workload than was sent relies on it (tests/test_pipeline.py).
+    assert generate(101, 0.0, 8, seed=3).events[:100] == generate(100, 0.0, 8, seed=3).events
+    originals = [e for e in generate(500, 0.2, 8, seed=3).events if e.payload["seq"] < 100]
+    first = {e.key(): e for e in originals}
+    assert list(first.values()) == generate(100, 0.0, 8, seed=3).events
+
+
+def test_the_stream_gives_the_load_one_event_at_a_time_and_counts_as_it_goes() -> None:
+    stream = Stream(50, 0.2, 3, seed=9)
+    taken = [next(stream) for _ in range(10)]
+    assert stream.unique + stream.duplicates == 10
+    assert taken + list(stream) == generate(50, 0.2, 3, seed=9).events
+    assert (stream.unique, stream.duplicates) == (40, 10)
 
 
 def test_a_different_seed_gives_different_event_ids() -> None:
