@@ -142,13 +142,13 @@ async def test_the_same_key_sent_50_times_at_once_to_three_consumers_is_stored_o
     peek = PostgresPeek(deployment.database_url)
     rows = await peek.rows("SELECT event_id, COUNT(*) FROM events GROUP BY event_id ORDER BY event_id")
     assert rows == [("changing", 1), ("same", 1)]
-    # The copies met in concurrent transactions. Every transaction leases the lowest writer slot no other
-    # open transaction holds (FOR UPDATE SKIP LOCKED, store/postgres.py) and stamps its commit time on it; a
-    # second slot is stamped only by a transaction that began while another still held the first. Every
-    # message here is a copy of one of the two keys, so two slots stamped means two transactions holding
-    # copies of them were open at the same moment.
+    # What this test cannot show: that copies met in transactions open at the same moment. Every transaction
+    # leases the lowest writer slot no other open transaction holds (FOR UPDATE SKIP LOCKED) and stamps its
+    # commit time on it, so a second stamped slot would prove an overlap; on a busy 2-core machine the three
+    # consumers' commits of 2-message batches did overlap in some runs and not in others (one slot only), so
+    # it is printed, not asserted. Overlaps are forced where they can be: tests/store/test_postgres_counters.py.
     leased = await peek.rows("SELECT slot FROM writer_slots WHERE last_commit_at IS NOT NULL ORDER BY slot")
-    assert len(leased) >= 2, f"only slots {leased} were leased: no two transactions ever overlapped"
+    print(f"writer slots leased: {[row[0] for row in leased]} (two or more: transactions overlapped)")
 
     per_consumer = []
     for consumer in consumers:
