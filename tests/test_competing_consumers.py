@@ -146,7 +146,7 @@ async def test_the_same_key_sent_50_times_at_once_to_three_consumers_is_stored_o
     # leases the lowest writer slot no other open transaction holds (FOR UPDATE SKIP LOCKED) and stamps its
     # commit time on it, so a second stamped slot would prove an overlap; on a busy 2-core machine the three
     # consumers' commits of 2-message batches did overlap in some runs and not in others (one slot only), so
-    # it is printed, not asserted. Overlaps are forced where they can be: tests/store/test_postgres_counters.py.
+    # it is printed, not asserted. Overlaps are forced in tests/store/test_postgres_counters.py.
     leased = await peek.rows("SELECT slot FROM writer_slots WHERE last_commit_at IS NOT NULL ORDER BY slot")
     print(f"writer slots leased: {[row[0] for row in leased]} (two or more: transactions overlapped)")
 
