@@ -15,6 +15,7 @@ reports no retention or size) makes the repetition a skip, with the reason, not 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -139,6 +140,28 @@ def figures(samples: list[Sample], start: float, seconds: float) -> dict[str, fl
     return values
 
 
+def _space(path: Path) -> dict[str, float]:
+    """Where the SQLite file's bytes are once the consumer has stopped (its WAL checkpointed into the file):
+    the events with their indexes, the keys (tombstones included), and free pages; {} without dbstat."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        by_name = dict(conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
+        free = (
+            conn.execute("PRAGMA freelist_count").fetchone()[0]
+            * conn.execute("PRAGMA page_size").fetchone()[0]
+        )
+    except sqlite3.OperationalError:  # SQLite built without the dbstat table
+        return {}
+    finally:
+        conn.close()
+    events = sum(by_name.get(name, 0) for name in ("events", "events_by_topic", "events_by_source"))
+    return {
+        "events_pages_end_mb": events / MB,
+        "keys_pages_end_mb": by_name.get("keys", 0) / MB,
+        "free_pages_end_mb": free / MB,
+    }
+
+
 async def _start_consumer(run: Run, load: Steady, backend: str) -> Child:
     consumer = await run.start("consumer", [], **load.consumer_env())
     try:
@@ -197,6 +220,7 @@ async def measure(ctx: Context, tag: str, backend: str) -> dict[str, float]:
         samples.append(await _sample(client, run, consumer, sqlite))
         await _check_counts(client, total, unique, resent)
         await run.stop_cleanly(consumer)
+        space = _space(run.db_path) if sqlite else {}
     ctx.info["samples"] = [
         [round(s.at - samples[0].at, 1), s.received, s.stored, s.size, s.queued, round(s.consumer_cpu, 2)]
         for s in samples
@@ -205,7 +229,7 @@ async def measure(ctx: Context, tag: str, backend: str) -> dict[str, float]:
     values = figures(samples, float(summary["first_publish_at"]), load.seconds)
     values["achieved_rate"] = float(summary["achieved_rate"])
     values["most_behind_seconds"] = float(summary["most_behind_seconds"])
-    return values
+    return {**values, **space}
 
 
 async def _check_counts(client: httpx.AsyncClient, total: int, unique: int, resent: int) -> None:
