@@ -5,10 +5,11 @@ the UNIQUE (topic, event_id) constraint on `events`), its rows written with that
 events in batches of BATCH sharing one `received_at`, growing with seq; the per-topic counts, duplicates
 and conflicts; the counters; the consumer's state; a few dead letters), counters consistent with the rows.
 Then, for each of `--runs` fresh copies of it, times `SqliteWriter.open` (which migrates it to the current
-version: the `keys` table filled from the events, `events` rebuilt) and checks that nothing changed: the
-events row for row (by a digest), the counters, per-topic counts, dead letters and consumer state, one key
-per event pointing at its event, and a batch applied afterwards gets the next seq. The copy is on disk
-(fsynced) before the clock starts, as a store that has been running would be; the page cache is warm.
+version: the `keys` table filled from the events in buckets, `events` rebuilt; the first open also builds
+the sealed buckets' filters) and checks that nothing changed: the events row for row (by a digest), the
+counters, per-topic counts, dead letters and consumer state, one key per event pointing at its event, and
+a batch applied afterwards gets the next seq. The copy is on disk (fsynced) before the clock starts, as a
+store that has been running would be; the page cache is warm.
 """
 
 from __future__ import annotations
@@ -164,6 +165,9 @@ def check_keys(path: Path, events: int, seed: int) -> list[str]:
         keys = int(conn.execute("SELECT COUNT(*) FROM keys").fetchone()[0])
         if keys != events:
             problems.append(f"keys {keys} != events {events}")
+        counted = int(conn.execute("SELECT COALESCE(SUM(keys), 0) FROM key_buckets").fetchone()[0])
+        if counted != events:
+            problems.append(f"key_buckets count {counted} keys, events {events}")
         joined = int(conn.execute("SELECT COUNT(*) FROM keys JOIN events USING (seq)").fetchone()[0])
         if joined != events:
             problems.append(f"keys pointing at an event {joined} != events {events}")
@@ -172,7 +176,11 @@ def check_keys(path: Path, events: int, seed: int) -> list[str]:
             (max(1, events // SAMPLED_KEYS),),
         ).fetchall()
         for seq, topic, event_id in sampled:
-            row = conn.execute("SELECT seq FROM keys WHERE h = ?", (key_hash(topic, event_id),)).fetchone()
+            # Whichever bucket holds it: a seek on the primary key (bucket, h) per bucket.
+            row = conn.execute(
+                "SELECT seq FROM keys WHERE bucket IN (SELECT bucket FROM key_buckets) AND h = ?",
+                (key_hash(topic, event_id),),
+            ).fetchone()
             if row is None or int(row[0]) != seq:
                 problems.append(f"key of {topic}/{event_id} (seq {seq}) is {row}")
                 break
