@@ -216,9 +216,12 @@ async def measure(ctx: Context, tag: str, backend: str) -> dict[str, float]:
             await asyncio.sleep(load.sample_every - (time.time() - samples[-1].at))
         summary = await run.finish(driver)
         total, unique, resent = int(summary["events"]), int(summary["unique"]), int(summary["duplicates"])
-        await run.wait_received(total, [consumer, api])
+        await _settled(client, total, unique, ctx.timeout, [consumer, api])
         samples.append(await _sample(client, run, consumer, sqlite))
-        await _check_counts(client, total, unique, resent)
+        try:
+            await _check_counts(client, total, unique, resent)
+        except BenchError as exc:
+            raise BenchError(f"{exc}; the consumer's log ends: {why(consumer)}") from None
         await run.stop_cleanly(consumer)
         space = _space(run.db_path) if sqlite else {}
     ctx.info["samples"] = [
@@ -230,6 +233,28 @@ async def measure(ctx: Context, tag: str, backend: str) -> dict[str, float]:
     values["achieved_rate"] = float(summary["achieved_rate"])
     values["most_behind_seconds"] = float(summary["most_behind_seconds"])
     return {**values, **space}
+
+
+async def _settled(
+    client: httpx.AsyncClient, total: int, unique: int, timeout: float, watch: list[Child]
+) -> None:
+    """Wait until the store has taken every event (every unique one stored) and the queue is empty: a
+    redelivery counts in `received` again, so `received` alone can pass the total early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats: dict[str, Any] = (await client.get("/stats")).json()
+        queued = int((stats.get("queue") or {}).get("messages") or 0)
+        if int(stats["received"]) >= total and int(stats["unique_processed"]) >= unique and not queued:
+            return
+        for child in watch:
+            if child.returncode is not None:
+                raise BenchError(f"{child.module} exited with {child.returncode}: {why(child)}")
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"after {timeout:g}s the store shows received={stats['received']} of {total}, "
+                f"unique_processed={stats['unique_processed']} of {unique}, {queued} messages queued"
+            )
+        await asyncio.sleep(0.2)
 
 
 async def _check_counts(client: httpx.AsyncClient, total: int, unique: int, resent: int) -> None:
