@@ -22,8 +22,8 @@ from tests.harness.processes import Deployment, Processes
 from tests.harness.stores import Peek, PostgresPeek, SqlitePeek, stored_count
 from tests.harness.waiting import eventually
 
-# About 2.5 minutes per backend.
-pytestmark = [pytest.mark.backends("sqlite", "postgres"), pytest.mark.soak]
+# About 2 minutes per backend; part of make test and make test-fast (no marker: it is bounded).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 RETENTION = 10.0
 SWEEPING = {"RETENTION": f"{RETENTION:g}s", "RETENTION_SWEEP_INTERVAL": "1"}
