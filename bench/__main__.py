@@ -18,7 +18,7 @@ from typing import Any
 from bench import bigstore, machine, report
 from bench.broker import BenchError, BrokerLink, BrokerUnreachable
 from bench.scenarios import FULL, QUICK, SCENARIOS, Context, Sizes, describe
-from bench.trial import Sample
+from bench.trial import Sample, ScenarioSkipped
 from contract.publishing import DEFAULT_LINGER
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -142,6 +142,8 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
                 ctx.round = round_
                 try:
                     sample.values = await scenario.measure(ctx, f"r{round_}-{scenario.name}")
+                except ScenarioSkipped as exc:
+                    sample.skipped = str(exc)
                 except BenchError as exc:
                     sample.error = str(exc)
                 except (OSError, ValueError, KeyError, TimeoutError) as exc:
@@ -149,6 +151,7 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
                 sample.info["wall_seconds"] = round(time.monotonic() - started, 1)
                 samples.append(sample)
                 outcome = describe(sample.values) if sample.ok else f"FAILED: {sample.error}"
+                outcome = f"skipped: {sample.skipped}" if sample.skipped else outcome
                 _progress(f"round {round_ + 1}/{args.runs} {scenario.name}: {outcome}")
         return samples, link.server_version
     finally:

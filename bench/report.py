@@ -155,6 +155,19 @@ def targets(
             )
         )
         limit(f"POST ?wait=stored p99 ({store}, quiet machine)", scenario, "stored_p99_ms", 10.0, "ms")
+    # Under RETENTION the store levels off once as much expires as arrives (from the first third on), and
+    # ingest keeps the stream's pace to the end (a paced stream: a fall means the consumer fell behind).
+    for scenario, name in (("retention", "SQLite"), ("retention_postgres", "PostgreSQL")):
+        limit(f"{name} RETENTION: size end / 1st third", scenario, "size_ratio", 1.2, "x")
+        out.append(
+            Target(
+                f"{name} RETENTION: ingest last / 1st third",
+                results.median(scenario, "rate_ratio"),
+                0.95,
+                False,
+                "x",
+            )
+        )
     return out
 
 
@@ -174,6 +187,26 @@ _STORED_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("plain_p50_ms", "plain p50 ms", "{:.2f}".format),
     ("plain_p99_ms", "plain p99 ms", "{:.2f}".format),
     ("p50_ratio", "wait=stored / plain p50", "{:.2f}".format),
+]
+_MB = "{:.1f}".format
+_RETENTION_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
+    ("size_third_mb", "size after 1st third, MB", _MB),
+    ("size_end_mb", "size at the end, MB", _MB),
+    ("size_ratio", "size end / 1st third", "{:.2f}".format),
+    ("size_max_after_third_mb", "largest after 1st third, MB", _MB),
+    ("file_end_mb", "SQLite file at the end, MB", _MB),
+    ("wal_end_mb", "SQLite -wal at the end, MB", _MB),
+    ("events_pages_end_mb", "SQLite events + indexes, MB", _MB),
+    ("keys_pages_end_mb", "SQLite keys (tombstones), MB", _MB),
+    ("free_pages_end_mb", "SQLite free pages, MB", _MB),
+    ("stored_events_max", "stored events, most", "{:,.0f}".format),
+    *((f"rate_{k}", f"ingest events/s, third {k}", "{:,.0f}".format) for k in (1, 2, 3)),
+    ("rate_ratio", "ingest last third / first", "{:.2f}".format),
+    *(
+        (f"consumer_cpu_us_per_event_{k}", f"consumer CPU us/event, third {k}", "{:.0f}".format)
+        for k in (1, 2, 3)
+    ),
+    ("queued_max", "queue depth, most (messages)", "{:,.0f}".format),
 ]
 _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "postgres_1": _POSTGRES_ROWS,
@@ -226,6 +259,8 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
         ("peak_rss_mb", "consumer peak RSS MiB", "{:.1f}".format),
         ("drain_events_per_second", "drain events/s", "{:,.0f}".format),
     ],
+    "retention": _RETENTION_ROWS,
+    "retention_postgres": _RETENTION_ROWS,
 }
 
 
@@ -258,7 +293,14 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
         "postgres_at_scale": f"{sizes.count:,} onto {sizes.stored:,}",
         "postgres_over_tombstones": f"{sizes.count:,} onto {sizes.stored:,} keys",
         "sqlite_apply": f"{sizes.apply_events:,} in batches of 256",
+        "retention": _steady_note(sizes),
+        "retention_postgres": _steady_note(sizes),
     }.get(scenario, "")
+
+
+def _steady_note(sizes: Sizes) -> str:
+    load = sizes.steady
+    return f"{load.rate:,.0f}/s {load.seconds:g}s, R={load.retention:g}s"
 
 
 def table(
@@ -285,7 +327,8 @@ def table(
         samples = results.of(scenario.name)
         if not samples:
             continue
-        ok = f"{sum(s.ok for s in samples)}/{len(samples)}"
+        measured = [s for s in samples if not s.skipped]
+        ok = f"{sum(s.ok for s in measured)}/{len(measured)}" if measured else "skip"
         for i, (key, figure, fmt) in enumerate(_ROWS[scenario.name]):
             spread = results.spread(scenario.name, key)
             cells = (
@@ -310,6 +353,10 @@ def table(
     if failures:
         lines += ["", f"FAILED REPETITIONS ({len(failures)}), not counted:"]
         lines += [f"  {s.scenario}, round {s.round + 1}: {s.error}" for s in failures]
+    skipped = [s for s in results.samples if s.skipped]
+    if skipped:
+        lines += ["", f"SKIPPED REPETITIONS ({len(skipped)}):"]
+        lines += [f"  {s.scenario}, round {s.round + 1}: {s.skipped}" for s in skipped]
     return "\n".join(lines)
 
 
@@ -328,7 +375,8 @@ def as_json(
         spreads = {k: results.spread(scenario.name, k) for k in keys}
         scenarios[scenario.name] = {
             "label": scenario.label,
-            "runs_ok": sum(s.ok for s in samples),
+            "runs_ok": sum(s.ok and not s.skipped for s in samples),
+            "runs_skipped": sum(bool(s.skipped) for s in samples),
             "runs": len(samples),
             "figures": {k: asdict(v) for k, v in spreads.items() if v is not None},
             "samples": [asdict(s) for s in samples],

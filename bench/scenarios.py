@@ -25,6 +25,7 @@ from bench.broker import BenchError, BrokerLink
 from bench.child import Child
 from bench.cpu import CpuMeter, listener_pid
 from bench.postgres import ThrowawayDatabase
+from bench.retention import FULL_STEADY, QUICK_STEADY, Steady, retention, retention_postgres
 from bench.trial import DUPLICATES, START_TIMEOUT, Run, expect_outcome, why
 from contract.publishing import DEFAULT_LINGER
 
@@ -53,6 +54,7 @@ class Sizes:
     sequential_requests: int = 1_000  # single-event POSTs (and pika round trips), one at a time
     stored_requests: int = 500  # of each mode: POST ?wait=stored and plain POST, alternating
     drain: int = 50_000  # queued single-event messages a consumer drains (the product's and the reference)
+    steady: Steady = FULL_STEADY  # the retention scenario's stream: 10 minutes at 1,000/s, RETENTION 60s
 
 
 FULL = Sizes()
@@ -69,6 +71,7 @@ QUICK = Sizes(  # only checks that everything works: start-up dominates every fi
     stored_requests=30,
     drain=1_000,
     apply_events=2_000,
+    steady=QUICK_STEADY,
 )
 
 
@@ -640,6 +643,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("postgres_at_scale", "as postgres_3, store pre-filled (--stored)", postgres_at_scale),
     Scenario("postgres_over_tombstones", "as postgres_3, store of keys only", postgres_over_tombstones),
     Scenario("sqlite_apply", "SQLite batch apply alone: set-based vs per-event", sqlite_apply),
+    Scenario("retention", "steady stream under RETENTION, SQLite", retention),
+    Scenario("retention_postgres", "steady stream under RETENTION, PostgreSQL", retention_postgres),
 )
 
 

@@ -41,10 +41,17 @@ class Sample:
     values: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    skipped: str | None = (
+        None  # why this repetition measured nothing without failing (an unsupported backend)
+    )
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class ScenarioSkipped(BenchError):
+    """What a scenario measures is not supported here (a store backend without the feature): not a failure."""
 
 
 def free_port() -> int:
