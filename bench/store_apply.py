@@ -32,6 +32,7 @@ from contract.event import Event, content_hash
 from contract.schema import COUNTERS
 from store.base import BatchResult, Message, utc_now
 from store.sqlite import SqliteWriter
+from store.sqlite.schema import MIGRATIONS
 
 Batches = list[list[Message]]
 
@@ -128,11 +129,13 @@ class PerEventStore:
 async def run_per_event(path: Path, batches: Batches) -> float:
     executor = ThreadPoolExecutor(max_workers=1)
     loop = asyncio.get_running_loop()
-    writer = await SqliteWriter.open(path)  # the same file layout and pragmas
-    await writer.close()
 
     def open_conn() -> sqlite3.Connection:
+        # The first release's schema (its dedup key a UNIQUE index on the events table), WAL and the pragmas
+        # the writer sets.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA wal_autocheckpoint = 20000")
         return conn

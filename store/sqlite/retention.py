@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # Each sweep transaction aims at this much time holding the writer (the bound is about 50 ms).
 SWEEP_TARGET = 0.02
 _FIRST_CHUNK = 1000
-_MIN_CHUNK, _MAX_CHUNK = 50, 50_000
+# The floor keeps a sweep ahead of arrivals on a slow machine, where a commit's fsync alone takes the target.
+_MIN_CHUNK, _MAX_CHUNK = 500, 50_000
 
 OnThread = Callable[..., Awaitable[Any]]
 Hook = Callable[[], None] | None
