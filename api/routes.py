@@ -42,10 +42,10 @@ from api.publish import PayloadTooLarge, RequestInvalid, parse_body
 from api.queries import NEWEST, BadCursor, Page, decode_cursor, row_json
 from api.settings import Wait
 from api.stored import ReceiptsNotConfirmed
+from broker.connection import BROKER_ERRORS
+from broker.publisher import PublishFailed
 from contract import status as status_file
-from contract.amqp import BROKER_ERRORS
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
-from contract.publishing import PublishFailed
 from store import Expired, Filters, Snapshot
 from store.base import utc_text
 

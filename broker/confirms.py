@@ -1,7 +1,7 @@
 """One confirm-mode channel's side of publishing: the frames of a publish, the delivery-tag -> message map
 that settles the broker's acks, nacks and returns, and the per-caller tally of what was confirmed or failed.
 
-Nothing here creates a task, future or timer per message (see contract/publishing.py for why and for what
+Nothing here creates a task, future or timer per message (see broker/publisher.py for why and for what
 drives it).
 """
 

@@ -1,4 +1,5 @@
-"""The broker link every deployable shares: broker errors, the AMQP_URL node list, connect with failover."""
+"""The connection to the broker every deployable shares: the one tuple of broker errors, a robust connection
+that fails over between the nodes of AMQP_URL, and `connect` with its bounded or endless first attempts."""
 
 from __future__ import annotations
 
@@ -7,27 +8,25 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiormq
 from aio_pika import RobustConnection
 from yarl import URL
 
-from contract import frames
+from broker import wire
+from contract.config import redact, scrub
 
 log = logging.getLogger(__name__)
 
-# The header `POST /publish?wait=stored` sets on each of its messages (api/stored.py); the consumer records it
-# in the batch's transaction with how many of the message's events were new, so the api can answer exactly.
-RECEIPT_HEADER = "x-receipt"
-
 # Everything the broker or the way to it can throw at a client that a later attempt, possibly on another node,
 # can get past: a refused or lost connection, a channel the broker closed, a nack or a lost confirm, a connect
-# or confirm that took too long. Bugs and bad input are not in it, so they are never retried.
+# or confirm that took too long. Bad input is not in it, so it is never retried. RuntimeError is: aiormq and
+# aio-pika raise a bare one for a call on a connection or channel that closed meanwhile ("... closed",
+# "Connection was not opened", "Can't initialize closed channel"; aiormq's ChannelInvalidStateError is one
+# too), which opening a channel during a reconnect, or probing queue depths on a closing connection, meets.
 BROKER_ERRORS: tuple[type[Exception], ...] = (
     aiormq.exceptions.AMQPError,
-    # A RuntimeError, not an AMQPError: raised by calls on a channel that has closed meanwhile.
-    aiormq.exceptions.ChannelInvalidStateError,
+    RuntimeError,
     ConnectionError,
     TimeoutError,
     OSError,
@@ -36,65 +35,6 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
 # The link's state changes are logged once each, at WARNING (unreachable, lost, back), never each attempt: a
 # broker that is down for an hour must not write a line every reconnect interval. Only a bounded connect
 # (attempts=N) says each failed attempt, with how many remain.
-
-
-class BrokerUrlError(ValueError):
-    """AMQP_URL is not a comma-separated list of amqp:// or amqps:// URLs."""
-
-
-def parse_urls(value: str) -> tuple[str, ...]:
-    """The nodes of AMQP_URL: one URL, or several separated by commas (each with its own credentials).
-
-    Errors show every URL redacted; a comma inside a password must be written %2C.
-    """
-    urls = tuple(part.strip() for part in value.split(","))
-    count = len(urls)
-    for position, url in enumerate(urls, 1):
-        where = "AMQP_URL" if count == 1 else f"AMQP_URL entry {position} of {count}"
-        if not url:
-            raise BrokerUrlError(f"{where} is empty; give one URL, or several separated by commas")
-        parts = urlsplit(url)
-        if parts.scheme not in ("amqp", "amqps"):
-            hint = " (a comma inside a password must be written %2C)" if count > 1 else ""
-            raise BrokerUrlError(f"{where} must start with amqp:// or amqps://, got {redact(url)!r}{hint}")
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if not parts.hostname or port == -1:
-            raise BrokerUrlError(f"{where} has no valid host and port: {redact(url)!r}")
-    if len(set(urls)) != count:
-        raise BrokerUrlError(f"AMQP_URL names the same node twice: {redact_all(urls)}")
-    return urls
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages; also safe on a malformed URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, hostport = authority.rpartition("@")
-    prefix = f"{scheme}://" if sep else ""
-    if at and not sep:
-        # "ss@host" is what is left of "amqp://user:pa,ss@host" split at the comma: all of it is password.
-        return f"***@{hostport}{slash}{tail}"
-    if at:
-        user = userinfo.split(":", 1)[0]
-        masked = f"{user}:***@{hostport}" if ":" in userinfo else authority
-        return f"{prefix}{masked}{slash}{tail}"
-    _host, colon, port = authority.rpartition(":")
-    if colon and not port.isdigit() and not authority.endswith("]"):
-        # "amqp://user:pa" is what is left of "amqp://user:pa,ss@host" split at the comma: not a port.
-        return f"{prefix}***{slash}{tail}"
-    if not sep and colon:
-        # No scheme and no @: "x:y" may well be user:password.
-        return "***"
-    return url
-
-
-def redact_all(urls: Sequence[str]) -> str:
-    return ",".join(redact(url) for url in urls)
 
 
 def first_choice(urls: Sequence[str], rng: random.Random | None = None) -> list[str]:
@@ -193,11 +133,6 @@ def _describe(closing: asyncio.Future[Any]) -> str:
     return f"{type(exc).__name__}: {scrub(str(exc))}"
 
 
-def scrub(text: str) -> str:
-    """Error text with any URL in it redacted."""
-    return " ".join(redact(word) if "://" in word else word for word in text.split(" "))
-
-
 async def connect(
     urls: Sequence[str],
     *,
@@ -215,7 +150,7 @@ async def connect(
     the connection fails over between the nodes by itself for as long as it lives. Raises the last error
     when the attempts run out; `on_error` hears of every failed attempt.
     """
-    frames.install()
+    wire.install()
     order = first_choice(urls)
     attempt = 0
     while stop is None or not stop.is_set():

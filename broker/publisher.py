@@ -14,7 +14,7 @@ Why below aio-pika's `Exchange.publish` here (measured with py-spy on `python -m
 confirmation future and timeout, and a task per message took about 60 % of the process, and aiormq wrote each
 message with its own socket write; the publisher reached 0.14x a pika `SelectConnection` publisher. aio-pika
 still owns the connection (robust reconnects) and the topology; this module opens plain aiormq channels on
-that connection and reads their confirm and return frames itself (contract/confirms.py).
+that connection and reads their confirm and return frames itself (broker/confirms.py).
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import ChannelFrame
 
-from contract.amqp import BROKER_ERRORS, parse_urls
-from contract.amqp import connect as amqp_connect
-from contract.confirms import Lane, Message, OnConfirmed, PublishFailed, Settler, Tally, Unroutable
+from broker.confirms import Lane, Message, OnConfirmed, PublishFailed, Settler, Tally, Unroutable
+from broker.connection import BROKER_ERRORS
+from broker.connection import connect as amqp_connect
+from contract.config import parse_urls
 from contract.event import Event
 from contract.topology import Topology, declare
 
 log = logging.getLogger(__name__)
 
-# The errors and the callback type callers need come from contract/confirms.py; they are named here too.
+# The errors and the callback type callers need come from broker/confirms.py; they are named here too.
 __all__ = [
     "DEFAULT_LINGER",
     "ConfirmingPublisher",
@@ -55,10 +56,6 @@ __all__ = [
 # Long enough to fill envelopes at a moderate rate, short enough for publish-to-queryable p99 < 100 ms at
 # 1,000 events/s (50 ms gave 101 ms here); a fast stream fills its envelopes long before it expires.
 DEFAULT_LINGER = 0.02
-
-# Opening a channel on a connection that closed meanwhile raises a bare RuntimeError in aiormq; the channel
-# keeper treats it like the broker errors and tries again once the robust connection is back.
-CHANNEL_OPEN_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, RuntimeError)
 
 # A channel that nacked this many times is replaced rather than retried on: RabbitMQ 3.10 kept rejecting
 # every publish on a channel opened within ~0.2 s of a quorum-queue leader's death, for the channel's life.
@@ -382,7 +379,7 @@ class ConfirmingPublisher(Settler):
                     await asyncio.sleep(self.options.backoff(self._lanes_without_ack))
                 try:
                     lane = await self._open_lane()
-                except CHANNEL_OPEN_ERRORS as exc:
+                except BROKER_ERRORS as exc:
                     self.problem = f"{type(exc).__name__}: {exc}"
                     if self._connection.is_closed:
                         self._fail_waiting(f"the connection was closed ({self.problem})")

@@ -26,7 +26,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from contract.amqp import BROKER_ERRORS
+from broker.connection import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 

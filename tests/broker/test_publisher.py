@@ -19,9 +19,9 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from contract.confirms import Lane, Message, PublishFailed, Settler, Tally, Unroutable, _ConfirmsInline
+from broker.confirms import Lane, Message, PublishFailed, Settler, Tally, Unroutable, _ConfirmsInline
+from broker.publisher import ConfirmingPublisher, PublishOptions, envelopes
 from contract.event import Event
-from contract.publishing import ConfirmingPublisher, PublishOptions, envelopes
 from contract.topology import Topology, declare_exchange
 from tests.harness.broker import Broker
 from tests.harness.proxy import FreezableProxy

@@ -16,7 +16,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from contract.frames import FrameReader
+from broker.wire import FrameReader
 
 
 def properties(**values: Any) -> spec.Basic.Properties:
