@@ -70,7 +70,9 @@ def aio_pika_hooks() -> bool:
 def install_frame_reader() -> bool:
     """aiormq connections opened from now on read their frames with wire.FrameReader, or with aiormq's own
     reader on an unverified aiormq or pamqp. True when the fast reader is in."""
-    fast = aiormq_hooks() and hooks_allowed(PAMQP, _PAMQP_HOOKS)
+    aiormq_verified = aiormq_hooks()
+    pamqp_verified = hooks_allowed(PAMQP, _PAMQP_HOOKS)  # checked (and said) whatever aiormq's answer
+    fast = aiormq_verified and pamqp_verified
     receiver: Any = wire.FrameReader if fast else _AIORMQ_FRAME_RECEIVER
     aiormq.connection.FrameReceiver = receiver  # type: ignore[misc]
     return fast
