@@ -10,6 +10,7 @@ import re
 import httpx
 from aio_pika.abc import AbstractRobustConnection
 
+from api.http1 import UVICORN
 from broker.hooks import LIBRARIES
 from contract.versions import ASSUME_ENV
 from publisher.load import generate
@@ -18,7 +19,7 @@ from tests.harness.processes import Process, Processes, all_events, api_get
 
 SEED = 20261207
 # One past the top of every verified range: what an upgrade that nobody verified would install.
-UNVERIFIED = {verified.distribution: verified.below for verified in LIBRARIES} | {"uvicorn": "0.55.0"}
+UNVERIFIED = {verified.distribution: verified.below for verified in (*LIBRARIES, UVICORN)}
 PLAIN = {ASSUME_ENV: ",".join(f"{name}={version}" for name, version in UNVERIFIED.items())}
 WARNING = "is not a version the fast paths were verified on"
 
