@@ -64,7 +64,7 @@ def aio_pika_hooks() -> bool:
 # ---- the frame reader (aiormq 7.2.4, pamqp 4.0.1) ----------------------------------------------------------
 # aiormq reads each frame with three awaited reads under a lock, then pamqp decodes it field by field: 24 % of
 # the consumer's event loop draining 50,000 single-event messages (broker/wire.py has the figures).
-# Canary: test_the_frame_reader_decodes_a_real_connections_frames.
+# Canary (tests/broker/test_hooks.py): test_the_frame_reader_decodes_a_real_connections_frames.
 
 
 def install_frame_reader() -> bool:
@@ -194,8 +194,8 @@ _CLOSING: set[asyncio.Task[Any]] = set()
 # ---- restore after a fail-over (aio-pika 10.2.1) -----------------------------------------------------------
 # RobustConnection reconnects and restores its channels in `_on_connected`; a refused attempt and a lost
 # connection both end in `_on_connection_close` (aio_pika.abc's UnderlayConnection.connect calls it on a
-# failed connect too). Canary: tests/broker/test_connection.py's fail-over tests and
-# test_a_restore_after_a_failover_waits_out_the_reconnect_interval.
+# failed connect too). Canary: test_a_connection_sees_its_connect_through_aio_pikas_own_method; the fail-over
+# itself: tests/broker/test_connection.py and tests/test_cluster.py.
 
 
 class FailoverHooks(RobustConnection):
