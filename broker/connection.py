@@ -94,8 +94,8 @@ class _Failover(RobustConnection):
         self._lost_at = None
         self._up = True
 
-    def after_close(self, error: BaseException | None) -> None:
-        was_connected, self._up = self._up, False
+    def after_close(self, error: BaseException | None, was_connected: bool) -> None:
+        self._up = False
         if self.close_called or self.is_closed or self.connection_attempt == 0:
             # Never connected yet: connect() below owns the first attempts and says what failed.
             return
@@ -147,7 +147,9 @@ class PlainFailoverConnection(_Failover):
         self.after_connected()
 
     def _seen_close(self, _: object, error: BaseException | None) -> None:
-        self.after_close(error)
+        # aio-pika clears `connected` before its close callbacks, except when a restore failed (it calls them
+        # first itself), so the flag this connection keeps stands in for it.
+        self.after_close(error, self._up or self.connected.is_set())
 
     def _seen_reconnect(self, _: object) -> None:
         self.after_connected()

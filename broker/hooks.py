@@ -208,8 +208,11 @@ class FailoverHooks(RobustConnection):
         self.after_connected()
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # Set from the moment aiormq connected, before channels are restored: a restore that failed is a loss.
+        was_connected = self.connected.is_set()
         await super()._on_connection_close(closing)
-        self.after_close(asyncio.CancelledError() if closing.cancelled() else closing.exception())
+        error = asyncio.CancelledError() if closing.cancelled() else closing.exception()
+        self.after_close(error, was_connected)
 
     async def before_restore(self) -> None:
         raise NotImplementedError
@@ -217,5 +220,5 @@ class FailoverHooks(RobustConnection):
     def after_connected(self) -> None:
         raise NotImplementedError
 
-    def after_close(self, error: BaseException | None) -> None:
+    def after_close(self, error: BaseException | None, was_connected: bool) -> None:
         raise NotImplementedError
