@@ -25,6 +25,7 @@ from consumer.retention import sweep_periodically
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
+from contract.config import scrub
 from contract.topology import declare
 from store import BatchResult, StoreConfigError, StoreError
 
@@ -232,7 +233,7 @@ async def _subscribe(
             log.warning(
                 "subscribing failed error=%s: %s; again in %.1fs",
                 type(exc).__name__,
-                amqp.scrub(str(exc)),
+                scrub(str(exc)),
                 settings.reconnect_interval,
             )
             if channel is not None:
