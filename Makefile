@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast test-docker test-soak crash soak bench up down lock clean
+.PHONY: install lint test test-fast test-upgrade test-docker test-soak crash soak bench up down lock clean
 
 install: $(STAMP)
 
@@ -29,6 +29,24 @@ test: install
 # Everything but the crash, cluster, soak and docker tests, for a quick loop while editing.
 test-fast: install
 	$(BIN)/python -m pytest -m "not crash and not cluster and not soak and not docker" $(PYTEST_ARGS)
+
+# The libraries with private hooks (broker/hooks.py, api/http1.py, store/) at the newest versions that
+# pyproject.toml's ranges allow, not the lock's: a fresh virtual environment from pyproject alone, then the
+# canaries (every hook still active) and the end-to-end pipeline tests, on the fast and the plain path.
+UPGRADE_VENV := .venv-upgrade
+UPGRADE_TESTS := tests/contract/test_versions.py tests/broker/test_hooks.py tests/broker/test_wire.py \
+	tests/api/test_http1.py tests/test_pipeline.py tests/test_plain_path.py
+test-upgrade:
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print("\n".join([*p["dependencies"], *(d for e in p["optional-dependencies"].values() for d in e)]))' \
+		> $(UPGRADE_VENV)/requirements.txt
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade \
+		-r $(UPGRADE_VENV)/requirements.txt
+	$(UPGRADE_VENV)/bin/python -m pip list --disable-pip-version-check \
+		| grep -iE '^(aio-pika|aiormq|pamqp|uvicorn|aiosqlite) '
+	$(UPGRADE_VENV)/bin/python -m pytest $(UPGRADE_TESTS) $(PYTEST_ARGS)
 
 # The README's Docker commands on real engines (tests/test_docker.py, README "With Docker"): Compose v2 on
 # Engine 26 and docker-compose v1 on the host's engine, which it starts if installed but not running.

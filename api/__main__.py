@@ -10,8 +10,8 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
+from api import http1
 from api.app import create_app
-from api.http1 import OneWriteHttpToolsProtocol
 from api.settings import ApiSettings
 from contract.cli import describe, parse_args
 from contract.config import configure_logging
@@ -50,7 +50,7 @@ def cli(argv: list[str] | None = None) -> int:
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
-        http=OneWriteHttpToolsProtocol,
+        http=http1.protocol(),
         log_level=settings.log_level.lower(),
         access_log=settings.log_level == "DEBUG",
         # uvicorn's own logging config formats its loggers itself; for JSON they go through ours instead.

@@ -12,16 +12,13 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractRobustConnection
 
 from api.settings import ApiSettings
-from contract import amqp
-from contract.amqp import BROKER_ERRORS
-from contract.publishing import ConfirmingPublisher, PublishOptions
+from broker import connection as amqp
+from broker.connection import BROKER_ERRORS
+from broker.publisher import ConfirmingPublisher, PublishOptions
+from contract.config import scrub
 from contract.topology import queue_depth
 
 log = logging.getLogger(__name__)
-
-
-# RuntimeError: aio-pika's own, from a connection that is closing while the probe runs.
-PROBE_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, RuntimeError)
 
 # How many TTLs old a good queue-depth reading may be and still be answered while a new one is taken.
 STALE_FACTOR = 5
@@ -113,7 +110,7 @@ class BrokerLink:
         self.last_error = None
 
     def _failed(self, exc: Exception) -> None:
-        self.last_error = f"{type(exc).__name__}: {amqp.scrub(str(exc))}"
+        self.last_error = f"{type(exc).__name__}: {scrub(str(exc))}"
 
     def connected(self) -> bool:
         # `connected` is cleared while the robust connection is re-establishing itself after a loss.
@@ -185,6 +182,6 @@ class BrokerLink:
                     queue, consumers = await queue_depth(channel, topology.queue)
                     dead, _ = await queue_depth(channel, topology.dead_letter_queue)
             return Depths(queue, dead, None, consumers, time.time())
-        except PROBE_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             log.warning("queue depth probe failed error=%s: %s", type(exc).__name__, exc)
             return Depths(None, None, f"{type(exc).__name__}: {exc}")

@@ -21,8 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.broker import BrokerLink, BrokerUnavailable
+from broker.connection import BROKER_ERRORS
 from contract import commits
-from contract.amqp import BROKER_ERRORS
 from contract.commits import Notice
 from contract.topology import Topology
 

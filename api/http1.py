@@ -8,6 +8,12 @@ head of a response that declares its Content-Length waits, inside the request's 
 message and goes out in the same write (Starlette's `Response` sends both in one step of the loop, so it
 waits for nothing). A chunked (streaming) response's head still goes out at once, and so do a `100
 Continue` and the answer to a HEAD request, which has no body to wait for.
+
+The subclass leans on uvicorn's internals (`HttpToolsProtocol.on_headers_complete`, `self.cycle`, the cycle's
+`transport`, `response_started`, `chunked_encoding` and `scope`), so `protocol()` hands it to uvicorn only on
+a uvicorn it was verified on (UVICORN, the range pyproject.toml declares): on any other, one WARNING, and
+uvicorn's own `auto` protocol (two writes per response). Canary: tests/api/test_http1.py's
+test_a_real_server_answers_each_request_in_one_write.
 """
 
 from __future__ import annotations
@@ -16,6 +22,19 @@ import asyncio
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from contract.versions import Verified, hooks_allowed
+
+# Verified on 0.54.0 (requirements.lock) and 0.55.0 (the newest `make test-upgrade` installs).
+UVICORN = Verified("uvicorn", "0.54.0", "0.56")
+
+
+def protocol() -> type[asyncio.Protocol] | str:
+    """The HTTP protocol for uvicorn.Config(http=...): the one-write protocol on a verified uvicorn, else
+    uvicorn's own choice."""
+    if hooks_allowed(UVICORN, "the one-write HTTP/1.1 response"):
+        return OneWriteHttpToolsProtocol
+    return "auto"
 
 
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):

@@ -29,9 +29,8 @@ from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobust
 
 from api.commits import FeedListener
 from contract import event as wire
-from contract.amqp import RECEIPT_HEADER
 from contract.commits import Notice
-from contract.event import Event
+from contract.event import RECEIPT_HEADER, Event
 from contract.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -281,7 +280,7 @@ class ReceiptPublisher:
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=events[0].event_id if len(events) == 1 else receipt,
-                timestamp=datetime.now(UTC),  # the consumer's publish-to-commit lag, as contract/confirms.py
+                timestamp=datetime.now(UTC),  # the consumer's publish-to-commit lag, as broker/confirms.py
                 headers={RECEIPT_HEADER: receipt},
             )
             try:

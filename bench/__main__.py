@@ -19,7 +19,7 @@ from bench import bigstore, machine, report
 from bench.broker import BenchError, BrokerLink, BrokerUnreachable
 from bench.scenarios import FULL, QUICK, SCENARIOS, Context, Sizes, describe
 from bench.trial import Sample, ScenarioSkipped
-from contract.publishing import DEFAULT_LINGER
+from broker.publisher import DEFAULT_LINGER
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # Earlier runs' JSON; the newest is what this run's must-not-fall figures are compared with.

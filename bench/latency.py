@@ -1,6 +1,6 @@
 """`python -m bench.latency`: publish at a steady rate and time publish -> queryable for sampled events.
 
-Publishes through the product's confirming publisher (`contract.publishing`) at `--rate` events per second
+Publishes through the product's confirming publisher (`broker.publisher`) at `--rate` events per second
 for `--seconds`. For every `--sample-every`-th event it notes the moment the event is handed to the publisher,
 then polls `GET /events/{topic}/{event_id}` every `--poll` seconds until it answers 200; the difference is the
 event's publish-to-queryable latency (resolution: the poll interval plus one request). Prints one JSON line.
@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
+from broker.publisher import ConfirmingPublisher, PublishOptions
 from contract.event import Event
-from contract.publishing import ConfirmingPublisher, PublishOptions
 from contract.topology import Topology
 from publisher import load
 

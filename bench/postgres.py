@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bench.broker import BenchError
-from contract.amqp import redact
+from contract.config import redact
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CONNECT_TIMEOUT = 10.0

@@ -27,7 +27,7 @@ from bench.cpu import CpuMeter, listener_pid
 from bench.postgres import ThrowawayDatabase
 from bench.retention import FULL_STEADY, QUICK_STEADY, Steady, retention, retention_postgres
 from bench.trial import DUPLICATES, START_TIMEOUT, Run, expect_outcome, why
-from contract.publishing import DEFAULT_LINGER
+from broker.publisher import DEFAULT_LINGER
 
 SHIM_EVENTS_PER_REQUEST = 500
 SHIM_CONCURRENCY = 4

@@ -21,8 +21,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from hashlib import blake2b
 
+from broker.publisher import DEFAULT_LINGER, ConfirmingPublisher, PublishOptions
 from contract.event import Event
-from contract.publishing import DEFAULT_LINGER, ConfirmingPublisher, PublishOptions
 from contract.topology import Topology
 from publisher.load import topic_names
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from contract.amqp import BROKER_ERRORS, RECEIPT_HEADER
-from contract.event import Event, InvalidEvent, Limits, decode
+from broker.connection import BROKER_ERRORS
+from contract.event import RECEIPT_HEADER, Event, InvalidEvent, Limits, decode
 from store import Message, Rejected
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def receipt_of(message: DeliveredMessage) -> str | None:
 def _tag(message: DeliveredMessage) -> int:
     tag = message.delivery_tag
     if tag is None:
-        raise RuntimeError("a delivery without a delivery tag cannot be acknowledged")
+        raise ValueError("a delivery without a delivery tag cannot be acknowledged")
     return tag
 
 

@@ -21,8 +21,9 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
-from contract import amqp, commits
-from contract.amqp import BROKER_ERRORS
+from broker import connection as amqp
+from broker.connection import BROKER_ERRORS
+from contract import commits
 from contract.topology import Topology
 
 log = logging.getLogger(__name__)

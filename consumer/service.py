@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
+from broker import connection as amqp
+from broker.subscription import Subscription
 from consumer.batcher import Inbox
 from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, receipt_of, settle
@@ -23,8 +25,7 @@ from consumer.retention import sweep_periodically
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
-from consumer.subscription import Subscription
-from contract import amqp
+from contract.config import scrub
 from contract.topology import declare
 from store import BatchResult, StoreConfigError, StoreError
 
@@ -232,7 +233,7 @@ async def _subscribe(
             log.warning(
                 "subscribing failed error=%s: %s; again in %.1fs",
                 type(exc).__name__,
-                amqp.scrub(str(exc)),
+                scrub(str(exc)),
                 settings.reconnect_interval,
             )
             if channel is not None:
@@ -287,7 +288,7 @@ class _Availability:
     def _overdue(self) -> None:
         transport = getattr(self._connection, "transport", None)
         if transport is None or transport.connection.is_closed:
-            self._arm()  # not connected at all: reconnecting, which contract.amqp reports
+            self._arm()  # not connected at all: reconnecting, which broker.connection reports
             return
         node = _node(self._connection)
         reason = (

@@ -1,21 +1,99 @@
-"""Configuration every deployable shares: the environment variable names, their defaults, and logging."""
+"""Configuration every deployable shares: the environment variable names, their defaults, AMQP_URL's node list
+with its passwords redacted for logs, and logging."""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contract.amqp import parse_urls, redact, redact_all
 from contract.event import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, Limits
 from contract.logs import formatter
 from contract.topology import Topology
+
+__all__ = [
+    "BrokerUrlError",
+    "CommonSettings",
+    "configure_logging",
+    "duration_seconds",
+    "parse_duration",
+    "parse_urls",
+    "redact",
+    "redact_all",
+    "scrub",
+]
+
+
+class BrokerUrlError(ValueError):
+    """AMQP_URL is not a comma-separated list of amqp:// or amqps:// URLs."""
+
+
+def parse_urls(value: str) -> tuple[str, ...]:
+    """The nodes of AMQP_URL: one URL, or several separated by commas (each with its own credentials).
+
+    Errors show every URL redacted; a comma inside a password must be written %2C.
+    """
+    urls = tuple(part.strip() for part in value.split(","))
+    count = len(urls)
+    for position, url in enumerate(urls, 1):
+        where = "AMQP_URL" if count == 1 else f"AMQP_URL entry {position} of {count}"
+        if not url:
+            raise BrokerUrlError(f"{where} is empty; give one URL, or several separated by commas")
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            hint = " (a comma inside a password must be written %2C)" if count > 1 else ""
+            raise BrokerUrlError(f"{where} must start with amqp:// or amqps://, got {redact(url)!r}{hint}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1:
+            raise BrokerUrlError(f"{where} has no valid host and port: {redact(url)!r}")
+    if len(set(urls)) != count:
+        raise BrokerUrlError(f"AMQP_URL names the same node twice: {redact_all(urls)}")
+    return urls
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages; also safe on a malformed URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    prefix = f"{scheme}://" if sep else ""
+    if at and not sep:
+        # "ss@host" is what is left of "amqp://user:pa,ss@host" split at the comma: all of it is password.
+        return f"***@{hostport}{slash}{tail}"
+    if at:
+        user = userinfo.split(":", 1)[0]
+        masked = f"{user}:***@{hostport}" if ":" in userinfo else authority
+        return f"{prefix}{masked}{slash}{tail}"
+    _host, colon, port = authority.rpartition(":")
+    if colon and not port.isdigit() and not authority.endswith("]"):
+        # "amqp://user:pa" is what is left of "amqp://user:pa,ss@host" split at the comma: not a port.
+        return f"{prefix}***{slash}{tail}"
+    if not sep and colon:
+        # No scheme and no @: "x:y" may well be user:password.
+        return "***"
+    return url
+
+
+def redact_all(urls: Sequence[str]) -> str:
+    return ",".join(redact(url) for url in urls)
+
+
+def scrub(text: str) -> str:
+    """Error text with any URL in it redacted."""
+    return " ".join(redact(word) if "://" in word else word for word in text.split(" "))
 
 
 class CommonSettings(BaseSettings):
@@ -65,8 +143,6 @@ class CommonSettings(BaseSettings):
         return redact_all(self.amqp_urls())
 
 
-__all__ = ["CommonSettings", "configure_logging", "duration_seconds", "parse_duration", "redact"]
-
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
 
@@ -100,7 +176,7 @@ Duration = Annotated[timedelta | None, BeforeValidator(parse_duration)]
 
 
 class _SaidByTheProduct(logging.Filter):
-    """Drops aiormq's and aio-pika's ERROR lines for what contract/amqp.py reports itself: a connect that
+    """Drops aiormq's and aio-pika's ERROR lines for what broker/connection.py reports itself: a connect that
     failed ("error when creating transport", every reconnect interval while a broker is down), a close by
     the broker, and aio-pika's robust channel failing to close a channel whose connection is already gone
     (one ERROR from its `_on_close` callback at every connection loss)."""
@@ -122,7 +198,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.getLogger("aiormq").setLevel(max(logging.getLevelName(level), logging.ERROR))
     logging.getLogger("aio_pika").setLevel(max(logging.getLevelName(level), logging.ERROR))
     # ...and aiormq logs each refused connect and each broker-side close at ERROR too: the product says each
-    # change of the link's state once, at WARNING, with the same reason (contract/amqp.py).
+    # change of the link's state once, at WARNING, with the same reason (broker/connection.py).
     for name in ("aiormq.connection", "aio_pika.tools"):
         said = logging.getLogger(name)
         if not any(isinstance(f, _SaidByTheProduct) for f in said.filters):

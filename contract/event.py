@@ -23,6 +23,10 @@ from pydantic_core import PydanticSerializationError, to_json
 TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,255}$"
 _TOPIC_RE = re.compile(TOPIC_PATTERN)
 
+# The header `POST /publish?wait=stored` sets on each of its messages (api/stored.py); the consumer records it
+# in the batch's transaction with how many of the message's events were new, so the api can answer exactly.
+RECEIPT_HEADER = "x-receipt"
+
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # The consumer's JSON parser stops at about 200 levels; a fixed, much lower limit on payloads makes "valid"

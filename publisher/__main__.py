@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from contract.amqp import BROKER_ERRORS
+from broker.connection import BROKER_ERRORS
+from broker.publisher import OnConfirmed, PublishFailed
 from contract.cli import describe, environment_help
 from contract.cli import run as run_async
 from contract.config import configure_logging
 from contract.event import Event
-from contract.publishing import OnConfirmed, PublishFailed
 from publisher import deadletters, load
 from publisher.check import CheckError, ConfirmedLog, run_check
 from publisher.files import BadLine, read_ndjson
@@ -343,7 +343,7 @@ def cli(argv: list[str] | None = None) -> int:
     # A run's output is its report; "connected to the broker" at every start is detail there, not news
     # (reconnects and failures are WARNING and still show).
     if logging.getLogger().level >= logging.INFO:
-        logging.getLogger("contract.amqp").setLevel(logging.WARNING)
+        logging.getLogger("broker.connection").setLevel(logging.WARNING)
     if args.file and args.file != "-" and not Path(args.file).is_file():
         print(f"publisher: no such file: {args.file}", file=sys.stderr)
         return EXIT_USAGE

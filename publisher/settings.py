@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import Field
 
+from broker.publisher import DEFAULT_LINGER, PublishOptions
 from contract.config import CommonSettings
-from contract.publishing import DEFAULT_LINGER, PublishOptions
 
 
 class PublisherSettings(CommonSettings):

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from broker.publisher import ConfirmingPublisher, OnConfirmed, PublishFailed
 from contract.event import Event
-from contract.publishing import ConfirmingPublisher, OnConfirmed, PublishFailed
 from publisher.settings import PublisherSettings
 
 log = logging.getLogger(__name__)

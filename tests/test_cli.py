@@ -417,12 +417,12 @@ async def test_an_unreachable_broker_is_one_warning_per_change_of_state_and_noth
     warnings = [
         line.split(" WARNING ", 1)[1]
         for line in lines
-        if " WARNING contract.amqp " in line and "connection=eventagg-consumer " in line
+        if " WARNING broker.connection " in line and "connection=eventagg-consumer " in line
     ]
     assert [w.split(" node=")[0] for w in warnings] == [
-        "contract.amqp broker unreachable",
-        "contract.amqp connected to the broker",
-        "contract.amqp connection to the broker lost",
-        "contract.amqp connected to the broker",
+        "broker.connection broker unreachable",
+        "broker.connection connected to the broker",
+        "broker.connection connection to the broker lost",
+        "broker.connection connected to the broker",
     ], warnings
     assert not [line for line in lines if " ERROR " in line or "error when creating transport" in line]

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from contract import amqp as broker_link
+from broker import connection as broker_link
 from contract import event as wire
 from contract import status as status_file
 from contract.event import Event
@@ -42,7 +42,7 @@ CONNECTED = re.compile(
     r"^.*?(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+).*connected to the broker node=\S+@127\.0\.0\.1:(\d+)/",
     re.M,
 )
-# contract/publishing.py's lines for messages sent again (nacked, or in flight on a channel that was lost).
+# broker/publisher.py's lines for messages sent again (nacked, or in flight on a channel that was lost).
 RESENT = re.compile(r"re-sending(?: nacked| on a new channel) messages=(\d+)")
 
 

@@ -414,6 +414,7 @@ def test_images_are_slim_pinned_non_root_and_cache_dependencies_before_sources()
         assert copies == [
             "pyproject.toml requirements.lock compose/install_deps.py /tmp/deps/",
             "contract/ contract/",
+            "broker/ broker/",
             *(["store/ store/"] if name != "publisher" else []),
             f"{name}/ {name}/",
         ]
@@ -452,7 +453,7 @@ def test_images_install_their_own_extra_and_no_dev_tools() -> None:
 def imported_distributions(entry: str) -> dict[str, str]:
     """The third-party distributions the deployable `entry` imports (its own package and every repository
     module it reaches, TYPE_CHECKING blocks aside), each with one module that imports it."""
-    local = {"api", "consumer", "contract", "publisher", "store"}
+    local = {"api", "broker", "consumer", "contract", "publisher", "store"}
     owners = importlib.metadata.packages_distributions()
     found: dict[str, str] = {}
     todo, seen = [REPO / entry / "__main__.py"], set()

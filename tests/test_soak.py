@@ -119,7 +119,7 @@ def test_the_growth_check_flags_a_steady_leak_and_passes_a_flat_noisy_series() -
     "with 'RuntimeError: async generator raised StopAsyncIteration' when a node closed its connection",
 )
 async def test_a_node_closing_the_connection_during_the_handshake_is_a_broker_error() -> None:
-    from contract import amqp
+    from broker import connection as amqp
 
     async def close_after_the_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(8)  # the AMQP protocol header; then the node goes away

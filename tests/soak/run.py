@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from contract import amqp as broker_link
+from broker import connection as broker_link
 from store.sqlite.schema import WAL_AUTOCHECKPOINT_PAGES
 from tests.harness.broker import BrokerError
 from tests.harness.cluster import Cluster
@@ -484,7 +484,7 @@ def main(settings: Settings) -> int:
     )
     for noisy in ("httpx", "tests.harness.broker", "tests.harness.cluster"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Every reconnect of the soak's own probe connection, with a traceback; contract/amqp.py says it once.
+    # Every reconnect of the soak's own probe connection, with a traceback; broker/connection.py says it once.
     for noisy in ("aiormq", "aio_pika"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     result = asyncio.run(_cancellable(run(settings)))

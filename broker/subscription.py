@@ -1,4 +1,5 @@
-"""The consumer's subscription: basic.consume on the aiormq channel under aio-pika's robust channel.
+"""The consumer's subscription: basic.consume on the aiormq channel under aio-pika's robust channel, handing
+each delivery to an inbox (consumer/batcher.py's Inbox.put_nowait) as it arrives.
 
 aio-pika stays the connection and topology layer (robust reconnect, qos and declarations restored on every
 reopen); only the delivery path goes one level down. aio-pika's `Queue.consume` wraps every delivery in an
@@ -10,8 +11,9 @@ registered again on the new aiormq channel after every reopen (a reconnect, or a
 
 aiormq itself still runs every consumer callback in a task of its own (FutureStore.create_task, a done
 callback, one more loop turn per delivery). The channel's reader awaits `_on_deliver_frame` for each
-Basic.Deliver, so the subscription replaces that method on its own channel object with one that reads the
-content the same way and hands the message over synchronously; see `_deliver_frame`.
+Basic.Deliver, so on a verified aiormq the subscription has broker/hooks.py's `take_deliveries` replace that
+method on its own channel object with one that reads the content the same way and hands the message over
+synchronously; on any other aiormq, aiormq's own dispatch calls `_on_delivery`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from collections.abc import Callable
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import AbstractChannel, DeliveredMessage
-from pamqp.commands import Basic
-from pamqp.header import ContentHeader
 
-from contract.amqp import BROKER_ERRORS
+from broker import hooks
+from broker.connection import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,15 @@ class Subscription:
         await self._subscribe()
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
-        # Only reached if aiormq dispatched a delivery itself (see _deliver_frame): the same hand-over.
+        # Reached when aiormq dispatches a delivery itself, in a task of its own: on the plain path (an aiormq
+        # nobody verified broker/hooks.py's take_deliveries on). The same hand-over.
         self._deliver(message)
 
     async def _subscribe(self) -> None:
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         if isinstance(underlay, aiormq.Channel):
-            _take_deliveries(underlay, self._deliver)
+            hooks.take_deliveries(underlay, self._deliver)
         ok = await underlay.basic_consume(self._queue, self._on_delivery, no_ack=False)
         self._underlay, self._tag = underlay, ok.consumer_tag
         if self._on_change is not None:
@@ -116,31 +118,3 @@ class Subscription:
         # delivery the broker sent before its cancel-ok is in the inbox when this returns.
         await underlay.basic_cancel(tag)
         await asyncio.sleep(0)  # and, should aiormq have dispatched one itself, its task has run
-
-
-def _take_deliveries(channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
-    """Have `channel` hand each delivery to `deliver` in its reader, without a task per delivery.
-
-    This channel carries only this subscription's consumer, so every Basic.Deliver on it is ours. The
-    content is read with aiormq's own readers, in the same order, so frames are consumed exactly as before;
-    a body that came in one frame (every event message: frames are 128 KiB) is taken as it is. Draining
-    50,000 queued single-event messages, aiormq's task per delivery was 7 % of the consumer's samples.
-    """
-    read_header = channel._Channel__get_content_header  # type: ignore[attr-defined]
-    read_body = channel._Channel__get_content_frame  # type: ignore[attr-defined]
-
-    async def on_deliver_frame(frame: Basic.Deliver) -> None:
-        header: ContentHeader = await read_header()
-        size = header.body_size
-        body = b""
-        if size:
-            body = (await read_body()).value
-            if len(body) < size:
-                parts = [body]
-                while size > sum(map(len, parts)):
-                    parts.append((await read_body()).value)
-                body = b"".join(parts)
-        if frame.consumer_tag in channel.consumers:  # as aiormq: nothing for a consumer already cancelled
-            deliver(DeliveredMessage(delivery=frame, header=header, body=body, channel=channel))
-
-    channel._on_deliver_frame = on_deliver_frame  # type: ignore[method-assign]

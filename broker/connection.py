@@ -1,4 +1,5 @@
-"""The broker link every deployable shares: broker errors, the AMQP_URL node list, connect with failover."""
+"""The connection to the broker every deployable shares: the one tuple of broker errors, a robust connection
+that fails over between the nodes of AMQP_URL, and `connect` with its bounded or endless first attempts."""
 
 from __future__ import annotations
 
@@ -7,27 +8,25 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiormq
 from aio_pika import RobustConnection
 from yarl import URL
 
-from contract import frames
+from broker import hooks
+from contract.config import redact, scrub
 
 log = logging.getLogger(__name__)
 
-# The header `POST /publish?wait=stored` sets on each of its messages (api/stored.py); the consumer records it
-# in the batch's transaction with how many of the message's events were new, so the api can answer exactly.
-RECEIPT_HEADER = "x-receipt"
-
 # Everything the broker or the way to it can throw at a client that a later attempt, possibly on another node,
 # can get past: a refused or lost connection, a channel the broker closed, a nack or a lost confirm, a connect
-# or confirm that took too long. Bugs and bad input are not in it, so they are never retried.
+# or confirm that took too long. Bad input is not in it, so it is never retried. RuntimeError is: aiormq and
+# aio-pika raise a bare one for a call on a connection or channel that closed meanwhile ("... closed",
+# "Connection was not opened", "Can't initialize closed channel"; aiormq's ChannelInvalidStateError is one
+# too), which opening a channel during a reconnect, or probing queue depths on a closing connection, meets.
 BROKER_ERRORS: tuple[type[Exception], ...] = (
     aiormq.exceptions.AMQPError,
-    # A RuntimeError, not an AMQPError: raised by calls on a channel that has closed meanwhile.
-    aiormq.exceptions.ChannelInvalidStateError,
+    RuntimeError,
     ConnectionError,
     TimeoutError,
     OSError,
@@ -38,65 +37,6 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
 # (attempts=N) says each failed attempt, with how many remain.
 
 
-class BrokerUrlError(ValueError):
-    """AMQP_URL is not a comma-separated list of amqp:// or amqps:// URLs."""
-
-
-def parse_urls(value: str) -> tuple[str, ...]:
-    """The nodes of AMQP_URL: one URL, or several separated by commas (each with its own credentials).
-
-    Errors show every URL redacted; a comma inside a password must be written %2C.
-    """
-    urls = tuple(part.strip() for part in value.split(","))
-    count = len(urls)
-    for position, url in enumerate(urls, 1):
-        where = "AMQP_URL" if count == 1 else f"AMQP_URL entry {position} of {count}"
-        if not url:
-            raise BrokerUrlError(f"{where} is empty; give one URL, or several separated by commas")
-        parts = urlsplit(url)
-        if parts.scheme not in ("amqp", "amqps"):
-            hint = " (a comma inside a password must be written %2C)" if count > 1 else ""
-            raise BrokerUrlError(f"{where} must start with amqp:// or amqps://, got {redact(url)!r}{hint}")
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if not parts.hostname or port == -1:
-            raise BrokerUrlError(f"{where} has no valid host and port: {redact(url)!r}")
-    if len(set(urls)) != count:
-        raise BrokerUrlError(f"AMQP_URL names the same node twice: {redact_all(urls)}")
-    return urls
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, for logs and error messages; also safe on a malformed URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, hostport = authority.rpartition("@")
-    prefix = f"{scheme}://" if sep else ""
-    if at and not sep:
-        # "ss@host" is what is left of "amqp://user:pa,ss@host" split at the comma: all of it is password.
-        return f"***@{hostport}{slash}{tail}"
-    if at:
-        user = userinfo.split(":", 1)[0]
-        masked = f"{user}:***@{hostport}" if ":" in userinfo else authority
-        return f"{prefix}{masked}{slash}{tail}"
-    _host, colon, port = authority.rpartition(":")
-    if colon and not port.isdigit() and not authority.endswith("]"):
-        # "amqp://user:pa" is what is left of "amqp://user:pa,ss@host" split at the comma: not a port.
-        return f"{prefix}***{slash}{tail}"
-    if not sep and colon:
-        # No scheme and no @: "x:y" may well be user:password.
-        return "***"
-    return url
-
-
-def redact_all(urls: Sequence[str]) -> str:
-    return ",".join(redact(url) for url in urls)
-
-
 def first_choice(urls: Sequence[str], rng: random.Random | None = None) -> list[str]:
     """The nodes in the order to try them: a random first one, so that clients spread over the cluster,
     then the others in their configured order, wrapping around."""
@@ -104,14 +44,16 @@ def first_choice(urls: Sequence[str], rng: random.Random | None = None) -> list[
     return [*urls[start:], *urls[:start]]
 
 
-class FailoverConnection(RobustConnection):
+class _Failover(RobustConnection):
     """aio-pika's robust connection, except that every reconnect attempt goes to the next node of a list.
 
     RobustConnection reconnects to the one URL it was given, then restores its channels (their qos,
     exchanges, queues, bindings and consumers) on whatever it reached. Every attempt reads `self.url`, and a
-    refused attempt and a lost connection both end in `_on_connection_close` (aio_pika.abc's
-    UnderlayConnection.connect calls it on a failed connect too), so moving `url` on there is all it takes;
-    channels are then restored on the new node, and a restore that fails there moves on again.
+    refused attempt and a lost connection both end in a close (aio_pika.abc's UnderlayConnection.connect
+    closes on a failed connect too), so moving `url` on there is all it takes; channels are then restored on
+    the new node, and a restore that fails there moves on again. How the close and the connect are seen is
+    the subclass's: FailoverConnection through broker/hooks.py, PlainFailoverConnection through aio-pika's
+    public callbacks.
     """
 
     def __init__(self, url: URL, *, nodes: Sequence[str] = (), name: str = "eventagg", **kwargs: Any) -> None:
@@ -120,6 +62,7 @@ class FailoverConnection(RobustConnection):
         self.name = name
         self._position = self.nodes.index(self.url) if self.url in self.nodes else 0
         self._failures = 0
+        self._up = False
         self._lost_at: float | None = None
 
     @property
@@ -127,14 +70,15 @@ class FailoverConnection(RobustConnection):
         """The node in use (or tried next), password redacted."""
         return redact(str(self.url))
 
-    async def _on_connected(self) -> None:
+    async def before_restore(self) -> None:
         if self._lost_at is not None and len(self.nodes) > 1:
             # Channels are restored (and publishing resumes) only a reconnect interval after the loss: with
             # RabbitMQ 3.10 a channel opened on a surviving node within about 0.2 s of a quorum queue leader's
             # death nacked every publish for its whole life, and the node just lost may have led the queue
             # (tests/test_cluster.py met it in both runs where the api lost the leader's node without this).
             await asyncio.sleep(self._lost_at + self.reconnect_interval - self.loop.time())
-        await super()._on_connected()
+
+    def after_connected(self) -> None:
         # Back after a loss or after failed attempts is a change of state worth a WARNING; a first connect
         # that worked at once is lifecycle.
         recovered = self._lost_at is not None or self._failures > 0
@@ -148,24 +92,24 @@ class FailoverConnection(RobustConnection):
         )
         self._failures = 0
         self._lost_at = None
+        self._up = True
 
-    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
-        was_connected = self.connected.is_set()
-        await super()._on_connection_close(closing)
+    def after_close(self, error: BaseException | None, was_connected: bool) -> None:
+        self._up = False
         if self.close_called or self.is_closed or self.connection_attempt == 0:
             # Never connected yet: connect() below owns the first attempts and says what failed.
             return
         failed = self.node
         self._position = (self._position + 1) % len(self.nodes)
         self.url = self.nodes[self._position]
-        error = _describe(closing)
+        described = _describe(error)
         if was_connected:
             self._lost_at = self.loop.time()
             log.warning(
                 "connection to the broker lost node=%s connection=%s error=%s; reconnecting to node=%s",
                 failed,
                 self.name,
-                error,
+                described,
                 self.node,
             )
             return
@@ -177,25 +121,47 @@ class FailoverConnection(RobustConnection):
             failed,
             self.name,
             self._failures,
-            error,
+            described,
             self.node,
             self.reconnect_interval,
         )
 
 
-def _describe(closing: asyncio.Future[Any]) -> str:
-    if closing.cancelled():
+class FailoverConnection(_Failover, hooks.FailoverHooks):
+    """The fail-over connection on a verified aio-pika: closes and connects are seen in aio-pika's own
+    methods (broker/hooks.py), and channels are restored a reconnect interval after a loss."""
+
+
+class PlainFailoverConnection(_Failover):
+    """The fail-over connection on aio-pika's public callbacks alone, for a version nobody verified: the node
+    moves on the same way, but channels are restored as soon as a node answers (no public hook runs before
+    aio-pika restores them), and a restore that fails may move on by two nodes rather than one."""
+
+    def __init__(self, url: URL, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.close_callbacks.add(self._seen_close)
+        self.reconnect_callbacks.add(self._seen_reconnect)
+
+    async def connect(self, timeout: float | None = None) -> None:
+        await super().connect(timeout)
+        self.after_connected()
+
+    def _seen_close(self, _: object, error: BaseException | None) -> None:
+        # aio-pika clears `connected` before its close callbacks, except when a restore failed (it calls them
+        # first itself), so the flag this connection keeps stands in for it.
+        self.after_close(error, self._up or self.connected.is_set())
+
+    def _seen_reconnect(self, _: object) -> None:
+        self.after_connected()
+
+
+def _describe(error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
         return "cancelled"
-    exc = closing.exception()
-    if exc is None:
+    if error is None:
         return "closed"
     # aiormq puts the URL, password included, into some messages.
-    return f"{type(exc).__name__}: {scrub(str(exc))}"
-
-
-def scrub(text: str) -> str:
-    """Error text with any URL in it redacted."""
-    return " ".join(redact(word) if "://" in word else word for word in text.split(" "))
+    return f"{type(error).__name__}: {scrub(str(error))}"
 
 
 async def connect(
@@ -207,7 +173,7 @@ async def connect(
     attempts: int | None = None,
     stop: asyncio.Event | None = None,
     on_error: Callable[[Exception], None] | None = None,
-) -> FailoverConnection | None:
+) -> FailoverConnection | PlainFailoverConnection | None:
     """A robust connection to one of `urls`, tried in turn from a random one; a round of refusals waits
     `reconnect_interval` before the next.
 
@@ -215,13 +181,14 @@ async def connect(
     the connection fails over between the nodes by itself for as long as it lives. Raises the last error
     when the attempts run out; `on_error` hears of every failed attempt.
     """
-    frames.install()
+    hooks.install_frame_reader()
+    connection_class = FailoverConnection if hooks.aio_pika_hooks() else PlainFailoverConnection
     order = first_choice(urls)
     attempt = 0
     while stop is None or not stop.is_set():
         node = order[attempt % len(order)]
         attempt += 1
-        connection = FailoverConnection(
+        connection = connection_class(
             URL(node), nodes=order, name=name, reconnect_interval=reconnect_interval
         )
         connection._failures = attempt - 1  # so that its "connected" line says it recovered

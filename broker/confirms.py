@@ -1,7 +1,7 @@
-"""One confirm-mode channel's side of publishing: the frames of a publish, the delivery-tag -> message map
-that settles the broker's acks, nacks and returns, and the per-caller tally of what was confirmed or failed.
+"""One confirm-mode channel's side of publishing: the delivery-tag -> message map that settles the broker's
+acks, nacks and returns, and the per-caller tally of what was confirmed or failed.
 
-Nothing here creates a task, future or timer per message (see contract/publishing.py for why and for what
+Nothing here creates a task, future or timer per message (see broker/publisher.py for why and for what
 drives it).
 """
 
@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import aiormq
-from aiormq.abc import ConfirmationFrameType
+from aiormq.abc import ChannelFrame, ConfirmationFrameType
 from pamqp import commands as spec
-from pamqp.header import ContentHeader
 
+from broker.wire import PublishFrames
 from contract import event as wire
 from contract.event import Event
 
@@ -27,9 +24,6 @@ log = logging.getLogger(__name__)
 
 # Called with the events of each message once the broker confirmed it (once per confirmed message).
 OnConfirmed = Callable[[list[Event]], None]
-
-# Routing keys whose publish frame a channel keeps ready; past it the cache starts over.
-METHOD_CACHE_SIZE = 10_000
 
 
 class PublishFailed(Exception):
@@ -132,27 +126,6 @@ class Message:
         self.due = 0.0
 
 
-# The frames of a publish, built here rather than by pamqp's generic marshalling: pamqp took 17 us per
-# message (Basic.Publish, header with properties, body) against 2 us for these struct packs, which give the
-# same bytes (tests/contract/test_publishing.py compares them).
-_FRAME = struct.Struct(">BHI")
-_HEADER = struct.Struct(">BHIHHQH")
-_PUBLISH = struct.Struct(">HHH").pack(60, 40, 0)  # class basic, method publish, reserved
-# content_type, delivery_mode, message_id and timestamp set; persistent (delivery mode 2), JSON. The
-# timestamp (whole seconds, the AMQP property's unit) is the consumer's publish-to-commit lag metric.
-_PROPERTY_FLAGS = 0x8000 | 0x1000 | 0x0080 | 0x0040
-_PROPERTIES = b"\x10application/json\x02"
-_TIMESTAMP = struct.Struct(">Q")
-_FRAME_END = b"\xce"
-
-
-def _short(text: str) -> bytes:
-    raw = text.encode()
-    if len(raw) > 255:
-        raise ValueError(f"{text[:40]!r}... is longer than an AMQP short string (255 bytes)")
-    return bytes((len(raw),)) + raw
-
-
 class Lane:
     """One confirm-mode channel: delivery tag -> message for what it has not settled yet.
 
@@ -170,17 +143,22 @@ class Lane:
         self.acked = 0
         self.alive = True
         self.progress_at = 0.0  # loop time of the last confirm, or of the first send after an idle spell
-        self._exchange = _short(exchange)
-        self._body_max = frame_max - 8
-        self._methods: dict[str, bytes] = {}
-        self._timestamp = b""
-        self.stamp(time.time())
+        self._publish = PublishFrames(number, exchange, frame_max)
+        self.stamp = self._publish.stamp
         self.channel: aiormq.Channel | None = None
+        # The connection's write queue when the lane writes its own frames (broker/hooks.py's take_confirms);
+        # None on the plain path, where each message goes through aiormq's basic_publish.
+        self.writes: asyncio.Queue[ChannelFrame] | None = None
         self.returning = False  # the channel's reader is taking in a basic.return and its content
 
-    def stamp(self, now: float) -> None:
-        """The AMQP timestamp of the messages framed from now on: set once per write, not per message."""
-        self._timestamp = _TIMESTAMP.pack(int(now))
+    def track(self, message: Message) -> int:
+        """The next delivery tag, which now maps to `message`."""
+        self.tag += 1
+        self.unsettled[self.tag] = message
+        message.attempts += 1
+        if message.attempts == 1:
+            message.tally.written += len(message.events)
+        return self.tag
 
     def frames(self, message: Message) -> bytes:
         """The frames of `message` under the next delivery tag, which now maps to it."""
@@ -189,24 +167,7 @@ class Lane:
         message.attempts += 1
         if message.attempts == 1:
             message.tally.written += len(message.events)
-        method = self._methods.get(message.routing_key)
-        if method is None:
-            if len(self._methods) >= METHOD_CACHE_SIZE:
-                self._methods.clear()
-            payload = _PUBLISH + self._exchange + _short(message.routing_key) + b"\x01"  # mandatory
-            method = _FRAME.pack(1, self.number, len(payload)) + payload + _FRAME_END
-            self._methods[message.routing_key] = method
-        body = message.body
-        properties = _PROPERTIES + _short(message.message_id) + self._timestamp
-        header = _HEADER.pack(2, self.number, 14 + len(properties), 60, 0, len(body), _PROPERTY_FLAGS)
-        if len(body) <= self._body_max:
-            content = _FRAME.pack(3, self.number, len(body)) + body + _FRAME_END
-        else:
-            content = b"".join(
-                _FRAME.pack(3, self.number, len(chunk)) + chunk + _FRAME_END
-                for chunk in (body[i : i + self._body_max] for i in range(0, len(body), self._body_max))
-            )
-        return method + header + properties + _FRAME_END + content
+        return self._publish.frames(message.routing_key, message.message_id, message.body)
 
     def settle(self, tag: int, multiple: bool, ack: bool) -> None:
         """A broker confirm: ack or nack of `tag`, or of every unsettled tag up to it when `multiple`."""
@@ -252,73 +213,6 @@ class Lane:
         # RabbitMQ confirms with Basic.Ack or Basic.Nack, both with `multiple`.
         tag = frame.delivery_tag or 0
         self.settle(tag, bool(getattr(frame, "multiple", False)), isinstance(frame, spec.Basic.Ack))
-
-    async def on_confirm_frame(self, frame: ConfirmationFrameType) -> None:
-        self.confirmed(frame)
-
-    async def on_return_frame(self, frame: spec.Basic.Return) -> None:
-        channel = self.channel
-        if channel is None:
-            return
-        self.returning = True
-        try:
-            # The content follows on the channel's frame queue, as aiormq's own return handler reads it.
-            header = await channel._get_frame()
-            if not isinstance(header, ContentHeader):
-                raise aiormq.exceptions.InvalidFrameError(header)
-            delivered = await channel._read_content(frame, header)
-            self.returned(delivered.header.properties.message_id, delivered.body)
-        finally:
-            self.returning = False
-
-    def attach(self, channel: aiormq.Channel) -> None:
-        """Take the channel's confirm and return frames: this lane keeps its own tag -> message map, so they
-        come here rather than to aiormq, which would look for a future per message."""
-        self.channel = channel
-        channel._on_confirm_frame = self.on_confirm_frame  # type: ignore[method-assign]
-        channel._on_return_frame = self.on_return_frame  # type: ignore[method-assign]
-        channel.frames = _ConfirmsInline(channel.frames, self)  # type: ignore[assignment]
-
-
-class _ConfirmsInline:
-    """Stands in for an aiormq channel's frame queue, which aiormq's connection reader fills and the channel's
-    reader task empties: a confirm with nothing queued before it is settled by the connection reader itself.
-
-    aiormq hands every frame of a channel to that channel's reader task, so a confirm cost a task switch
-    before it settled and another before the waiting request ran: measured with time stamps in the api on
-    `python -m bench --only pika_roundtrip,shim_sequential`, 16 us of the 30 us from the confirm's arrival to
-    the request resuming. Frames keep their order: a confirm behind queued frames, or while a return's
-    content is still being read (the broker sends a return before the confirm of its message), is queued.
-    """
-
-    __slots__ = ("_lane", "_queue")
-
-    def __init__(self, queue: asyncio.Queue[tuple[int, Any]], lane: Lane) -> None:
-        self._queue = queue
-        self._lane = lane
-
-    async def put(self, item: tuple[int, Any]) -> None:
-        frame, lane, queue = item[1], self._lane, self._queue
-        if type(frame) in _CONFIRMS and queue.empty() and not lane.returning and lane.alive:
-            try:
-                lane.confirmed(frame)
-            except Exception as exc:
-                # Raised in the channel's reader it would have closed the channel; here it must not end the
-                # connection's reader. The publisher re-sends what the closed channel held.
-                log.exception("settling a confirm failed; closing the channel channel=%d", lane.number)
-                if lane.channel is not None:
-                    closing = asyncio.get_running_loop().create_task(lane.channel.close(exc))
-                    _CLOSING.add(closing)
-                    closing.add_done_callback(_CLOSING.discard)
-            return
-        await queue.put(item)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._queue, name)
-
-
-_CONFIRMS = (spec.Basic.Ack, spec.Basic.Nack)
-_CLOSING: set[asyncio.Task[Any]] = set()
 
 
 class Settler:

@@ -19,9 +19,10 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from contract.confirms import Lane, Message, PublishFailed, Settler, Tally, Unroutable, _ConfirmsInline
+from broker.confirms import Lane, Message, PublishFailed, Settler, Tally, Unroutable
+from broker.hooks import _ConfirmsInline
+from broker.publisher import ConfirmingPublisher, PublishOptions, envelopes
 from contract.event import Event
-from contract.publishing import ConfirmingPublisher, PublishOptions, envelopes
 from contract.topology import Topology, declare_exchange
 from tests.harness.broker import Broker
 from tests.harness.proxy import FreezableProxy
@@ -65,12 +66,12 @@ async def test_single_and_multiple_acks_and_nacks_settle_exactly_the_tags_they_c
     lane = lane_with(10, recorder)
     assert lane.tag == 10
 
-    await lane.on_confirm_frame(spec.Basic.Ack(delivery_tag=3, multiple=True))
-    await lane.on_confirm_frame(spec.Basic.Ack(delivery_tag=5))
-    await lane.on_confirm_frame(spec.Basic.Nack(delivery_tag=4))
-    await lane.on_confirm_frame(spec.Basic.Nack(delivery_tag=8, multiple=True))
-    await lane.on_confirm_frame(spec.Basic.Ack(delivery_tag=8))  # already settled: nothing
-    await lane.on_confirm_frame(spec.Basic.Ack(delivery_tag=10, multiple=True))
+    lane.confirmed(spec.Basic.Ack(delivery_tag=3, multiple=True))
+    lane.confirmed(spec.Basic.Ack(delivery_tag=5))
+    lane.confirmed(spec.Basic.Nack(delivery_tag=4))
+    lane.confirmed(spec.Basic.Nack(delivery_tag=8, multiple=True))
+    lane.confirmed(spec.Basic.Ack(delivery_tag=8))  # already settled: nothing
+    lane.confirmed(spec.Basic.Ack(delivery_tag=10, multiple=True))
 
     assert recorder.settlements == [
         ("e1", True),
@@ -115,9 +116,9 @@ async def test_a_confirm_is_settled_where_it_arrives_only_when_no_frame_of_its_c
 async def test_a_multiple_confirm_below_the_lowest_unsettled_tag_settles_nothing() -> None:
     recorder = Recorder()
     lane = lane_with(4, recorder)
-    await lane.on_confirm_frame(spec.Basic.Ack(delivery_tag=2, multiple=True))
-    await lane.on_confirm_frame(spec.Basic.Ack(delivery_tag=1, multiple=True))
-    await lane.on_confirm_frame(spec.Basic.Nack(delivery_tag=2, multiple=True))
+    lane.confirmed(spec.Basic.Ack(delivery_tag=2, multiple=True))
+    lane.confirmed(spec.Basic.Ack(delivery_tag=1, multiple=True))
+    lane.confirmed(spec.Basic.Nack(delivery_tag=2, multiple=True))
     assert recorder.settlements == [("e1", True), ("e2", True)]
     assert sorted(lane.unsettled) == [3, 4]
 
@@ -126,7 +127,7 @@ async def test_a_lane_that_gave_up_its_messages_settles_nothing_more() -> None:
     recorder = Recorder()
     lane = lane_with(3, recorder)
     taken = lane.take_unsettled()
-    await lane.on_confirm_frame(spec.Basic.Ack(delivery_tag=3, multiple=True))
+    lane.confirmed(spec.Basic.Ack(delivery_tag=3, multiple=True))
     assert [m.events[0].event_id for m in taken] == ["e1", "e2", "e3"]
     assert recorder.settlements == []
 

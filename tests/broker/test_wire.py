@@ -16,7 +16,8 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from contract.frames import FrameReader
+from broker import wire as broker_wire
+from broker.wire import FrameReader
 
 
 def properties(**values: Any) -> spec.Basic.Properties:
@@ -149,3 +150,71 @@ async def test_a_protocol_header_from_the_server_is_a_protocol_error() -> None:
 
 async def test_an_empty_stream_ends_the_frames() -> None:
     assert await read_all(stream(b"", [])) == []
+
+
+def handed_over(frame: Any) -> bool:
+    """Whether the fast path leaves `frame` to pamqp, as broker/wire.py says: everything but Basic.Deliver,
+    Basic.Ack, body frames, and content headers of class basic without a headers table or cluster id."""
+    if isinstance(frame, spec.Basic.Deliver | spec.Basic.Ack | ContentBody):
+        return False
+    if isinstance(frame, ContentHeader):
+        # pamqp writes class 60 (basic) for a header built without a class id, as these are.
+        basic = frame.class_id in (None, 60)
+        return not basic or frame.properties.headers is not None or bool(frame.properties.cluster_id)
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_pamqp_decodes_exactly_the_frames_the_fast_path_hands_over(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pamqp is the fallback for any frame the struct decoder cannot read; a broken struct decoder would still
+    # give pamqp's results, so the comparison above cannot tell. pamqp's own decoder is watched instead.
+    seen: list[tuple[type, dict[str, Any]]] = []
+    unmarshal = pamqp.frame.unmarshal
+
+    def spy(data: bytes) -> Any:
+        decoded = unmarshal(data)
+        seen.append(described(decoded[2]))
+        return decoded
+
+    monkeypatch.setattr(pamqp.frame, "unmarshal", spy)
+    rng = random.Random(seed)
+    frames = [rng.choice(FRAMES) for _ in range(200)]
+    data = wire(frames)
+    cuts = sorted(rng.sample(range(1, len(data)), rng.randint(0, 60)))
+
+    got = await read_all(stream(data, cuts))
+
+    assert len(got) == len(frames)
+    assert seen == [
+        described(unmarshal(wire([(channel, frame)]))[2]) for channel, frame in frames if handed_over(frame)
+    ]
+    assert len(seen) < len(frames)  # the draw always holds some per-message frames
+
+
+async def test_a_fast_frame_that_only_pamqp_can_read_is_caught_by_the_spy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the test above guards against: a struct decoder that fails quietly on a Basic.Deliver hands it to
+    # pamqp, which decodes it correctly, and only the spy notices.
+    seen: list[str] = []
+    unmarshal = pamqp.frame.unmarshal
+
+    def spy(data: bytes) -> Any:
+        decoded = unmarshal(data)
+        seen.append(type(decoded[2]).__name__)
+        return decoded
+
+    def broken(buffer: bytes, at: int) -> spec.Basic.Deliver:
+        raise IndexError("a decoder that broke")
+
+    monkeypatch.setattr(pamqp.frame, "unmarshal", spy)
+    monkeypatch.setattr(broker_wire, "_deliver", broken)
+    deliver = spec.Basic.Deliver("ctag", 1, False, "x", "rk")
+
+    got = await read_all(stream(wire([(1, deliver)]), []))
+
+    assert [described(frame) for _, _, frame in got] == [described(deliver)]
+    assert seen == ["Deliver"]
+    assert handed_over(deliver) is False

@@ -14,7 +14,10 @@ Why below aio-pika's `Exchange.publish` here (measured with py-spy on `python -m
 confirmation future and timeout, and a task per message took about 60 % of the process, and aiormq wrote each
 message with its own socket write; the publisher reached 0.14x a pika `SelectConnection` publisher. aio-pika
 still owns the connection (robust reconnects) and the topology; this module opens plain aiormq channels on
-that connection and reads their confirm and return frames itself (contract/confirms.py).
+that connection and reads their confirm and return frames itself (broker/confirms.py), through the aiormq
+hooks of broker/hooks.py. On an aiormq those hooks were not verified on, the plain path sends each message
+with aiormq's public `basic_publish` in a task of its own and settles it by the confirmation that returns:
+the same tags, tallies, re-sends and errors, at the per-message cost measured above.
 """
 
 from __future__ import annotations
@@ -26,21 +29,25 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aiormq.abc import ChannelFrame
+from aiormq.abc import ChannelFrame, DeliveredMessage
+from pamqp import commands as spec
 
-from contract.amqp import BROKER_ERRORS, parse_urls
-from contract.amqp import connect as amqp_connect
-from contract.confirms import Lane, Message, OnConfirmed, PublishFailed, Settler, Tally, Unroutable
+from broker import hooks
+from broker.confirms import Lane, Message, OnConfirmed, PublishFailed, Settler, Tally, Unroutable
+from broker.connection import BROKER_ERRORS
+from broker.connection import connect as amqp_connect
+from contract.config import parse_urls
 from contract.event import Event
 from contract.topology import Topology, declare
 
 log = logging.getLogger(__name__)
 
-# The errors and the callback type callers need come from contract/confirms.py; they are named here too.
+# The errors and the callback type callers need come from broker/confirms.py; they are named here too.
 __all__ = [
     "DEFAULT_LINGER",
     "ConfirmingPublisher",
@@ -55,10 +62,6 @@ __all__ = [
 # Long enough to fill envelopes at a moderate rate, short enough for publish-to-queryable p99 < 100 ms at
 # 1,000 events/s (50 ms gave 101 ms here); a fast stream fills its envelopes long before it expires.
 DEFAULT_LINGER = 0.02
-
-# Opening a channel on a connection that closed meanwhile raises a bare RuntimeError in aiormq; the channel
-# keeper treats it like the broker errors and tries again once the robust connection is back.
-CHANNEL_OPEN_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, RuntimeError)
 
 # A channel that nacked this many times is replaced rather than retried on: RabbitMQ 3.10 kept rejecting
 # every publish on a channel opened within ~0.2 s of a quorum-queue leader's death, for the channel's life.
@@ -111,6 +114,7 @@ class ConfirmingPublisher(Settler):
         self._keeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._plain_sends: set[asyncio.Task[None]] = set()
         self._no_lane_since: float | None = None
         self._lanes_without_ack = 0
         self._closed = False
@@ -242,7 +246,10 @@ class ConfirmingPublisher(Settler):
         space = self.options.max_in_flight - len(lane.unsettled)
         if space <= 0:
             return
-        writes = lane.channel.write_queue
+        writes = lane.writes
+        if writes is None:
+            self._send_plain(lane, space)
+            return
         if writes.full():  # aiormq's writer is behind; try again in a moment, in order
             self._flush_soon = True
             asyncio.get_running_loop().call_later(0.001, self._flush)
@@ -263,6 +270,56 @@ class ConfirmingPublisher(Settler):
             writes.put_nowait(ChannelFrame(payload=b"".join(parts), should_close=False))
         if len(queue) < self.options.max_in_flight:
             self._room.set()
+
+    # ---- the plain path (an aiormq nobody verified the hooks on: broker/hooks.py) --------------------------
+
+    def _send_plain(self, lane: Lane, space: int) -> None:
+        """Each message through aiormq's public basic_publish, settled by the confirmation it returns."""
+        if not lane.unsettled:
+            lane.progress_at = asyncio.get_running_loop().time()
+        queue = self._queue
+        while space and queue:
+            message = queue.popleft()
+            if message.tally.cancelled:
+                continue
+            tag = lane.track(message)
+            task = asyncio.get_running_loop().create_task(self._publish_plain(lane, message, tag))
+            self._plain_sends.add(task)
+            task.add_done_callback(self._plain_sends.discard)
+            space -= 1
+        if len(queue) < self.options.max_in_flight:
+            self._room.set()
+
+    async def _publish_plain(self, lane: Lane, message: Message, tag: int) -> None:
+        channel = lane.channel
+        if channel is None:
+            return
+        properties = spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=2,
+            message_id=message.message_id,
+            timestamp=datetime.now(UTC),
+        )
+        try:
+            confirmation = await channel.basic_publish(
+                message.body,
+                exchange=self.exchange,
+                routing_key=message.routing_key,
+                properties=properties,
+                mandatory=True,
+            )
+        except aiormq.exceptions.PublishError:
+            message.returned = True
+            lane.settle(tag, False, True)
+            return
+        except aiormq.exceptions.DeliveryError:
+            lane.settle(tag, False, False)
+            return
+        except BROKER_ERRORS:
+            return  # the channel went away: its closing callback re-sends what it held
+        if isinstance(confirmation, DeliveredMessage):  # returned, on a channel that does not raise for it
+            message.returned = True
+        lane.settle(tag, False, isinstance(confirmation, spec.Basic.Ack | DeliveredMessage))
 
     def settled(self, lane: Lane, message: Message, ack: bool) -> None:
         if ack:
@@ -367,7 +424,8 @@ class ConfirmingPublisher(Settler):
             raise TypeError(f"expected an aiormq channel, got {type(raw).__name__}")
         frame_max = transport.connection.connection_tune.frame_max or 131_072  # 0 means no limit
         lane = Lane(self, raw.number, self.exchange, frame_max)
-        lane.attach(raw)
+        lane.channel = raw
+        lane.writes = hooks.take_confirms(raw, lane)
         self.channels_opened += 1
         raw.closing.add_done_callback(lambda closing: self._on_channel_closed(lane, closing))
         return lane
@@ -382,7 +440,7 @@ class ConfirmingPublisher(Settler):
                     await asyncio.sleep(self.options.backoff(self._lanes_without_ack))
                 try:
                     lane = await self._open_lane()
-                except CHANNEL_OPEN_ERRORS as exc:
+                except BROKER_ERRORS as exc:
                     self.problem = f"{type(exc).__name__}: {exc}"
                     if self._connection.is_closed:
                         self._fail_waiting(f"the connection was closed ({self.problem})")

@@ -1,4 +1,5 @@
-"""contract/amqp.py: the AMQP_URL node list, redaction, and failover between nodes on a real broker."""
+"""broker/connection.py and contract/config.py: the AMQP_URL node list, redaction, and failover between
+nodes on a real broker."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 from pydantic import ValidationError
 from yarl import URL
 
-from contract import amqp
-from contract.amqp import BrokerUrlError, FailoverConnection, parse_urls, redact
-from contract.config import CommonSettings
+from broker import connection as amqp
+from broker.connection import FailoverConnection
+from contract.config import BrokerUrlError, CommonSettings, parse_urls, redact
 from tests.harness.broker import Broker
 from tests.harness.processes import free_port
 from tests.harness.proxy import FreezableProxy
@@ -94,7 +95,7 @@ def dead_url(password: str = "hunter2") -> str:
 async def test_connect_skips_a_refusing_node_whichever_comes_first(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="contract.amqp")
+    caplog.set_level(logging.INFO, logger="broker.connection")
     nodes: Counter[str] = Counter()
     for _ in range(8):
         connection = await amqp.connect([dead_url(), broker.url], name="test-amqp", reconnect_interval=5)
@@ -110,7 +111,7 @@ async def test_connect_skips_a_refusing_node_whichever_comes_first(
 async def test_bounded_connect_says_how_many_attempts_remain_then_raises(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="contract.amqp")
+    caplog.set_level(logging.WARNING, logger="broker.connection")
     urls = [dead_url(), dead_url(), dead_url()]
     with pytest.raises(amqp.BROKER_ERRORS):
         async with asyncio.timeout(10):
@@ -139,7 +140,7 @@ async def test_connect_retries_until_stopped_and_then_gives_none() -> None:
 async def test_a_lost_connection_reconnects_to_the_next_node_and_restores_its_consumer(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="contract.amqp")
+    caplog.set_level(logging.INFO, logger="broker.connection")
     target = URL(broker.url)
     proxy = FreezableProxy(target.host or "127.0.0.1", target.port or 5672).start()
     via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
@@ -167,7 +168,7 @@ async def test_a_lost_connection_reconnects_to_the_next_node_and_restores_its_co
         await channel.ready()
         await channel.default_exchange.publish(aio_pika.Message(b"after"), routing_key=queue_name)
         await eventually(lambda: received == [b"before", b"after"], 10, message="consumer restored")
-        ours = [r.getMessage() for r in caplog.records if r.name == "contract.amqp"]
+        ours = [r.getMessage() for r in caplog.records if r.name == "broker.connection"]
         lost = [line for line in ours if "connection to the broker lost" in line]
         assert len(lost) == 1
         assert f"node=amqp://guest:***@127.0.0.1:{proxy.port}/" in lost[0]
