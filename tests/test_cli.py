@@ -395,7 +395,7 @@ async def test_an_unreachable_broker_is_one_warning_per_change_of_state_and_noth
     consumer = procs.consumer(AMQP_URL=url, RECONNECT_INTERVAL="0.1", LOG_LEVEL="DEBUG")
 
     def attempts() -> int:
-        return len(re.findall(r" DEBUG contract\.amqp broker unreachable ", consumer.output()))
+        return len(re.findall(r" DEBUG broker\.connection broker unreachable ", consumer.output()))
 
     try:
         await eventually(lambda: attempts() >= 5, 60, message="five refused connects")
