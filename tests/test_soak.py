@@ -113,7 +113,7 @@ def test_the_growth_check_flags_a_steady_leak_and_passes_a_flat_noisy_series() -
 
 @pytest.mark.xfail(
     strict=True,
-    reason="found by the soak, not fixed here (contract/frames.py is being moved into the broker package): "
+    reason="found by the soak, not fixed yet (broker/wire.py): "
     "FrameReader._fill raises StopAsyncIteration at the first end of stream, where aiormq's FrameReceiver "
     "raises AMQPConnectionError; during the handshake it escapes connect()'s retry, and the consumer died "
     "with 'RuntimeError: async generator raised StopAsyncIteration' when a node closed its connection",
