@@ -93,6 +93,10 @@ class FrameReader:
         return self
 
     async def __anext__(self) -> ReceivedFrame:
+        # As aiormq's FrameReceiver: a stream already at its end, with nothing left over, ends the iteration
+        # (the connection's reader task); an end met while a frame is awaited is a connection error.
+        if self._pos == len(self._buffer) and self.reader.at_eof():
+            raise StopAsyncIteration
         return await self.get_frame()
 
     async def get_frame(self) -> ReceivedFrame:
@@ -125,12 +129,14 @@ class FrameReader:
         except OSError as e:
             raise AMQPConnectionError(f"Server communication error: {e!r}") from e
         if not chunk:
+            # Never StopAsyncIteration here: get_frame() is also awaited directly (the handshake), where it
+            # would escape connect()'s retry as a RuntimeError instead of a broker error.
             left = len(self._buffer) - self._pos
-            if left:
-                raise AMQPConnectionError(
-                    f"Server connection unexpectedly closed. Read {left} bytes of an incomplete frame"
-                )
-            raise StopAsyncIteration
+            raise AMQPConnectionError(
+                f"Server connection unexpectedly closed. Read {left} bytes of an incomplete frame"
+                if left
+                else "Server connection unexpectedly closed"
+            )
         self._buffer = self._buffer[self._pos :] + chunk if self._pos < len(self._buffer) else chunk
         self._pos = 0
 

@@ -111,13 +111,6 @@ def test_the_growth_check_flags_a_steady_leak_and_passes_a_flat_noisy_series() -
     assert 35 < results["leak rss_mib"].growth < 45
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the soak, not fixed yet (broker/wire.py): "
-    "FrameReader._fill raises StopAsyncIteration at the first end of stream, where aiormq's FrameReceiver "
-    "raises AMQPConnectionError; during the handshake it escapes connect()'s retry, and the consumer died "
-    "with 'RuntimeError: async generator raised StopAsyncIteration' when a node closed its connection",
-)
 async def test_a_node_closing_the_connection_during_the_handshake_is_a_broker_error() -> None:
     from broker import connection as amqp
 
