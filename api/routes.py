@@ -44,7 +44,7 @@ from broker.connection import BROKER_ERRORS
 from contract import status as status_file
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from store import Expired, Filters, Snapshot
-from store.base import utc_text
+from store.clock import utc_text
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import Any
 from bench import machine
 from contract.event import Event, serialise_payload
 from store import key_hash
-from store.base import utc_text
+from store.clock import utc_text
 from store.sqlite import SqliteWriter
 from store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from bench import bigstore
 from contract.event import Event, content_hash
 from contract.schema import COUNTERS
-from store.base import BatchResult, Message, utc_now
+from store.base import BatchResult, Message
+from store.clock import utc_now
 from store.sqlite import SqliteWriter
 from store.sqlite.schema import MIGRATIONS
 

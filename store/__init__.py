@@ -19,23 +19,20 @@ from store.base import (
     DeadLetterCounts,
     DeadLetterPage,
     Durability,
-    Expired,
     Filters,
-    Holdings,
     Message,
     Page,
     Reader,
     Rejected,
-    Retention,
     Row,
     Snapshot,
     StoreConfigError,
     StoreError,
-    SweepResult,
     Writer,
     key_hash,
-    utc_now,
 )
+from store.clock import utc_now
+from store.retention import Expired, Holdings, Retention, SweepResult
 
 __all__ = [
     "BatchResult",

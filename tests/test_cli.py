@@ -425,5 +425,5 @@ async def test_an_unreachable_broker_is_one_warning_per_change_of_state_and_noth
         "broker.connection connection to the broker lost",
         "broker.connection connected to the broker",
     ], warnings
-    errors = [n for n, line in enumerate(lines) if " ERROR " in line or "error when creating transport" in line]
+    errors = [n for n, ln in enumerate(lines) if " ERROR " in ln or "error when creating transport" in ln]
     assert not errors, "\n".join(lines[errors[0] : errors[0] + 40])

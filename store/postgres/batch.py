@@ -8,7 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from contract.event import Event
-from store.base import DEAD_LETTERS_KEPT, Rejected, Retention, StoredCopy, utc_text
+from store.base import DEAD_LETTERS_KEPT, Rejected, StoredCopy
+from store.clock import utc_text
+from store.retention import Retention
 
 _SECOND = timedelta(seconds=1)
 

@@ -19,7 +19,9 @@ from typing import Any, Final
 
 import asyncpg
 
-from store.base import Retention, key_hash, utc_text
+from store.base import key_hash
+from store.clock import utc_text
+from store.retention import Retention
 
 # Advisory lock of partition changes: creators read the catalogue and attach under it, so two consumers never
 # attach overlapping ranges.

@@ -19,18 +19,16 @@ from store.base import (
     DeadLetterCounts,
     DeadLetterPage,
     Durability,
-    Expired,
     Filters,
     Page,
-    Retention,
     Row,
     Snapshot,
     StoreError,
     dead_letter,
     empty_snapshot,
     key_hash,
-    utc_text,
 )
+from store.clock import utc_text
 from store.postgres.retention import Swept, holdings
 from store.postgres.schema import (
     BACKEND,
@@ -41,6 +39,7 @@ from store.postgres.schema import (
     durability_of,
     where,
 )
+from store.retention import Expired, Retention
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from typing import Any, Final
 
 import asyncpg
 
-from store.base import Holdings, Retention, SweepResult
 from store.postgres.partitions import (
     LIST_DETACHED,
     Partition,
@@ -32,6 +31,7 @@ from store.postgres.partitions import (
     time_us,
     width,
 )
+from store.retention import Holdings, Retention, SweepResult
 
 SWEEP_LOCK: Final = 0x65766167_00000004
 Hook = Callable[[], None] | None

@@ -10,11 +10,7 @@ from typing import Any, Final
 import asyncpg
 
 from contract.config import redact
-from store.base import (
-    Durability,
-    StoreConfigError,
-    StoreError,
-)
+from store.base import Durability, StoreConfigError, StoreError
 from store.postgres.partitions import migrate_to_partitions
 
 log = logging.getLogger(__name__)

@@ -17,18 +17,16 @@ from store.base import (
     BatchResult,
     Durability,
     Message,
-    Retention,
     StoredCopy,
     StoreError,
-    SweepResult,
     count_duplicates,
     key_hash,
     receipt_rows,
     receipts_expired_before,
     rejected_in,
     sort_batch,
-    utc_now,
 )
+from store.clock import utc_now
 from store.postgres import batch as sql
 from store.postgres.partitions import Coverage, cover, micros, recorded_retention
 from store.postgres.retention import sweep
@@ -42,6 +40,7 @@ from store.postgres.schema import (
     migrate,
     where,
 )
+from store.retention import Retention, SweepResult
 
 log = logging.getLogger(__name__)
 

@@ -21,18 +21,15 @@ from store.base import (
     DeadLetterCounts,
     DeadLetterPage,
     Durability,
-    Expired,
     Filters,
-    Holdings,
     Page,
-    Retention,
     Row,
     Snapshot,
     dead_letter,
     empty_snapshot,
-    expires_at,
     key_hash,
 )
+from store.retention import Expired, Holdings, Retention, expires_at
 from store.sqlite.keys import NEWEST_SEQ, expired_bound, first_seq_at_or_after
 from store.sqlite.schema import BACKEND, error, ms_text, open_reader, received_ms, recorded
 from store.sqlite.thread import on_thread

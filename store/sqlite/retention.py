@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from store.base import Retention, SweepResult
+from store.retention import Retention, SweepResult
 from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import expired_bound
 from store.sqlite.schema import received_ms

@@ -11,7 +11,8 @@ from typing import Final
 
 import aiosqlite
 
-from store.base import Durability, StoreConfigError, StoreError, key_hash, utc_text
+from store.base import Durability, StoreConfigError, StoreError, key_hash
+from store.clock import utc_text
 from store.sqlite.keys import BUCKET_KEYS
 
 log = logging.getLogger(__name__)

@@ -12,24 +12,22 @@ import aiosqlite
 
 from store.base import (
     DEAD_LETTERS_KEPT,
-    KEEP_ALL,
     Backend,
     BatchResult,
     Durability,
     Message,
     Rejected,
-    Retention,
     Sorted,
     StoredCopy,
-    SweepResult,
     count_duplicates,
     key_hash,
     receipt_rows,
     receipts_expired_before,
     rejected_in,
     sort_batch,
-    utc_now,
 )
+from store.clock import utc_now
+from store.retention import KEEP_ALL, Retention, SweepResult
 from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import copies
 from store.sqlite.retention import sweep

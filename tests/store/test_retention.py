@@ -7,7 +7,8 @@ from typing import Any
 
 from contract.event import Event
 from store import Expired, Filters, Reader, Retention, Writer
-from store.base import KEEP_ALL, Row
+from store.base import Row
+from store.retention import KEEP_ALL
 from tests.harness.waiting import eventually
 
 SHORT = timedelta(seconds=5)
