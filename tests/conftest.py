@@ -120,6 +120,19 @@ def cleanups() -> Iterator[Cleanups]:
         yield registered
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows what its processes said last: CI keeps nothing else of them."""
+    report: pytest.TestReport = yield
+    running = getattr(item, "funcargs", {}).get("procs")
+    if report.failed and isinstance(running, Processes):
+        for process in running.all:
+            report.sections.append(
+                (f"{process.module} pid {process.popen.pid}, the end of its log", process.output()[-3000:])
+            )
+    return report
+
+
 @pytest.fixture
 def procs(deployment: Deployment) -> Iterator[Processes]:
     running = Processes(deployment)
