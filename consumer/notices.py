@@ -53,12 +53,30 @@ class CommitNotices:
         self._connecting = asyncio.create_task(self._connect(), name="commit-notices-connect")
 
     async def _connect(self) -> None:
-        connection = await amqp.connect(
-            self._urls, name="eventagg-consumer-notices", reconnect_interval=self._reconnect_interval
-        )
-        if connection is None:
+        # Until the channel is up: a connection lost between its open and the channel's (a node going away
+        # just then) is tried again, never left as a failed task that nobody awaits.
+        while True:
+            connection = await amqp.connect(
+                self._urls, name="eventagg-consumer-notices", reconnect_interval=self._reconnect_interval
+            )
+            if connection is None:
+                return
+            self._connection = connection  # close() closes it, even while the channel opens
+            try:
+                await self._open(connection)
+            except _CLOSE_ERRORS as exc:
+                interval = self._reconnect_interval
+                log.warning("commit notices not ready error=%r; connecting again in %.1fs", exc, interval)
+                self._connection = None
+                with suppress(TimeoutError, *_CLOSE_ERRORS):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await connection.close()
+                await asyncio.sleep(interval)
+                continue
+            log.info("commit notices ready exchange=%s", self._exchange)
             return
-        self._connection = connection
+
+    async def _open(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel(publisher_confirms=False)
         if not isinstance(channel, AbstractRobustChannel):
             raise TypeError("a robust connection gives robust channels")
@@ -67,7 +85,6 @@ class CommitNotices:
         self._channel = channel
         channel.reopen_callbacks.add(self._on_reopen)
         await self._on_reopen(None)
-        log.info("commit notices ready exchange=%s", self._exchange)
 
     async def _on_reopen(self, _: object) -> None:
         if self._channel is not None:
