@@ -208,6 +208,10 @@ _RETENTION_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ),
     ("queued_max", "queue depth, most (messages)", "{:,.0f}".format),
 ]
+_INGEST_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
+    ("events_per_second", "events/s", "{:,.0f}".format),
+    ("consumer_peak_rss_mb", "consumer peak RSS, MiB", _MB),
+]
 _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "postgres_1": _POSTGRES_ROWS,
     "postgres_2": _POSTGRES_ROWS,
@@ -222,7 +226,9 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
         ("per_event_cpu_us_per_event", "per-event CPU us/event", "{:.1f}".format),
     ],
     "e2e_single": [("events_per_second", "events/s", "{:,.0f}".format)],
-    "e2e_envelopes": [("events_per_second", "events/s", "{:,.0f}".format)],
+    "e2e_envelopes": _INGEST_ROWS,
+    "ingest_at_scale": _INGEST_ROWS,
+    "ingest_over_tombstones": _INGEST_ROWS,
     "ceiling": [("events_per_second", "events/s", "{:,.0f}".format)],
     "e2e_reference": [("events_per_second", "events/s", "{:,.0f}".format)],
     "drain_reference": [("events_per_second", "messages/s", "{:,.0f}".format)],
@@ -234,8 +240,6 @@ _ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
     "shim_topics": [("events_per_second", "events/s", "{:,.0f}".format)],
     "pika_roundtrip": [("p50_ms", "p50 ms", "{:.2f}".format), ("p99_ms", "p99 ms", "{:.2f}".format)],
     "shim_sequential": [("p50_ms", "p50 ms", "{:.2f}".format), ("p99_ms", "p99 ms", "{:.2f}".format)],
-    "ingest_at_scale": [("events_per_second", "events/s", "{:,.0f}".format)],
-    "ingest_over_tombstones": [("events_per_second", "events/s", "{:,.0f}".format)],
     "shim_stored": _STORED_ROWS,
     "seed003_stored": [
         ("events_per_second", "stored events/s", "{:,.0f}".format),

@@ -124,8 +124,11 @@ async def _ingest(ctx: Context, tag: str, envelope_size: int, prebuilt: Path | N
         done = await run.wait_received(before.get("received", 0) + count, [consumer, publisher])
         summary = await run.finish(publisher)
         expect_outcome(before, run.counters(), count)
+        # The consumer's peak while it ingested (with a pre-filled store: its key filters loaded).
+        peak = peak_rss_mb(consumer)
         await run.stop_cleanly(consumer)
     values = _rate(count, done - float(summary["first_publish_at"]))
+    values["consumer_peak_rss_mb"] = peak
     values["publish_events_per_second"] = count / (
         float(summary["last_confirm_at"]) - float(summary["first_publish_at"])
     )
