@@ -45,7 +45,7 @@ test-upgrade:
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade \
 		-r $(UPGRADE_VENV)/requirements.txt
 	$(UPGRADE_VENV)/bin/python -m pip list --disable-pip-version-check \
-		| grep -iE '^(aio-pika|aiormq|pamqp|uvicorn|aiosqlite) '
+		| grep -iE '^(aio-pika|aiormq|pamqp|uvicorn) '
 	$(UPGRADE_VENV)/bin/python -m pytest $(UPGRADE_TESTS) $(PYTEST_ARGS)
 
 # The README's Docker commands on real engines (tests/test_docker.py, README "With Docker"): Compose v2 on

@@ -3,7 +3,7 @@
 Times the same workload (single-event messages in batches, a share of them verbatim re-sends) through:
 - `per-event`: the first release's apply (one INSERT per event, one SELECT per duplicate) on a sqlite3
   connection driven from a worker thread, as its StoreWorker did; kept here as the reference;
-- `set-based`: store.sqlite.SqliteWriter (aiosqlite, a handful of statements per batch);
+- `set-based`: store.sqlite.SqliteWriter (a handful of statements per batch, one call on its thread);
 - with `--postgres URL`: store.postgres.PostgresWriter (asyncpg). (psycopg 3 was compared on the statements
   of schema 6 and not kept: asyncpg was the faster driver.)
 Each mode runs `--rounds` times on a fresh store (empty, or a copy of one pre-filled with `--prefill`

@@ -29,7 +29,7 @@ T = TypeVar("T")
 class Storage:
     """Owns the Writer: opened on first use (and again after a failed open), closed on stop.
 
-    The backends do their blocking work off the event loop (aiosqlite's thread, asyncpg's socket), so the
+    The backends do their blocking work off the event loop (SQLite's own thread, asyncpg's socket), so the
     loop keeps receiving deliveries while a commit waits for its fsync. `hooks` hear of each failed store call
     and of the first one that works after them; `before_commit` runs inside every batch transaction (fault
     injection for the crash tests).

@@ -1,4 +1,5 @@
-"""The SQLite backend through aiosqlite: schema and migrations, the consumer's writer, the api's reader.
+"""The SQLite backend: schema and migrations, the consumer's writer, the api's reader, each connection on a
+thread of its own (thread.py).
 
 The writer is imported on first use: it needs numpy (its key filters), which the api never loads.
 """

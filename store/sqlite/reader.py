@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import aiosqlite
-
 from contract.schema import COUNTERS
 from store.base import (
     COLUMNS,
@@ -32,7 +30,7 @@ from store.base import (
 from store.retention import Expired, Holdings, Retention, expires_at
 from store.sqlite.keys import NEWEST_SEQ, expired_bound, first_seq_at_or_after
 from store.sqlite.schema import BACKEND, error, ms_text, open_reader, received_ms, recorded
-from store.sqlite.thread import on_thread
+from store.sqlite.thread import SqliteThread, on_thread
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +40,14 @@ T = TypeVar("T")
 class SqliteReader:
     """One read-only connection, opened when the store appears (the consumer creates it).
 
-    aiosqlite runs its queries on the connection's own thread, one at a time, as the old lock did.
+    Its queries run on the connection's own thread, one at a time (store/sqlite/thread.py).
     """
 
     backend: Backend = BACKEND
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._conn: aiosqlite.Connection | None = None
+        self._conn: SqliteThread | None = None
         self._opening = asyncio.Lock()
 
     async def close(self) -> None:
@@ -57,7 +55,7 @@ class SqliteReader:
             conn, self._conn = self._conn, None
             await conn.close()
 
-    async def _connection(self) -> aiosqlite.Connection | None:
+    async def _connection(self) -> SqliteThread | None:
         if self._conn is None:
             async with self._opening:
                 if self._conn is None:
@@ -72,8 +70,7 @@ class SqliteReader:
             conn = await self._connection()
             if conn is None:
                 return None
-            async with conn.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return await conn.fetchall(sql, params)
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return None

@@ -5,15 +5,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-import aiosqlite
-
 from store.base import Durability, StoreConfigError, StoreError, key_hash
 from store.clock import utc_text
 from store.sqlite.keys import BUCKET_KEYS
+from store.sqlite.thread import SqliteThread
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +144,20 @@ def error(exc: BaseException) -> StoreError:
     return StoreError(f"{type(exc).__name__}: {exc}")
 
 
-async def configure_writer(conn: aiosqlite.Connection, path: Path) -> None:
-    await conn.execute("PRAGMA busy_timeout = 5000")
-    async with conn.execute("PRAGMA journal_mode = WAL") as cur:
-        row = await cur.fetchone()
+def configure_writer(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("PRAGMA busy_timeout = 5000")
+    row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     mode = row[0] if row else None
     if mode != "wal":
         raise SchemaError(f"could not switch DB_PATH={path} to WAL mode (got {mode!r})")
     # synchronous=FULL: a commit survives power loss before we ack.
-    await conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA synchronous = FULL")
     # Checkpoint every 20,000 WAL pages (about 80 MB) rather than SQLite's 1,000. The dedup key's index is
     # keyed by random ids, so in a big store every insert dirties its own index page; a commit writes those
     # pages to the WAL and a checkpoint writes them again into the database file. Fewer, larger checkpoints
     # write a page that several commits touched once instead of once per commit: measured here with
     # 1,000,000 stored events, commits took about half the time.
-    await conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
 
 
 def received_ms(received_at: str) -> int:
@@ -170,26 +169,23 @@ def ms_text(ms: int) -> str:
     return utc_text(datetime.fromtimestamp(ms / 1000, UTC))
 
 
-async def migrate(conn: aiosqlite.Connection) -> None:
+def migrate(conn: sqlite3.Connection) -> None:
     # Migration 7 fills `keys` from the events with the same functions the writer uses.
-    await conn.create_function("eventagg_key", 2, key_hash, deterministic=True)
-    await conn.create_function("eventagg_ms", 1, received_ms, deterministic=True)
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
+    conn.create_function("eventagg_key", 2, key_hash, deterministic=True)
+    conn.create_function("eventagg_ms", 1, received_ms, deterministic=True)
+    row = conn.execute("PRAGMA user_version").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         raise SchemaError(f"store schema version {version} is newer than this program's {SCHEMA_VERSION}")
     for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # executescript commits first, so the version bump goes in the same script, inside one transaction.
-        await conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {target}; COMMIT;")
+        conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {target}; COMMIT;")
         log.info("store migrated to schema version=%d", target)
 
 
-async def read_durability(conn: aiosqlite.Connection) -> dict[str, str]:
-    async with conn.execute("PRAGMA journal_mode") as cur:
-        journal = await cur.fetchone()
-    async with conn.execute("PRAGMA synchronous") as cur:
-        sync = await cur.fetchone()
+def read_durability(conn: sqlite3.Connection) -> dict[str, str]:
+    journal = conn.execute("PRAGMA journal_mode").fetchone()
+    sync = conn.execute("PRAGMA synchronous").fetchone()
     synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(int(sync[0]) if sync else -1, "unknown")
     return {"journal_mode": str(journal[0]) if journal else "unknown", "synchronous": synchronous}
 
@@ -234,9 +230,9 @@ def recorded(state: dict[str, str]) -> Durability:
     return durability_of({k: state[k] for k in ("journal_mode", "synchronous") if k in state})
 
 
-async def open_reader(uri: str) -> aiosqlite.Connection:
+async def open_reader(uri: str) -> SqliteThread:
     """A read-only connection to a file: URI; sqlite3.OperationalError if the store does not exist yet."""
-    conn = await aiosqlite.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+    conn = await SqliteThread.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
         await conn.execute("PRAGMA query_only = 1")

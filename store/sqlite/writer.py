@@ -8,8 +8,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import aiosqlite
-
 from store.base import (
     DEAD_LETTERS_KEPT,
     Backend,
@@ -41,7 +39,7 @@ from store.sqlite.schema import (
     read_durability,
     received_ms,
 )
-from store.sqlite.thread import on_thread
+from store.sqlite.thread import SqliteThread, on_thread
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +85,25 @@ def _keep_dead_letters(conn: sqlite3.Connection, rejected: list[Rejected]) -> No
         conn.execute("UPDATE dead_letter_totals SET dropped = dropped + ?", (dropped,))
 
 
+def _record_state(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> None:
+    """consumer_state rows, in a transaction of their own."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_STATE, items)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class SqliteWriter:
-    """The consumer's connection; aiosqlite runs it on its own thread so the fsync never blocks the loop."""
+    """The consumer's connection, on a thread of its own so the fsync never blocks the loop."""
 
     backend: Backend = BACKEND
 
     def __init__(
-        self, conn: aiosqlite.Connection, lock: WriterLock, before_commit: Callable[[], None] | None
+        self, conn: SqliteThread, lock: WriterLock, before_commit: Callable[[], None] | None
     ) -> None:
         self._conn = conn
         self._lock = lock
@@ -111,13 +121,13 @@ class SqliteWriter:
             raise error(exc) from exc
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a batch is exactly one transaction.
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            conn = await SqliteThread.connect(path, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             lock.release()
             raise error(exc) from exc
         try:
-            await configure_writer(conn, path)
-            await migrate(conn)
+            await conn.run(configure_writer, path)
+            await conn.run(migrate)
         except BaseException as exc:
             await conn.close()
             lock.release()
@@ -126,12 +136,11 @@ class SqliteWriter:
             raise
         writer = cls(conn, lock, before_commit)
         try:
-            async with conn.execute("SELECT MAX(received_at) FROM events") as cur:
-                row = await cur.fetchone()
+            rows = await conn.fetchall("SELECT MAX(received_at) FROM events")
         except (sqlite3.Error, OSError) as exc:
             await writer.close()
             raise error(exc) from exc
-        writer._last_received_at = str(row[0]) if row and row[0] else ""
+        writer._last_received_at = str(rows[0][0]) if rows and rows[0][0] else ""
         try:
             writer._retention = await writer._recorded_retention()
             await on_thread(conn, writer._buckets.load)
@@ -144,8 +153,8 @@ class SqliteWriter:
 
     async def _recorded_retention(self) -> Retention:
         try:
-            async with self._conn.execute("SELECT key, value FROM consumer_state") as cur:
-                state = {str(k): str(v) for k, v in await cur.fetchall()}
+            rows = await self._conn.fetchall("SELECT key, value FROM consumer_state")
+            state = {str(k): str(v) for k, v in rows}
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
         return Retention.from_state(state)
@@ -153,11 +162,8 @@ class SqliteWriter:
     async def record_retention(self, retention: Retention) -> Retention:
         before = await self._recorded_retention()
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            await self._conn.executemany(_STATE, list(retention.as_state().items()))
-            await self._conn.execute("COMMIT")
+            await self._conn.run(_record_state, list(retention.as_state().items()))
         except (sqlite3.Error, OSError) as exc:
-            await self._rollback()
             raise error(exc) from exc
         self._retention = retention
         return before
@@ -175,16 +181,13 @@ class SqliteWriter:
             self._lock.release()
 
     async def durability(self) -> Durability:
-        return durability_of(await read_durability(self._conn))
+        return durability_of(await self._conn.run(read_durability))
 
     async def record_start(self, started_at: str) -> None:
         try:
-            mode = await read_durability(self._conn)
-            await self._conn.execute("BEGIN IMMEDIATE")
-            await self._conn.executemany(_STATE, [("started_at", started_at), *mode.items()])
-            await self._conn.execute("COMMIT")
+            mode = await self._conn.run(read_durability)
+            await self._conn.run(_record_state, [("started_at", started_at), *mode.items()])
         except (sqlite3.Error, OSError) as exc:
-            await self._rollback()
             raise error(exc) from exc
         report = durability_of(mode)
         if report.warning:
@@ -206,7 +209,7 @@ class SqliteWriter:
             for e in batch.first.values()
         ]
         try:
-            # The whole transaction in one call on aiosqlite's thread.
+            # The whole transaction in one call on the connection's thread.
             added = await on_thread(self._conn, self._write, batch, rows, messages, receipts, received_at)
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
@@ -303,13 +306,6 @@ class SqliteWriter:
                 stored[live[seq]] = copy
         return stored, hashes
 
-    async def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            try:
-                await self._conn.execute("ROLLBACK")
-            except (sqlite3.Error, ValueError):
-                log.warning("rollback failed; the connection will discard the transaction", exc_info=True)
-
     async def counters(self) -> dict[str, int]:
-        async with self._conn.execute("SELECT name, value FROM counters") as cur:
-            return {str(name): int(value) for name, value in await cur.fetchall()}
+        rows = await self._conn.fetchall("SELECT name, value FROM counters")
+        return {str(name): int(value) for name, value in rows}
