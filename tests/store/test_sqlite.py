@@ -321,3 +321,27 @@ async def test_a_second_consumer_on_the_same_sqlite_file_refuses_to_start_in_one
     finally:
         again.send_signal(signal.SIGTERM)
         assert again.wait(30) == 0
+
+
+async def test_a_batch_is_one_call_on_the_connections_thread_however_many_events_it_holds(
+    writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The canary of the store's fast path (store/sqlite/thread.py): a whole batch transaction, duplicates
+    and stored copies included, costs one round trip between the event loop and the connection's thread."""
+    from store.sqlite.thread import SqliteThread
+
+    calls: list[str] = []
+    real_run = SqliteThread.run
+
+    async def counted(self: SqliteThread, fn: object, *args: object) -> object:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await real_run(self, fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqliteThread, "run", counted)
+    first = await writer.apply([[event(f"e{i}", n=i) for i in range(k, k + 100)] for k in range(0, 500, 100)])
+    assert calls == ["_write"], calls
+    calls.clear()
+    # Half of them again (duplicates, whose stored copies are read), half new.
+    again = await writer.apply([[event(f"e{i}", n=i) for i in range(k, k + 100)] for k in range(250, 750, 100)])
+    assert calls == ["_write"], calls
+    assert (first.unique_processed, again.unique_processed, again.duplicate_dropped) == (500, 250, 250)
