@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from contract import status
+from contract.event import Event
 from contract.schema import COUNTERS
 from store import BatchResult, StoreConfigError, StoreError, key_hash, open_reader
 from store.sqlite import SCHEMA_VERSION, SchemaError, SqliteWriter, lock_path
@@ -338,10 +339,14 @@ async def test_a_batch_is_one_call_on_the_connections_thread_however_many_events
         return await real_run(self, fn, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SqliteThread, "run", counted)
-    first = await writer.apply([[event(f"e{i}", n=i) for i in range(k, k + 100)] for k in range(0, 500, 100)])
+
+    def envelopes(start: int, stop: int) -> list[list[Event]]:
+        return [[event(f"e{i}", n=i) for i in range(k, k + 100)] for k in range(start, stop, 100)]
+
+    first = await writer.apply(envelopes(0, 500))
     assert calls == ["_write"], calls
     calls.clear()
     # Half of them again (duplicates, whose stored copies are read), half new.
-    again = await writer.apply([[event(f"e{i}", n=i) for i in range(k, k + 100)] for k in range(250, 750, 100)])
+    again = await writer.apply(envelopes(250, 750))
     assert calls == ["_write"], calls
     assert (first.unique_processed, again.unique_processed, again.duplicate_dropped) == (500, 250, 250)
