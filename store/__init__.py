@@ -15,15 +15,11 @@ from urllib.parse import urlsplit
 from contract.config import redact
 from store.base import (
     BatchResult,
-    DeadLetter,
-    DeadLetterCounts,
-    DeadLetterPage,
     Durability,
     Filters,
     Message,
     Page,
     Reader,
-    Rejected,
     Row,
     Snapshot,
     StoreConfigError,
@@ -32,6 +28,7 @@ from store.base import (
     key_hash,
 )
 from store.clock import utc_now
+from store.deadletters import DeadLetter, DeadLetterCounts, DeadLetterPage, Rejected
 from store.retention import Expired, Holdings, Retention, SweepResult
 
 __all__ = [

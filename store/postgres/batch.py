@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from contract.event import Event
-from store.base import DEAD_LETTERS_KEPT, Rejected, StoredCopy
+from store.base import StoredCopy
 from store.clock import utc_text
+from store.deadletters import DEAD_LETTERS_KEPT, Rejected
 from store.retention import Retention
 
 _SECOND = timedelta(seconds=1)

@@ -13,22 +13,19 @@ import asyncpg
 from contract.schema import COUNTERS
 from store.base import (
     COLUMNS,
-    DEAD_LETTER_COLUMNS,
     NO_FILTERS,
     Backend,
-    DeadLetterCounts,
-    DeadLetterPage,
     Durability,
     Filters,
     Page,
     Row,
     Snapshot,
     StoreError,
-    dead_letter,
     empty_snapshot,
     key_hash,
 )
 from store.clock import utc_text
+from store.deadletters import DEAD_LETTER_COLUMNS, DeadLetterCounts, DeadLetterPage, dead_letter
 from store.postgres.retention import Swept, holdings
 from store.postgres.schema import (
     BACKEND,

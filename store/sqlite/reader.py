@@ -13,20 +13,17 @@ from typing import Any, TypeVar, cast
 from contract.schema import COUNTERS
 from store.base import (
     COLUMNS,
-    DEAD_LETTER_COLUMNS,
     NO_FILTERS,
     Backend,
-    DeadLetterCounts,
-    DeadLetterPage,
     Durability,
     Filters,
     Page,
     Row,
     Snapshot,
-    dead_letter,
     empty_snapshot,
     key_hash,
 )
+from store.deadletters import DEAD_LETTER_COLUMNS, DeadLetterCounts, DeadLetterPage, dead_letter
 from store.retention import Expired, Holdings, Retention, expires_at
 from store.sqlite.keys import NEWEST_SEQ, expired_bound, first_seq_at_or_after
 from store.sqlite.schema import BACKEND, error, ms_text, open_reader, received_ms, recorded

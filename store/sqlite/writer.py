@@ -9,12 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from store.base import (
-    DEAD_LETTERS_KEPT,
     Backend,
     BatchResult,
     Durability,
     Message,
-    Rejected,
     Sorted,
     StoredCopy,
     count_duplicates,
@@ -25,6 +23,7 @@ from store.base import (
     sort_batch,
 )
 from store.clock import utc_now
+from store.deadletters import DEAD_LETTERS_KEPT, Rejected
 from store.retention import KEEP_ALL, Retention, SweepResult
 from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import copies

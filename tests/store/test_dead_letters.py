@@ -16,7 +16,7 @@ from store import (
     open_reader,
     open_writer,
 )
-from store.base import DEAD_LETTER_BODY_BYTES, DEAD_LETTERS_KEPT
+from store.deadletters import DEAD_LETTER_BODY_BYTES, DEAD_LETTERS_KEPT
 from tests.harness.stores import StoreSettings
 
 
