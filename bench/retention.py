@@ -52,8 +52,9 @@ class Steady:
 
 
 FULL_STEADY = Steady()
-# About a minute: long enough for a few expiries (the first third is twice the retention), nothing more.
-QUICK_STEADY = Steady(seconds=60.0, retention=10.0, sweep_interval=1.0, sample_every=2.0)
+# Long enough for a few expiries (the first third is twice the retention), nothing more: it checks the code
+# path in the suite (tests/test_bench.py), where every second counts.
+QUICK_STEADY = Steady(seconds=24.0, retention=4.0, sweep_interval=1.0, sample_every=1.0)
 
 
 @dataclass(frozen=True, slots=True)
