@@ -123,6 +123,8 @@ class ReceiptWatcher:
     async def wait(self, messages: dict[str, int], timeout: float) -> Waited:
         """Wait until every receipt id in `messages` (id → events in that message) is in the store, or until
         `timeout`; returns what was found, and how many events are still pending."""
+        if not messages:
+            return Waited()  # an empty publish: nothing will ever commit for it
         waiter = _Waiter(set(messages))
         self._waiters.add(waiter)
         for receipt in waiter.ids:

@@ -74,7 +74,8 @@ async def test_a_waiting_publish_answers_with_its_events_already_stored_and_coun
     procs: Processes, amqp: AbstractRobustConnection, profile: str
 ) -> None:
     deployment = procs.deployment
-    await start_pipeline(procs, amqp, api_env={"API_COMPAT": profile})
+    # A deadline far beyond any answer here: a request that waits for it shows in the time it took.
+    await start_pipeline(procs, amqp, api_env={"API_COMPAT": profile, "PUBLISH_TIMEOUT": "60"})
 
     first = post(deployment, "/publish", [event("a"), event("b"), event("c", "wait.b")])
     # No waiting on the test's side: the answer itself means stored and counted.
@@ -93,8 +94,11 @@ async def test_a_waiting_publish_answers_with_its_events_already_stored_and_coun
     )
     assert counters(deployment) == expect(received=6, unique_processed=4, duplicate_dropped=2)
 
+    started = time.monotonic()
     empty = post(deployment, "/publish", [])
+    took = time.monotonic() - started
     assert (empty.status_code, empty.json()) == (200, answer(profile, 0, new=0, duplicates=0))
+    assert took < 30, f"an empty waiting publish took {took:.1f}s: it waited for its deadline"
     invalid = post(deployment, "/publish", [event("e"), {**event("f"), "timestamp": "soon"}])
     assert invalid.status_code == 422
     # Nothing of the rejected request was published: a marker sent behind it is stored, the queue drains,
