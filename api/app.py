@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
-from api import dashboard, deadletters, health, routes
+from api import dashboard, deadletters, export, health, routes, stream
 from api.broker import BrokerLink
 from api.commits import FeedCollector
 from api.compat import RESPONSE_MODELS
@@ -93,6 +93,9 @@ def create_app(settings: ApiSettings) -> EventApi:
         docs_url=None,
         redoc_url=None,
     )
+    # Before routes: /events/stream and /events/export are not events of a topic.
+    app.include_router(stream.router)
+    app.include_router(export.router)
     app.include_router(routes.router)
     app.include_router(health.router)
     app.include_router(metrics_router)

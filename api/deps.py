@@ -13,6 +13,7 @@ from api.broker import BrokerLink
 from api.commits import CommitFeed
 from api.settings import ApiSettings
 from api.stored import ReceiptPublisher, ReceiptWatcher
+from api.tail import TailHub
 from store import Reader
 
 
@@ -30,11 +31,14 @@ class State:
         self.receipts = ReceiptPublisher(settings.topology(), settings.envelope_size)
         self.commits = CommitFeed(broker, settings.topology(), settings.reconnect_interval)
         self.watcher = ReceiptWatcher(reader, self.commits, replay_window=settings.publish_timeout)
+        # The live tail's one reader of new rows, woken by the same notices (api/tail.py).
+        self.tail = TailHub(reader, self.commits, settings.tail_buffer_bytes)
         self.commits.start()
 
     async def close(self) -> None:
         await self.commits.close()
         await self.watcher.close()
+        await self.tail.close()
         await self.receipts.close()
 
     def uptime(self) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -38,13 +37,13 @@ from api.models import (
 from api.paging import AfterQuery, bad_cursor, next_link
 from api.publish import RETRY, Refusal, body_over_limit, parse_body, publish_confirmed, refuse_headers
 from api.queries import NEWEST, BadCursor, Page, decode_cursor, row_json
+from api.selection import SelectionDep
 from api.settings import Wait
 from api.stored import ReceiptsNotConfirmed
 from broker.connection import BROKER_ERRORS
 from contract import status as status_file
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
-from store import Expired, Filters, Snapshot
-from store.clock import utc_text
+from store import Expired, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -224,16 +223,13 @@ async def _read_limited(request: Request, limit: int) -> bytes | Refusal:
 async def list_events(
     request: Request,
     st: StateDep,
-    topic: Annotated[str | None, Query(description="only this topic", max_length=255)] = None,
+    chosen: SelectionDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
     after: AfterQuery = None,
-    source: Annotated[str | None, Query(description="only events from this source", max_length=255)] = None,
-    since: Annotated[datetime | None, Query(description="stored at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="stored before (ISO 8601)")] = None,
     order: Annotated[Literal["asc", "desc"] | None, Query(description="asc: oldest first (default)")] = None,
 ) -> Response:
     descending = events_descending(st.settings.api_compat) if order is None else order == "desc"
-    filters = Filters(source, _utc(since), _utc(until))
+    topic, filters = chosen.topic, chosen.filters
     try:
         start = decode_cursor(after) if after else (NEWEST if descending else 0)
     except BadCursor as exc:
@@ -242,12 +238,6 @@ async def list_events(
     headers = next_link(request, page.next_cursor, limit)
     # Built from the stored JSON directly (see queries.row_json); response_model still documents it.
     return Response(events_body(st.settings.api_compat, page), media_type="application/json", headers=headers)
-
-
-def _utc(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return utc_text(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
 
 
 @router.get(

@@ -36,6 +36,8 @@ class ApiSettings(CommonSettings):
     reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
     # /health reports the consumer as stalled when messages wait and it has not committed for this long.
     consumer_stall_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # A live tail's buffer on the server (GET /events/stream): a client this far behind is disconnected.
+    tail_buffer_bytes: Annotated[int, Field(ge=4096)] = 1024 * 1024
     # Which earlier aggregator's answers to imitate (README, "HTTP API"); only shapes answers.
     api_compat: Profile = "default"
     # Unset: `confirmed`, or `stored` under a profile in READS_AFTER_POST. A request's ?wait= wins.

@@ -417,10 +417,10 @@ class _Pipeline:
             Commit(self._commits, len(batch), result, seconds, redelivered, _lag(batch[0].message), waited)
         )
         # Before the acks: a request waiting on its receipts hears of the commit one broker hop later.
-        # Only for batches someone may wait on: the rest of the traffic costs neither the consumer nor every
-        # api replica anything. (A live tail would want every commit: it can widen this.)
+        # For batches someone may wait on, and for every batch that stored an event (an api's live tail reads
+        # it); notices sent while one is on its way go out together, so a fast stream costs few.
         marked = [receipt for receipt in receipts if receipt is not None]
-        if marked:
+        if marked or result.unique_processed:
             self._notices.committed(marked, result.unique_processed)
         if previous is not None:
             # Its rejects and acks go first (it committed before this one started). What it raised after its
