@@ -24,6 +24,7 @@ from api.formats import TIMESTAMP_PATTERN
 from api.metrics import ApiMetrics, HttpMetricsMiddleware
 from api.metrics import router as metrics_router
 from api.settings import ApiSettings
+from api.tail import TailCollector
 from store import open_reader
 
 DESCRIPTION = """
@@ -76,10 +77,13 @@ def create_app(settings: ApiSettings) -> EventApi:
             async with broker.running():
                 app.state.api = state = State(settings, reader, broker)
                 notices = FeedCollector(state.commits, state.watcher.reads)
+                tails = TailCollector(state.tail)
                 app.state.metrics.registry.register(notices)
+                app.state.metrics.registry.register(tails)
                 try:
                     yield
                 finally:
+                    app.state.metrics.registry.unregister(tails)
                     app.state.metrics.registry.unregister(notices)
                     await state.close()
         finally:

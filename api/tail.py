@@ -19,7 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
+from collections.abc import Iterable
 from contextlib import suppress
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from api.queries import NEWEST, row_json
 from api.selection import Selection
@@ -206,3 +210,27 @@ class TailHub:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+
+
+class TailCollector(Collector):
+    """/metrics: open streams, streams ended by a full buffer, and the hub's store reads by cause."""
+
+    def __init__(self, hub: TailHub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterable[Metric]:
+        hub = self._hub
+        yield GaugeMetricFamily(
+            "eventagg_tail_streams", "open live tails (GET /events/stream)", hub.streams()
+        )
+        yield CounterMetricFamily(
+            "eventagg_tail_overflows", "live tails ended because the client read too slowly", hub.overflows
+        )
+        reads = CounterMetricFamily(
+            "eventagg_tail_reads",
+            "the live tail's store reads: new rows for every stream, and one per searched selection",
+            labels=("kind",),
+        )
+        for kind in ("new", "selection"):
+            reads.add_metric((kind,), hub.reads[kind])
+        yield reads

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.harness.pipeline import counters, drained, start_pipeline, start_load
+from tests.harness.pipeline import counters, drained, start_load, start_pipeline
 from tests.harness.processes import Deployment, Process, Processes, all_events, api_get
 from tests.harness.sse import Tail, keys
 from tests.harness.waiting import eventually
@@ -74,3 +75,102 @@ async def test_a_tail_across_a_consumer_kill_and_a_dropped_connection_delivers_e
         await tail.drop()
     for process in (consumer, *others):
         assert process.terminate() == 0
+
+
+def rss_bytes(process: Process) -> int:
+    for line in Path(f"/proc/{process.popen.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def open_raw_stream(deployment: Deployment, query: str, receive_buffer: int | None = None) -> socket.socket:
+    """A stream on a plain socket: it reads the answer's head and then only when the test says so."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", deployment.api_port))
+    sock.sendall(f"GET /events/stream?{query} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
+    sock.settimeout(10)
+    head = b""
+    while b": from " not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    sock.settimeout(30)
+    data = b""
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk or data.endswith(b"0\r\n\r\n"):
+            return data + chunk
+        data += chunk
+
+
+async def publish_big(amqp: AbstractRobustConnection, exchange: str, count: int, size: int) -> None:
+    channel = await amqp.channel(publisher_confirms=True)
+    try:
+        target = await channel.get_exchange(exchange)
+        filler = "x" * size
+        for start in range(0, count, 100):
+            events = [
+                {
+                    "topic": "tail.big",
+                    "event_id": f"big-{n}",
+                    "timestamp": "2026-05-01T08:00:00Z",
+                    "source": "tail-test",
+                    "payload": {"n": n, "filler": filler},
+                }
+                for n in range(start, min(start + 100, count))
+            ]
+            await target.publish(aio_pika.Message(json.dumps(events).encode(), delivery_mode=2), "tail.big")
+    finally:
+        await channel.close()
+
+
+async def test_a_client_that_never_reads_ends_with_an_overflow_event_and_the_api_memory_stays_bounded(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    _, api = await start_pipeline(procs, amqp, api_env={"TAIL_BUFFER_BYTES": "262144"})
+    idle = [open_raw_stream(deployment, "topic=tail.quiet") for _ in range(200)]
+    stuck = open_raw_stream(deployment, "topic=tail.big", receive_buffer=4096)
+    before = rss_bytes(api)
+    count, size = 20_000, 2000  # 40 MB through the api, 200 times the buffer of the stream that never reads
+    await publish_big(amqp, deployment.exchange, count, size)
+    await eventually(lambda: counters(deployment)["unique_processed"] == count, 90, message="all stored")
+    metrics = await eventually(
+        lambda: (
+            (text := api_get(deployment, "/metrics").text)
+            and "eventagg_tail_overflows_total 1.0" in text
+            and text
+        ),
+        30,
+        message="the stream that never reads overflowed",
+    )
+    assert "eventagg_tail_streams 200.0" in metrics  # the idle ones stay, the full one is dropped
+    grown = rss_bytes(api) - before
+    print(
+        f"api RSS {before / 2**20:.1f} MiB with 201 streams open, "
+        f"grew {grown / 2**20:.1f} MiB over {count} events"
+    )
+    assert grown < 24 * 2**20
+
+    raw = await asyncio.to_thread(read_to_end, stuck)
+    ids = [int(found) for found in re.findall(rb"\nid: (\d+)\ndata: \{\"topic\"", b"\n" + raw)]
+    overflow = re.search(rb"id: (\d+)\nevent: overflow\ndata: (.*)\n", raw)
+    assert overflow is not None, raw[-500:]
+    told = json.loads(overflow.group(2))
+    assert told["resume_from"] == int(overflow.group(1)) == ids[-1]
+    assert "too slowly" in told["reason"]
+    assert 0 < len(ids) < count
+    rest = Tail(deployment.api_url, {"topic": "tail.big"}, last_event_id=told["resume_from"]).open()
+    await eventually(lambda: len(rest.messages()) >= count - len(ids), 60, message="resumed to the end")
+    resumed = [int(e.data["payload"]["n"]) for e in rest.messages()]
+    assert resumed == list(range(len(ids), count))
+    await rest.drop()
+    for sock in (*idle, stuck):
+        sock.close()

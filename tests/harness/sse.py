@@ -48,7 +48,9 @@ class Tail:
                 if line == "":
                     if "data" in fields:
                         sse_id = int(fields["id"]) if "id" in fields else None
-                        self.events.append(Sse(sse_id, fields.get("event", "message"), json.loads(fields["data"])))
+                        self.events.append(
+                            Sse(sse_id, fields.get("event", "message"), json.loads(fields["data"]))
+                        )
                     fields = {}
                 elif line.startswith(": from "):
                     self.start = int(line[7:])
