@@ -256,8 +256,12 @@ def page_query(
 ) -> tuple[str, list[Any]]:
     """One page of events as SQL: keyset on seq, served by the primary key, events_by_topic or
     events_by_source (EXPLAIN QUERY PLAN in the store suite); the time range arrives as seq bounds."""
-    where = ["seq < ?" if descending else "seq > ?", "seq BETWEEN ? AND ?"]
-    params: list[Any] = [after, *bounds]
+    # One range on seq: given `seq > ? AND seq BETWEEN ? AND ?`, SQLite seeks the primary key by one lower
+    # bound only (the BETWEEN's, 0 without `since`), so a page deep into the store scanned every row before
+    # its cursor: an export of 1,000,000 events read 500,000,000 rows.
+    low, high = (bounds[0], min(bounds[1], after - 1)) if descending else (max(bounds[0], after + 1), bounds[1])
+    where = ["seq BETWEEN ? AND ?"]
+    params: list[Any] = [low, high]
     if topic is not None:
         where.append("topic = ?")
         params.append(topic)
