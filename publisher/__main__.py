@@ -20,7 +20,7 @@ from contract.cli import describe, environment_help
 from contract.cli import run as run_async
 from contract.config import configure_logging
 from contract.event import Event
-from publisher import deadletters, load
+from publisher import deadletters, export, load, tail
 from publisher.check import CheckError, ConfirmedLog, run_check
 from publisher.files import BadLine, read_ndjson
 from publisher.progress import Progress, VerifyStatus
@@ -48,7 +48,13 @@ subcommands:
                         list what the consumer rejected, newest first (GET /dead-letters)
   python -m publisher dead-letters replay --file PATH [options]
                         re-publish corrected events, confirmed like any publish
-  (python -m publisher dead-letters --help for more)"""
+  (python -m publisher dead-letters --help for more)
+  python -m publisher tail [--topic T] [--q WORDS] [--payload FIELD=VALUE] ...
+                        print each event as it is stored, one JSON line each (GET /events/stream)
+  python -m publisher export --out FILE [filters]
+                        write the stored events to an NDJSON file, with a progress bar (GET /events/export)
+  python -m publisher replay FILE [options]
+                        re-publish an export with confirms; what is already stored counts as duplicates"""
 EXIT_CODES = """\
 exit codes: 0 all confirmed (and verified); 1 some events not confirmed after every retry; 2 bad usage or
   configuration; 3 bad input lines were skipped; 4 --verify or --check failed, or the api it needs is
@@ -330,6 +336,12 @@ def cli(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["dead-letters"]:
         return deadletters.cli(given[1:], cli)
+    if given[:1] == ["tail"]:
+        return tail.cli(given[1:])
+    if given[:1] == ["export"]:
+        return export.cli(given[1:])
+    if given[:1] == ["replay"]:
+        return export.replay(given[1:], cli)
     args = parser().parse_args(given)
     if args.file is None and (args.count < 0 or args.topics < 1 or not 0 <= args.duplicates < 1):
         print("publisher: need --count >= 0, --topics >= 1 and 0 <= --duplicates < 1", file=sys.stderr)

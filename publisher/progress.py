@@ -73,3 +73,44 @@ class VerifyStatus:
     def close(self) -> None:
         if self.live:
             sys.stderr.write("\r\033[K")
+
+
+class Counting:
+    """One line on a terminal for a run that counts what it did (an export): done, of total when known."""
+
+    REDRAW = 0.25
+
+    def __init__(self, what: str, total: int | None, enabled: bool) -> None:
+        self.what, self.total, self.enabled, self.done = what, total, enabled, 0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, count: int) -> None:
+        self.done += count
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._redraw())
+
+    async def _redraw(self) -> None:
+        while True:
+            self._draw()
+            await asyncio.sleep(self.REDRAW)
+
+    def _draw(self) -> None:
+        if self.total:
+            share = min(self.done / self.total, 1.0)
+            bar = "#" * int(share * 30)
+            line = f"[{bar:<30}] {self.what} {self.done}/{self.total} ({share:.0%})"
+        else:
+            line = f"{self.what} {self.done}"
+        sys.stderr.write(f"\r\033[K{line}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.enabled:
+            self._draw()
+            sys.stderr.write("\n")
+            self.enabled = False
