@@ -45,7 +45,7 @@ async def export(
         url = f"{settings.api_url.rstrip('/')}/events/export"
         try:
             with partial.open("wb") if partial is not None else sys.stdout.buffer as sink:
-                async with client.stream("GET", url, params=httpx.QueryParams(query)) as answer:
+                async with client.stream("GET", url, params=tuple(query)) as answer:
                     if answer.status_code != 200:
                         await answer.aread()
                         raise httpx.HTTPStatusError(

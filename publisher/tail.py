@@ -51,7 +51,7 @@ async def tail(
             try:
                 url = f"{settings.api_url.rstrip('/')}/events/stream"
                 async with client.stream(
-                    "GET", url, params=httpx.QueryParams(query), headers=headers
+                    "GET", url, params=tuple(query), headers=headers
                 ) as answer:
                     if 400 <= answer.status_code < 500:
                         await answer.aread()
