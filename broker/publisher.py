@@ -78,6 +78,9 @@ class PublishOptions:
     confirm_timeout: float = 5.0
     max_attempts: int = 5
     retry_backoff: float = 0.2
+    # Envelopes of consecutive events of one topic only, sent in the order the events came: a replay of an
+    # export stores them in the order they were stored, at the cost of smaller envelopes where topics mix.
+    keep_order: bool = False
 
     def __post_init__(self) -> None:
         if self.envelope_size < 1:
@@ -505,6 +508,7 @@ class EnvelopeBatch:
         self.publisher = publisher
         self._tally = Tally(on_confirmed)
         self._size = publisher.options.envelope_size
+        self._keep_order = publisher.options.keep_order
         self._buffers: dict[str, list[Event]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
@@ -523,6 +527,9 @@ class EnvelopeBatch:
         if self._size == 1:
             publisher.submit((Message([item], self._tally),), soon=True)
             return
+        if self._keep_order and self._buffers and item.topic not in self._buffers:
+            for topic in list(self._buffers):
+                self._send(topic)
         buffer = self._buffers.setdefault(item.topic, [])
         buffer.append(item)
         if len(buffer) >= self._size:

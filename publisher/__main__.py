@@ -88,6 +88,12 @@ def parser() -> argparse.ArgumentParser:
     )
     how.add_argument("--envelope-size", type=int, help="events per message; 1 sends single-event messages")
     how.add_argument("--linger", type=float, help="seconds to wait filling an envelope")
+    how.add_argument(
+        "--keep-order",
+        action="store_true",
+        default=None,
+        help="events are stored in the order given (envelopes of consecutive events of one topic)",
+    )
     how.add_argument("--max-in-flight", type=int, help="unconfirmed messages (or requests) at once")
     how.add_argument("--confirm-timeout", type=float, help="seconds to wait for a confirm before re-sending")
     out = p.add_argument_group("output")
@@ -115,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
 OPTIONS = {
     "envelope_size": "--envelope-size",
     "linger": "--linger",
+    "keep_order": "--keep-order",
     "max_in_flight": "--max-in-flight",
     "confirm_timeout": "--confirm-timeout",
     "api_url": "--url",

@@ -113,4 +113,5 @@ def replay(argv: list[str], publish: Callable[[list[str]], int]) -> int:
     if not Path(args.file).is_file():
         print(f"publisher: no such file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
-    return publish(["--file", args.file, *rest])
+    # In the export's order: on one consumer the rebuilt store lists them as the exported one did.
+    return publish(["--file", args.file, "--keep-order", *rest])

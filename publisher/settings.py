@@ -25,6 +25,9 @@ class PublisherSettings(CommonSettings):
     ] = 5.0
     max_attempts: Annotated[int, Field(ge=1, le=100, description="sends of one message before giving up")] = 5
     reconnect_interval: Annotated[float, Field(gt=0)] = 2.0
+    keep_order: bool = Field(
+        False, description="envelopes of consecutive events of one topic, sent in order (--keep-order)"
+    )
     api_url: str = Field(
         "http://localhost:8080", description="the api, for --via http, --verify, dead-letters"
     )
@@ -39,4 +42,5 @@ class PublisherSettings(CommonSettings):
             max_in_flight=self.max_in_flight,
             confirm_timeout=self.confirm_timeout,
             max_attempts=self.max_attempts,
+            keep_order=self.keep_order,
         )

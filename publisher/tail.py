@@ -50,9 +50,7 @@ async def tail(
             headers = {} if last is None else {"Last-Event-ID": str(last)}
             try:
                 url = f"{settings.api_url.rstrip('/')}/events/stream"
-                async with client.stream(
-                    "GET", url, params=tuple(query), headers=headers
-                ) as answer:
+                async with client.stream("GET", url, params=tuple(query), headers=headers) as answer:
                     if 400 <= answer.status_code < 500:
                         await answer.aread()
                         raise Refused(f"{answer.status_code} {answer.text}")

@@ -259,7 +259,9 @@ def page_query(
     # One range on seq: given `seq > ? AND seq BETWEEN ? AND ?`, SQLite seeks the primary key by one lower
     # bound only (the BETWEEN's, 0 without `since`), so a page deep into the store scanned every row before
     # its cursor: an export of 1,000,000 events read 500,000,000 rows.
-    low, high = (bounds[0], min(bounds[1], after - 1)) if descending else (max(bounds[0], after + 1), bounds[1])
+    low, high = (
+        (bounds[0], min(bounds[1], after - 1)) if descending else (max(bounds[0], after + 1), bounds[1])
+    )
     where = ["seq BETWEEN ? AND ?"]
     params: list[Any] = [low, high]
     if topic is not None:
