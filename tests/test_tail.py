@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
+from publisher import load
 from tests.harness.pipeline import counters, drained, start_load, start_pipeline
 from tests.harness.processes import Deployment, Process, Processes, all_events, api_get
 from tests.harness.sse import Tail, keys
@@ -174,3 +177,24 @@ async def test_a_client_that_never_reads_ends_with_an_overflow_event_and_the_api
     await rest.drop()
     for sock in (*idle, stuck):
         sock.close()
+
+
+def printed(process: Process) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+
+
+async def test_the_publisher_tail_prints_each_event_of_its_topic_once_as_it_is_stored(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp)
+    topic = load.generate(10, 0.0, 4, 5).events[0].topic
+    tail = procs.start("publisher", "tail", "--topic", topic, "--after", "0")
+    for seed in (5, 6):  # the second load comes while the tail is running
+        assert start_load(procs, 2000, seed, "--topics", "4").wait(120) == 0
+        await eventually(
+            lambda: len(printed(tail)) >= len(all_events(deployment, topic)), 30, message="printed"
+        )
+        assert printed(tail) == all_events(deployment, topic)
+    tail.popen.send_signal(signal.SIGINT)
+    assert tail.wait(10) == 0
