@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from types import FrameType
 
@@ -11,7 +12,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from api import http1
-from api.app import create_app
+from api.app import EventApi, create_app
 from api.settings import ApiSettings
 from contract.cli import describe, parse_args
 from contract.config import configure_logging
@@ -46,8 +47,9 @@ def cli(argv: list[str] | None = None) -> int:
         settings.safe_amqp_url(),
         "set" if settings.api_key else "off",
     )
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         http=http1.protocol(),
@@ -56,7 +58,7 @@ def cli(argv: list[str] | None = None) -> int:
         # uvicorn's own logging config formats its loggers itself; for JSON they go through ours instead.
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
-    server = _Server(config)
+    server = _Server(config, app)
     server.run()
     return 0 if server.started else 1
 
@@ -64,6 +66,15 @@ def cli(argv: list[str] | None = None) -> int:
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of it; SIGTERM is how
     a service is normally stopped, so after the shutdown completes we exit 0 instead."""
+
+    def __init__(self, config: uvicorn.Config, app: EventApi) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's graceful shutdown waits for every response to end; a live tail ends only when told.
+        self._app.end_streams()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM:

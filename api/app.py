@@ -63,6 +63,12 @@ class EventApi(FastAPI):
         else:
             await self.fast_path(scope, receive, send)
 
+    def end_streams(self) -> None:
+        """End the live tails (api/tail.py) at shutdown; before the lifespan started, there are none."""
+        state = getattr(self.state, "api", None)
+        if state is not None:
+            state.tail.finish_all()
+
     async def behind_fast_path(self, scope: Scope, receive: Receive, send: Send) -> None:
         """What the fast path does not answer: FastAPI's middlewares, routes and handlers."""
         await super().__call__(scope, receive, send)

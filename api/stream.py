@@ -73,6 +73,8 @@ async def _events(hub: TailHub, reader: Reader, sub: Subscriber) -> AsyncIterato
             taken = await sub.take(KEEPALIVE)
             if taken is not None:
                 yield taken[1]
+            elif sub.finished:
+                return
             elif sub.overflowed:
                 reason = "this client read too slowly: its buffer on the server is full"
                 body = json.dumps({"reason": reason, "resume_from": sub.taken})

@@ -50,6 +50,7 @@ class Subscriber:
         self.start = start  # the hub's position when the stream joined: rows above it come from the hub
         self.taken = after  # the position of the last frame the stream took (or where it began)
         self.overflowed = False
+        self.finished = False  # the api is shutting down: the stream ends after what is buffered
         self._frames: deque[tuple[int, bytes]] = deque()
         self._size = 0
         self._limit = limit
@@ -70,9 +71,14 @@ class Subscriber:
         self._ready.set()
         return True
 
+    def finish(self) -> None:
+        self.finished = True
+        self._ready.set()
+
     async def take(self, timeout: float) -> tuple[int, bytes] | None:
-        """The next frame, or None after `timeout` without one or once overflowed (see `overflowed`)."""
-        if not self._frames and not self.overflowed:
+        """The next frame, or None after `timeout` without one, once overflowed (see `overflowed`) or
+        finished with nothing left."""
+        if not self._frames and not self.overflowed and not self.finished:
             self._ready.clear()
             with suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -130,6 +136,13 @@ class TailHub:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="tail-hub")
         return sub
+
+    def finish_all(self) -> None:
+        """End every stream (the api is shutting down): uvicorn waits for open responses to end, and a live
+        tail never would. A client resumes elsewhere, or here after the restart, with Last-Event-ID."""
+        for sub in self._subs:
+            sub.finish()
+        self._subs.clear()
 
     def leave(self, sub: Subscriber) -> None:
         self._subs.discard(sub)

@@ -250,3 +250,64 @@ async def test_docs_work_offline_from_packaged_assets(procs: Processes, browser:
     await page.locator(".opblock-summary-path", has_text="/dashboard").first.wait_for(timeout=30_000)
     assert elsewhere == []
     assert console.errors == []
+
+
+async def publish_events(
+    amqp: AbstractRobustConnection, deployment: Deployment, events: list[dict[str, Any]]
+) -> None:
+    channel = await amqp.channel(publisher_confirms=True)
+    try:
+        exchange = await channel.get_exchange(deployment.exchange)
+        for item in events:
+            body = json.dumps(item).encode()
+            await exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key=item["topic"])
+    finally:
+        await channel.close()
+
+
+READ_TAIL = """() => ({
+  state: document.body.dataset.tail || null,
+  count: Number(document.body.dataset.tailCount || 0),
+  rows: [...document.querySelectorAll('#tail tbody tr')].map(r => [...r.cells].map(c => c.textContent)),
+})"""
+
+
+async def test_dashboard_live_tail_shows_each_new_event_once_across_an_api_restart_and_filters_by_topic(
+    procs: Processes, amqp: AbstractRobustConnection, browser: BrowserContext
+) -> None:
+    deployment = procs.deployment
+    _, api = await start_pipeline(procs, amqp)
+    page = await browser.new_page()
+    console = Console(page)
+    await page.goto(f"{deployment.api_url}/dashboard")
+
+    async def tail_shown(count: int, state: str = "live") -> dict[str, Any] | None:
+        shown: dict[str, Any] = await page.evaluate(READ_TAIL)
+        return shown if shown["count"] >= count and shown["state"] == state else None
+
+    await eventually(lambda: tail_shown(0), 30, 0.1, message="the tail is live")
+    await publish_events(amqp, deployment, [event(n, TOPICS[n % 2]) for n in range(60)])
+    shown = await eventually(lambda: tail_shown(60), 30, 0.1, message="60 events in the tail")
+    assert shown["count"] == 60
+    assert [row[3] for row in shown["rows"]] == [f"dash-{n}" for n in range(59, 9, -1)]  # the newest 50
+    # The api goes away and comes back; what was stored meanwhile arrives once, in order.
+    assert api.terminate() == 0
+    await publish_events(amqp, deployment, [event(n, TOPICS[n % 2]) for n in range(60, 90)])
+    procs.api()
+    await eventually(lambda: api_get(deployment, "/health").status_code == 200, 30, message="api back")
+    shown = await eventually(lambda: tail_shown(90), 30, 0.1, message="the tail resumed")
+    assert shown["count"] == 90
+    assert [row[3] for row in shown["rows"]] == [f"dash-{n}" for n in range(89, 39, -1)]
+    positions = [int(row[0]) for row in shown["rows"]]
+    assert positions == sorted(positions, reverse=True) and len(set(positions)) == 50
+    # A topic typed in: a new tail of that topic only.
+    await page.fill("#tail-topic", TOPICS[2])
+    await page.dispatch_event("#tail-topic", "change")
+    await eventually(lambda: tail_shown(0), 30, 0.1, message="the filtered tail is live")
+    await publish_events(amqp, deployment, [event(n, TOPICS[n % 3]) for n in range(90, 120)])
+    shown = await eventually(lambda: tail_shown(100), 30, 0.1, message="the filtered tail shows them")
+    assert [row[3] for row in shown["rows"]] == [f"dash-{n}" for n in range(119, 89, -1) if n % 3 == 2]
+    assert {row[2] for row in shown["rows"]} == {TOPICS[2]}
+    # While the api was down the page's reconnects failed, which the browser logs; nothing else.
+    refused = "net::ERR_CONNECTION_REFUSED"
+    assert [error for error in console.errors if refused not in error] == []
