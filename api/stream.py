@@ -6,8 +6,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.deps import StateDep, require_read_key
 from api.selection import SelectionDep
@@ -35,6 +35,48 @@ A client that does not keep up has a bounded buffer on the server. When it is fu
 `event: overflow`, whose `id` and `data.resume_from` give the position to resume from."""
 
 
+_BAD_ID = "Last-Event-ID must be a position: an integer from 0 to 2**63-1"
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "resume after this position (an EventSource sends it when it reconnects)",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+}
+# One Server-Sent Event (as OpenAPI 3.1 describes an event stream's items): an event, or the overflow that
+# ends the stream of a client that read too slowly.
+_OVERFLOW = {
+    "type": "object",
+    "properties": {
+        "reason": {"type": "string"},
+        "resume_from": {"type": "integer", "minimum": 0, "description": "send as Last-Event-ID to resume"},
+    },
+    "required": ["reason", "resume_from"],
+}
+_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "overflow"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the event's position"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"oneOf": [{"$ref": "#/components/schemas/StoredEvent"}, _OVERFLOW]},
+        },
+    },
+    "required": ["event", "data"],
+}
+
+
+def _position(text: str) -> int | None:
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value < 2**63 else None
+
+
 @router.get(
     "/events/stream",
     response_class=EventStream,
@@ -42,24 +84,33 @@ A client that does not keep up has a bounded buffer on the server. When it is fu
     description=_DESCRIPTION,
     dependencies=[Depends(require_read_key)],
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"content": {"text/event-stream": {"schema": _EVENT_SCHEMA}}},
         422: {"description": "bad filter or position"},
     },
+    openapi_extra={"parameters": [_LAST_EVENT_ID]},
 )
 async def stream(
+    request: Request,
     st: StateDep,
     chosen: SelectionDep,
-    last_event_id: Annotated[
-        int | None,
-        Header(alias="Last-Event-ID", ge=0, lt=2**63, description="resume after this position"),
-    ] = None,
     after: Annotated[
         int | None,
         Query(ge=0, lt=2**63, description="resume after this position (as Last-Event-ID, which wins)"),
     ] = None,
-) -> EventStream:
+) -> Response:
+    # Read here rather than as a FastAPI Header parameter: that one's schema would be "integer or null",
+    # and a client (or schemathesis) may then send the text "null".
+    given = request.headers.get("last-event-id")
+    if given is not None:
+        position = _position(given)
+        if position is None:
+            detail = [
+                {"type": "int_parsing", "loc": ["header", "Last-Event-ID"], "msg": _BAD_ID, "input": given}
+            ]
+            return JSONResponse({"detail": detail}, status_code=422)
+        after = position
     hub: TailHub = st.tail
-    sub = await hub.join(chosen, last_event_id if last_event_id is not None else after)
+    sub = await hub.join(chosen, after)
     return EventStream(_events(hub, st.reader, sub), headers={"Cache-Control": "no-store"})
 
 
