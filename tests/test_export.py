@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,6 +19,7 @@ import httpx
 from aio_pika.abc import AbstractRobustConnection
 
 from bench import bigstore
+from tests.harness.deploy import REPO
 from tests.harness.pipeline import counters, start_load, start_pipeline
 from tests.harness.processes import Processes, all_events, api_get
 from tests.harness.waiting import eventually
@@ -103,3 +110,52 @@ async def test_an_export_replayed_into_a_fresh_store_gives_identical_events_and_
             "invalid": 0,
             "conflicts": 0,
         }
+
+
+async def test_the_publisher_export_shows_a_progress_bar_on_a_terminal_and_writes_every_event(
+    procs: Processes, tmp_path: Path
+) -> None:
+    deployment = procs.deployment
+    total = 200_000
+    await asyncio.to_thread(bigstore.build, deployment.db_path, total)
+    await start_pipeline(procs, None, with_consumer=False)
+    out = tmp_path / "all.ndjson"
+    master, terminal = pty.openpty()
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "publisher", "export", "--out", str(out)],
+        cwd=REPO,
+        env=deployment.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = bytearray()
+    try:
+
+        def finished() -> bool:
+            while select.select([master], [], [], 0)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal's other end closed: the export is over
+                    return True
+                if not chunk:
+                    return True
+                shown.extend(chunk)
+            return popen.poll() is not None
+
+        await eventually(finished, 120, 0.05, message="the export finished")
+        assert popen.wait(10) == 0, bytes(shown[-500:])
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(10)
+        os.close(master)
+    bars = re.findall(rb"\r\x1b\[K\[([# ]{30})\] exported (\d+)/%d \((\d+)%%\)" % total, shown)
+    counts = [int(count) for _, count, _ in bars]
+    assert counts == sorted(counts) and counts[-1] == total and bars[-1][0] == b"#" * 30
+    assert any(0 < count < total for count in counts), bytes(shown[:300])  # it moved while it worked
+    assert f"exported {total} events to {out}".encode() in shown
+    with out.open("rb") as lines:
+        assert sum(1 for _ in lines) == total
+    assert not out.with_name(out.name + ".partial").exists()
