@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,19 @@ def rss_bytes(process: Process) -> int:
     raise AssertionError("no VmRSS")
 
 
+def metric(deployment: Deployment, line_start: str) -> float:
+    text = api_get(deployment, "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def hub_reads(deployment: Deployment) -> float:
+    return metric(deployment, 'eventagg_tail_reads_total{kind="new"}')
+
+
+def notices(deployment: Deployment) -> float:
+    return metric(deployment, "eventagg_commit_notices_total")
+
+
 def open_raw_stream(deployment: Deployment, query: str, receive_buffer: int | None = None) -> socket.socket:
     """A stream on a plain socket: it reads the answer's head and then only when the test says so."""
     sock = socket.socket()
@@ -142,6 +156,7 @@ async def test_a_client_that_never_reads_ends_with_an_overflow_event_and_the_api
     idle = [open_raw_stream(deployment, "topic=tail.quiet") for _ in range(200)]
     stuck = open_raw_stream(deployment, "topic=tail.big", receive_buffer=4096)
     before = rss_bytes(api)
+    reads_before, notices_before, started = hub_reads(deployment), notices(deployment), time.monotonic()
     count, size = 20_000, 2000  # 40 MB through the api, 200 times the buffer of the stream that never reads
     await publish_big(amqp, deployment.exchange, count, size)
     await eventually(lambda: counters(deployment)["unique_processed"] == count, 90, message="all stored")
@@ -155,10 +170,15 @@ async def test_a_client_that_never_reads_ends_with_an_overflow_event_and_the_api
         message="the stream that never reads overflowed",
     )
     assert "eventagg_tail_streams 200.0" in metrics  # the idle ones stay, the full one is dropped
+    # One reader for all 201 streams: a read per notice (plus a page per 1,000 rows and the idle reads),
+    # where a stream polling on its own would have made at least 201 per notice.
+    reads = hub_reads(deployment) - reads_before
+    bound = notices(deployment) - notices_before + count // 1000 + int(time.monotonic() - started) + 5
+    assert 0 < reads <= bound
     grown = rss_bytes(api) - before
     print(
         f"api RSS {before / 2**20:.1f} MiB with 201 streams open, "
-        f"grew {grown / 2**20:.1f} MiB over {count} events"
+        f"grew {grown / 2**20:.1f} MiB over {count} events; the hub read {reads:g} times (bound {bound:g})"
     )
     assert grown < 24 * 2**20
 
