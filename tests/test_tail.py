@@ -77,6 +77,8 @@ async def test_a_tail_across_a_consumer_kill_and_a_dropped_connection_delivers_e
     assert keys(filtered.messages()) == wanted
     for tail in (second, filtered):
         await tail.drop()
+    # A client that went away leaves nothing behind in the api.
+    await eventually(lambda: metric(deployment, "eventagg_tail_streams") == 0, 10, message="streams gone")
     for process in (consumer, *others):
         assert process.terminate() == 0
 
