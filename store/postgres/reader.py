@@ -78,6 +78,22 @@ _SNAPSHOT_ATTEMPTS = 3
 _CONSISTENT = "repeatable_read"
 
 
+def full_xid(near: int, xid: int) -> int:
+    """The 64-bit id of the 32-bit `xid` that pg_stat_activity shows, taking the epoch nearest `near`.
+
+    `near` is the snapshot's xmax: one past the newest *finished* transaction, so a writer still running
+    may hold an id at or above it, in the same epoch. (Taking every such id for one of the previous epoch
+    made the watermark negative, which xid8 reads as a huge number: a page then stepped past a running
+    writer's seqs, and its events never showed on a keyset page or in the live tail.)
+    """
+    full = (near >> 32 << 32) | xid
+    if full > near + (1 << 31):
+        full -= 1 << 32
+    elif full < near - (1 << 31):
+        full += 1 << 32
+    return full
+
+
 # How the consumers' sessions name themselves, so the readers can find the transactions still running.
 class PostgresReader:
     """A small connection pool, created on first use so the api starts before the database answers."""
@@ -134,11 +150,7 @@ class PostgresReader:
         next_id = int(rows[0][0])
         bound = next_id
         for text in rows[0][1]:
-            # pg_stat_activity shows the 32-bit id; its epoch is next_id's, or the one before on wraparound.
-            full = (next_id >> 32 << 32) | int(text)
-            if full >= next_id:
-                full -= 1 << 32
-            bound = min(bound, full)
+            bound = min(bound, full_xid(next_id, int(text)))
         retention = Retention.from_state({"retention_seconds": rows[0][2] or "0"})
         return str(bound), retention.event_cutoff()
 
