@@ -53,7 +53,7 @@ async def test_a_tail_across_a_consumer_kill_and_a_dropped_connection_delivers_e
     others = [procs.consumer(BATCH_SIZE="50")] if backend == "postgres" else []
     first = Tail(deployment.api_url).open()
     await eventually(first.listening, 10, message="stream open")
-    load = start_load(procs, 6000, 71, "--envelope-size", "5", "--max-in-flight", "4")
+    load = start_load(procs, 6000, 71, "--envelope-size", "2", "--max-in-flight", "2")
 
     await eventually(lambda: len(first.messages()) >= 800, 60, message="events streamed")
     await first.drop()  # mid-stream: the client reconnects from the last id it saw
