@@ -49,6 +49,8 @@ class Subscriber:
         self.selection = selection
         self.start = start  # the hub's position when the stream joined: rows above it come from the hub
         self.taken = after  # the position of the last frame the stream took (or where it began)
+        # What the hub hands over: above both (a client may resume beyond where this api has read so far).
+        self.floor = max(start, after)
         self.overflowed = False
         self.finished = False  # the api is shutting down: the stream ends after what is buffered
         self._frames: deque[tuple[int, bytes]] = deque()
@@ -211,7 +213,7 @@ class TailHub:
                 if data is None:
                     data = frames[row[0]] = frame(row)  # encoded once, shared by every stream
                 for sub in subs:
-                    if row[0] > sub.start and not sub.offer(row[0], data) and sub not in full:
+                    if row[0] > sub.floor and not sub.offer(row[0], data) and sub not in full:
                         full.append(sub)
         for sub in full:
             self.overflows += 1

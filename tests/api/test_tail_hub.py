@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from api.selection import Selection
 from api.tail import TailHub
+from contract.commits import Notice
 from store import Filters, Page, Row
 from store.base import NO_FILTERS
+from tests.harness.waiting import eventually
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,4 +105,44 @@ async def test_a_full_buffer_ends_the_stream_with_the_position_it_reached() -> N
     assert slow.taken == 1  # where it resumes: the last position it sent
     assert hub.streams() == 1 and hub.overflows == 1
     assert await drain(fast) == list(range(6, 33))
+    await hub.close()
+
+
+class Feed:
+    """The commit feed as the hub hears it (api/commits.py): listeners, and whether notices flow."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.listeners: list[TailHub] = []
+
+    def listen(self, listener: TailHub) -> None:
+        self.listeners.append(listener)
+
+
+async def test_a_notice_wakes_the_hub_and_without_notices_it_still_reads_from_where_it_stopped() -> None:
+    reader = MemoryReader()
+    feed = Feed(live=True)
+    hub = TailHub(reader, feed, 1 << 20)  # type: ignore[arg-type]
+    sub = await hub.join(Selection(None, Filters()), None)
+    await eventually(lambda: hub.reads["new"] >= 1, 5, 0.01, message="the first read")
+    reader.add("a", 0)
+    hub.on_notice(Notice(("r",), 1))
+    assert await eventually(lambda: drain(sub), 0.5, 0.01, message="woken by the notice") == [1]
+    # The notices go down (and those of the gap are lost): the hub reads on its own, from its position.
+    feed.live = False
+    hub.on_live(False)
+    reader.add("a", 1)
+    reader.add("a", 2)
+    assert await eventually(lambda: drain(sub), 5, 0.01, message="read without notices") == [2, 3]
+    await hub.close()
+
+
+async def test_a_stream_resuming_beyond_the_hubs_position_gets_nothing_twice() -> None:
+    reader = MemoryReader()
+    hub = TailHub(reader, None, 1 << 20)  # type: ignore[arg-type]
+    sub = await hub.join(Selection(None, Filters()), 3)  # a position another replica already sent
+    for n in range(5):
+        reader.add("a", n)
+    await hub._read_new()
+    assert await drain(sub) == [4, 5]
     await hub.close()
