@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import StateDep, require_read_key
 from api.queries import row_json
 from api.selection import Selection, SelectionDep
-from store import Reader
+from store import Page, Reader
 
 router = APIRouter()
 
@@ -41,14 +41,16 @@ async def export(
     chosen: SelectionDep,
     after: Annotated[int | None, Query(ge=0, lt=2**63, description="only events after this position")] = None,
 ) -> Ndjson:
-    return Ndjson(_lines(st.reader, chosen, after or 0), headers={"Cache-Control": "no-store"})
+    # The first page before the answer starts: what the store refuses (down, a search it cannot do) is this
+    # request's error status (api/errors.py), not an export cut short.
+    first = await st.reader.page(chosen.topic, EXPORT_PAGE, after or 0, filters=chosen.filters)
+    return Ndjson(_lines(st.reader, chosen, first), headers={"Cache-Control": "no-store"})
 
 
-async def _lines(reader: Reader, chosen: Selection, after: int) -> AsyncIterator[bytes]:
+async def _lines(reader: Reader, chosen: Selection, page: Page) -> AsyncIterator[bytes]:
     while True:
-        page = await reader.page(chosen.topic, EXPORT_PAGE, after, filters=chosen.filters)
         if page.rows:
             yield "".join(row_json(row) + "\n" for row in page.rows).encode()
         if page.next_after is None:
             return
-        after = page.next_after
+        page = await reader.page(chosen.topic, EXPORT_PAGE, page.next_after, filters=chosen.filters)

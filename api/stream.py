@@ -109,6 +109,10 @@ async def stream(
             ]
             return JSONResponse({"detail": detail}, status_code=422)
         after = position
+    if not chosen.in_memory:
+        # A filter only the store evaluates (a search): asked once now, so what the store refuses is this
+        # request's error answer (api/errors.py), not a stream that ends at once.
+        await st.reader.page(chosen.topic, 1, 0, filters=chosen.filters)
     hub: TailHub = st.tail
     sub = await hub.join(chosen, after)
     return EventStream(_events(hub, st.reader, sub), headers={"Cache-Control": "no-store"})

@@ -186,17 +186,25 @@ class TailHub:
         wanted = {sub.selection for sub in self._subs if not sub.selection.in_memory}
         found: dict[Selection, list[Row]] = {}
         for chosen in wanted:
-            rows: list[Row] = []
-            after = low
-            while True:
-                self.reads["selection"] += 1
-                page = await self._reader.page(chosen.topic, READ_PAGE, after, filters=chosen.filters)
-                rows += [row for row in page.rows if row[0] <= high]
-                if page.next_after is None or page.rows[-1][0] >= high:
-                    break
-                after = page.next_after
-            found[chosen] = rows
+            try:
+                found[chosen] = await self._selected(chosen, low, high)
+            except Exception as exc:  # this selection's query only: its streams end, the others go on
+                log.warning("live tail query failed error=%s: %s; its streams end", type(exc).__name__, exc)
+                for sub in [sub for sub in self._subs if sub.selection == chosen]:
+                    sub.finish()  # the client resumes with Last-Event-ID and hears what is wrong
+                    self._subs.discard(sub)
         return found
+
+    async def _selected(self, chosen: Selection, low: int, high: int) -> list[Row]:
+        rows: list[Row] = []
+        after = low
+        while True:
+            self.reads["selection"] += 1
+            page = await self._reader.page(chosen.topic, READ_PAGE, after, filters=chosen.filters)
+            rows += [row for row in page.rows if row[0] <= high]
+            if page.next_after is None or page.rows[-1][0] >= high:
+                return rows
+            after = page.next_after
 
     def _fan_out(self, rows: list[Row], deferred: dict[Selection, list[Row]]) -> None:
         by_selection: dict[Selection, list[Subscriber]] = {}

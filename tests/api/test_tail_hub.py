@@ -146,3 +146,30 @@ async def test_a_stream_resuming_beyond_the_hubs_position_gets_nothing_twice() -
     await hub._read_new()
     assert await drain(sub) == [4, 5]
     await hub.close()
+
+
+class Refusing(MemoryReader):
+    async def page(
+        self,
+        topic: str | None,
+        limit: int,
+        after: int,
+        descending: bool = False,
+        filters: Filters = NO_FILTERS,
+    ) -> Page:
+        if isinstance(filters, Searched):
+            raise RuntimeError("this store cannot search")
+        return await super().page(topic, limit, after, descending, filters)
+
+
+async def test_a_selection_the_store_refuses_ends_its_own_streams_only() -> None:
+    reader = Refusing()
+    hub = TailHub(reader, None, 1 << 20)  # type: ignore[arg-type]
+    refused = await hub.join(Selection(None, Searched(q="x")), None)
+    plain = await hub.join(Selection(None, Filters()), None)
+    reader.add("a", 0)
+    await hub._read_new()
+    assert refused.finished and await refused.take(0.01) is None
+    assert await drain(plain) == [1]
+    assert hub.streams() == 1
+    await hub.close()
