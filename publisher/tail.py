@@ -44,6 +44,7 @@ async def tail(
 ) -> None:
     """Print events for ever; raises Refused on a 4xx."""
     last = after
+    down = False  # said once when the api cannot be read, once when it can again
     timeout = httpx.Timeout(10, read=None)  # the api sends a comment every 15 s on an idle stream
     async with httpx.AsyncClient(timeout=timeout, headers=headers_of(settings)) as client:
         while True:
@@ -55,9 +56,19 @@ async def tail(
                         await answer.aread()
                         raise Refused(f"{answer.status_code} {answer.text}")
                     answer.raise_for_status()
+                    if down:
+                        print(f"publisher: tail resumed after position {last}", file=sys.stderr)
+                        down = False
                     last = await _print_events(answer, last, out)
             except httpx.HTTPError as exc:
-                print(f"publisher: tail interrupted ({exc!r}); resuming after {last}", file=sys.stderr)
+                if not down:
+                    where = "from now on" if last is None else f"after position {last}"
+                    print(
+                        f"publisher: cannot read {settings.api_url} ({type(exc).__name__}: {exc}); retrying "
+                        f"every {RETRY:g}s, to resume {where}",
+                        file=sys.stderr,
+                    )
+                    down = True
                 await asyncio.sleep(RETRY)
 
 
