@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 
 from contract.event import Event
 from store import BatchResult, Message, StoreConfigError, StoreError, open_reader, open_writer, utc_now
@@ -127,6 +128,47 @@ async def test_a_page_never_steps_past_a_batch_that_is_still_committing(
         assert [row[2] for row in page.rows] == ["before", "slow", "after"]
     finally:
         await slow.close()
+        await reader.close()
+
+
+async def test_a_page_never_steps_past_a_committing_batch_while_a_newer_one_is_also_running(
+    writers: list[PostgresWriter], settings: StoreSettings, url: str
+) -> None:
+    sessions = [
+        await asyncpg.connect(url, server_settings={"application_name": WRITER_APPLICATION}) for _ in range(2)
+    ]
+    reader = open_reader(settings)
+
+    async def begin(session: asyncpg.Connection, event_id: str) -> Transaction:
+        transaction = session.transaction()
+        await transaction.start()
+        (seq,) = [r[0] for r in await session.fetch("SELECT eventagg_allocate(1)")]
+        await session.execute(
+            "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
+            " VALUES ($1, 'orders', $2, '2026-11-22T10:15:00Z', 'test', '{}', $3)",
+            seq,
+            event_id,
+            utc_now(),  # a moment the writers' partitions cover
+        )
+        return transaction
+
+    try:
+        await writers[0].apply([[event("before")]])
+        slow = await begin(sessions[0], "slow")
+        await writers[1].apply([[event("after")]])  # a later seq, committed first
+        # A newer writer still running: its id is at or above the snapshot's xmax (one past the newest
+        # finished transaction), in the same epoch.
+        newer = await begin(sessions[1], "newer")
+        page = await reader.page(None, 10, 0)
+        assert [row[2] for row in page.rows] == ["before"], "a page must stop below the uncommitted seq"
+
+        await slow.commit()
+        await newer.commit()
+        page = await reader.page(None, 10, 0)
+        assert [row[2] for row in page.rows] == ["before", "slow", "after", "newer"]
+    finally:
+        for session in sessions:
+            await session.close()
         await reader.close()
 
 
