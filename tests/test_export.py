@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from bench import bigstore
 from tests.harness.deploy import REPO
 from tests.harness.pipeline import counters, start_load, start_pipeline
+from tests.harness.postgres import fresh_schema
 from tests.harness.processes import Processes, all_events, api_get
 from tests.harness.waiting import eventually
 from tests.test_tail import rss_bytes
@@ -76,8 +78,13 @@ def without_received_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k != "received_at"} for e in events]
 
 
+@pytest.mark.backends("sqlite", "postgres")
 async def test_an_export_replayed_into_a_fresh_store_gives_identical_events_and_exact_counters(
-    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
+    procs: Processes,
+    amqp: AbstractRobustConnection,
+    tmp_path: Path,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     deployment = procs.deployment
     consumer, api = await start_pipeline(procs, amqp)
@@ -99,7 +106,11 @@ async def test_an_export_replayed_into_a_fresh_store_gives_identical_events_and_
     # A fresh store: the same deployment after a reset, rebuilt from the export alone.
     for process in (api, consumer):
         assert process is not None and process.terminate() == 0
-    fresh = {"DB_PATH": str(tmp_path / "fresh.db")}
+    if backend == "postgres":
+        database = request.getfixturevalue("postgres_database")
+        fresh = {"DATABASE_URL": await asyncio.to_thread(fresh_schema, database)}
+    else:
+        fresh = {"DB_PATH": str(tmp_path / "fresh.db")}
     await start_pipeline(procs, amqp, consumer_env=fresh, api_env=fresh)
     assert all_events(deployment) == []
     assert [json.loads(line) for line in exported.read_text().splitlines()] == original
