@@ -77,6 +77,7 @@ MESSAGES = [
     "Ünïcode Straße 日本語 ok",
     "user 42 logged in",
     "Timeout, then disk FULL",
+    "nul\u0000byte: JSON holds it, PostgreSQL's jsonb would not",
 ]
 
 
@@ -126,6 +127,7 @@ SEARCHES: list[tuple[str | None, list[tuple[str, str]]]] = [
     ("42", []),
     ('"timeout then', []),
     ("nowhere", []),
+    ('"nul byte" jsonb', []),
     (None, [("status", "failed")]),
     (None, [("code", "500")]),
     (None, [("code", "5e2")]),
