@@ -56,8 +56,9 @@ async def migrate(conn: Any) -> None:
         "ALTER TABLE events ADD COLUMN words text NOT NULL DEFAULT '',"
         " ADD COLUMN terms text[] NOT NULL DEFAULT '{}', ADD COLUMN fields text[] NOT NULL DEFAULT '{}'"
     )
-    await conn.execute("CREATE INDEX events_by_terms ON events USING gin (terms)")
-    await conn.execute("CREATE INDEX events_by_fields ON events USING gin (fields)")
+    # Partial: with SEARCH off the arrays are empty, and an empty array would still be a GIN entry per event.
+    await conn.execute("CREATE INDEX events_by_terms ON events USING gin (terms) WHERE terms <> '{}'")
+    await conn.execute("CREATE INDEX events_by_fields ON events USING gin (fields) WHERE fields <> '{}'")
 
 
 def enabled(value: str | None) -> bool:
@@ -118,10 +119,10 @@ def conditions(search: Search, args: list[Any]) -> str:
     where = ""
     for phrase in search.phrases:
         args.append(sorted({term(w) for w in phrase}))
-        where += f" AND terms @> ${len(args)}::text[]"
+        where += f" AND terms <> '{{}}' AND terms @> ${len(args)}::text[]"  # <>: the partial index's
         args.append(f"% {' '.join(phrase)} %")
         where += f" AND words LIKE ${len(args)}"
     for tokens in search.fields:
         args.append(list(tokens))
-        where += f" AND fields && ${len(args)}::text[]"
+        where += f" AND fields <> '{{}}' AND fields && ${len(args)}::text[]"
     return where
