@@ -18,7 +18,7 @@ from api.commits import FeedCollector
 from api.compat import RESPONSE_MODELS
 from api.deps import State
 from api.docs import serve_docs
-from api.errors import bound_validation_errors, store_errors_are_503
+from api.errors import bound_validation_errors, search_off_is_409, store_errors_are_503
 from api.fastpublish import PublishFastPath
 from api.formats import TIMESTAMP_PATTERN
 from api.metrics import ApiMetrics, HttpMetricsMiddleware
@@ -114,6 +114,7 @@ def create_app(settings: ApiSettings) -> EventApi:
     serve_docs(app)
     bound_validation_errors(app)
     store_errors_are_503(app)
+    search_off_is_409(app)
     app.state.metrics = ApiMetrics()
     publish_routes = {
         route.path: route

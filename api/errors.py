@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from store import StoreError
+from store.search import SearchOff
 
 # Enough of the offending value to recognise it; a client that sent 30 MiB does not get 30 MiB back.
 ECHO_LIMIT = 200
@@ -65,3 +66,13 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 def store_errors_are_503(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, _store_unavailable)
+
+
+async def _search_off(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+def search_off_is_409(app: FastAPI) -> None:
+    """A search of a store whose consumer runs without SEARCH=on: the store cannot answer it (never by a
+    full scan); the message says how to turn it on."""
+    app.add_exception_handler(SearchOff, _search_off)

@@ -37,6 +37,7 @@ from api.models import (
 from api.paging import AfterQuery, bad_cursor, next_link
 from api.publish import RETRY, Refusal, body_over_limit, parse_body, publish_confirmed, refuse_headers
 from api.queries import NEWEST, BadCursor, Page, decode_cursor, row_json
+from api.search import FIELD_PARAMETER
 from api.selection import SelectionDep
 from api.settings import Wait
 from api.stored import ReceiptsNotConfirmed
@@ -215,10 +216,18 @@ async def _read_limited(request: Request, limit: int) -> bytes | Refusal:
     response_model=list[StoredEvent],
     summary="Stored events, oldest first (or newest first), in pages (next page in the Link header)",
     description="`topic`, `source`, `since` and `until` (on `received_at`, when the consumer stored the "
-    "event: ISO 8601, `since` inclusive, `until` exclusive, no offset meaning UTC) combine; each is served "
-    "by an index. `order=desc` pages from the newest backwards.",
+    "event: ISO 8601, `since` inclusive, `until` exclusive, no offset meaning UTC), `q` (words and phrases) "
+    "and `payload.<field>` (field equality) combine; each is served by an index. `order=desc` pages from "
+    "the newest backwards.",
     dependencies=[Depends(require_read_key)],
-    responses={422: {"description": "bad limit, topic or cursor"}},
+    responses={
+        409: {
+            "model": ErrorMessage,
+            "description": "q or payload.<field> asked of a store whose SEARCH is off",
+        },
+        422: {"description": "bad limit, topic, cursor, q or payload.<field>"},
+    },
+    openapi_extra={"parameters": [FIELD_PARAMETER]},
 )
 async def list_events(
     request: Request,

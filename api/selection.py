@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 
+from api.search import QQuery, search_of
 from store import Filters, Row
 from store.clock import utc_text
 
@@ -56,12 +57,16 @@ def utc(moment: datetime | None) -> str | None:
 
 
 async def selection(
+    request: Request,
     topic: Annotated[str | None, Query(description="only this topic", max_length=255)] = None,
     source: Annotated[str | None, Query(description="only events from this source", max_length=255)] = None,
     since: Annotated[datetime | None, Query(description="stored at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="stored before (ISO 8601)")] = None,
+    q: QQuery = None,
 ) -> Selection:
-    return Selection(topic, Filters(source, utc(since), utc(until)))
+    """The filters of the request; `payload.<field>=` parameters are read from the query string (a family of
+    names OpenAPI cannot declare: each route lists them with api.search.FIELD_PARAMETER)."""
+    return Selection(topic, Filters(source, utc(since), utc(until), search_of(request, q)))
 
 
 SelectionDep = Annotated[Selection, Depends(selection)]

@@ -25,7 +25,7 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # Earlier runs' JSON; the newest is what this run's must-not-fall figures are compared with.
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Settings the deployables read from the environment that change what is measured; reported when set.
-TUNING_VARS = ("BATCH_SIZE", "BATCH_WAIT", "PREFETCH", "LINGER", "MAX_IN_FLIGHT", "CONFIRM_TIMEOUT")
+TUNING_VARS = ("BATCH_SIZE", "BATCH_WAIT", "PREFETCH", "LINGER", "MAX_IN_FLIGHT", "CONFIRM_TIMEOUT", "SEARCH")
 NAMES = tuple(s.name for s in SCENARIOS)
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -117,6 +117,7 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
         for kind, needed in (
             ("events", any(s.needs_big_store == "events" for s in chosen)),
             ("tombstones", any(s.needs_big_store == "tombstones" for s in chosen)),
+            ("searchable", any(s.needs_big_store == "searchable" for s in chosen)),
         ):
             if not needed:
                 continue
@@ -124,11 +125,15 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
             if not path.exists():
                 started = time.monotonic()
                 building = path.with_name(path.name + ".building")
-                await asyncio.to_thread(bigstore.build, building, sizes.stored, 1, kind == "tombstones")
+                await asyncio.to_thread(
+                    bigstore.build, building, sizes.stored, 1, kind == "tombstones", kind == "searchable"
+                )
                 building.rename(path)
                 _progress(f"store with {sizes.stored:,} {kind} built in {time.monotonic() - started:.1f}s")
             if kind == "events":
                 ctx.big_store = path
+            elif kind == "searchable":
+                ctx.search_store = path
             else:
                 ctx.tombstone_store = path
         samples: list[Sample] = []

@@ -27,17 +27,21 @@ CHUNK = 50_000
 RECEIVED_AT = "2026-01-01T00:00:00.000000Z"
 
 
-def _rows(count: int, seed: int, topics: Counter[str]) -> Iterator[tuple[str, str, str, str, str, str]]:
+def _rows(
+    count: int, seed: int, topics: Counter[str], search: bool = False
+) -> Iterator[tuple[str, str, str, str, str, str]]:
     rng = random.Random(seed)
     for i in range(count):
         topic = f"demo.{TOPICS[rng.randrange(len(TOPICS))]}"
         topics[topic] += 1
-        payload = {
+        payload: dict[str, object] = {
             "seq": i,
             "level": "info",
             "message": f"stored event {i}",
             "latency_ms": rng.randrange(2000),
         }
+        if search:  # a word and a field value in a tenth of the events, for the search scenario
+            payload["status"] = "failed" if i % 10 == 0 else "ok"
         yield (
             topic,
             str(uuid.UUID(int=rng.getrandbits(128), version=4)),
@@ -48,9 +52,10 @@ def _rows(count: int, seed: int, topics: Counter[str]) -> Iterator[tuple[str, st
         )
 
 
-def build(path: Path, count: int, seed: int = 1, tombstones: bool = False) -> None:
+def build(path: Path, count: int, seed: int = 1, tombstones: bool = False, search: bool = False) -> None:
     """Write `count` events into a new store at `path`; with `tombstones`, only their keys (the events
-    expired and swept), as a store that has run for months under RETENTION holds them."""
+    expired and swept), as a store that has run for months under RETENTION holds them; with `search`,
+    SEARCH on and the events indexed (as the consumer indexes a store when SEARCH is turned on)."""
     asyncio.run(_create(path))
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -58,14 +63,14 @@ def build(path: Path, count: int, seed: int = 1, tombstones: bool = False) -> No
         conn.execute("PRAGMA cache_size = -262144")
         conn.create_function("eventagg_key", 2, key_hash, deterministic=True)
         topics: Counter[str] = Counter()
-        rows = _rows(count, seed, topics)
+        rows = _rows(count, seed, topics, search)
         if tombstones:
             _tombstones(conn, rows, count)
         else:
             _events(conn, rows, count, topics)
     finally:
         conn.close()
-    asyncio.run(_create(path))  # the writer builds the filters of the sealed key buckets
+    asyncio.run(_create(path, search))  # the writer builds the filters of the sealed key buckets
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -144,9 +149,13 @@ def _tombstones(conn: sqlite3.Connection, rows: Iterator[tuple[str, ...]], count
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-async def _create(path: Path) -> None:
+async def _create(path: Path, search: bool = False) -> None:
     writer = await SqliteWriter.open(path)
-    await writer.close()
+    try:
+        if search:
+            await writer.record_search(True)
+    finally:
+        await writer.close()
 
 
 def stored(path: Path) -> int:

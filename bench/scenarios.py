@@ -26,6 +26,7 @@ from bench.child import Child
 from bench.cpu import CpuMeter, listener_pid
 from bench.postgres import ThrowawayDatabase
 from bench.retention import FULL_STEADY, QUICK_STEADY, Steady, retention, retention_postgres
+from bench.search import search_queries
 from bench.trial import DUPLICATES, START_TIMEOUT, Run, expect_outcome, why
 from broker.publisher import DEFAULT_LINGER
 
@@ -84,6 +85,7 @@ class Context:
     timeout: float
     big_store: Path | None = None  # built once, before the rounds, when a scale scenario runs
     tombstone_store: Path | None = None  # as big_store, with only the keys left (the events swept)
+    search_store: Path | None = None  # as big_store, with SEARCH on (bench/search.py)
     info: dict[str, Any] = field(default_factory=dict)  # what a repetition reports beside its figures
     latency_linger: float = DEFAULT_LINGER  # the publisher CLI's default
     round: int = 0  # the repetition being measured, from 0
@@ -606,7 +608,7 @@ class Scenario:
     name: str
     label: str
     measure: Measure
-    needs_big_store: str | None = None  # "events" or "tombstones": the pre-filled store it starts from
+    needs_big_store: str | None = None  # "events", "tombstones", "searchable": the pre-filled store
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -639,6 +641,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "tombstones",
     ),
     Scenario("queries", "GET /events, /stats at scale", queries, "events"),
+    Scenario("search_queries", "GET /events?q=, payload.<field>= at scale", search_queries, "searchable"),
     Scenario("backlog", "consumer draining a backlog (envelopes of 100)", backlog),
     Scenario("postgres_1", "end to end, envelopes of 100, PostgreSQL, 1 consumer", postgres_1),
     Scenario("postgres_2", "end to end, envelopes of 100, PostgreSQL, 2 consumers", postgres_2),

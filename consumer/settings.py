@@ -46,6 +46,13 @@ class ConsumerSettings(CommonSettings):
         Field(gt=0, le=86_400, description="time between retention sweeps: 60, 60s, 5m"),
     ] = 60.0
     key_retention: Duration = None
+    # GET /events?q= and payload.<field>=: the store's search index, off unless asked for. Indexing every
+    # event costs the consumer a third of its drain rate (bench/README.md), more than search is worth to
+    # those who never search. The store records it, so the api answers a search of an unindexed store with
+    # a 409 saying how to turn it on; turning it on indexes the events already stored.
+    search: Annotated[bool, Field(description="on: index events for GET /events?q= and payload.<field>=")] = (
+        False
+    )
 
     @model_validator(mode="after")
     def _check_retry(self) -> ConsumerSettings:

@@ -67,6 +67,9 @@ class Storage:
                 # Several consumers share one store: the last one started sets it for every reader and
                 # sweeper, so two started with different values do not expire events by two clocks.
                 log.warning("store retention changed from %s to %s", before.describe(), wanted.describe())
+            if await writer.record_search(self._settings.search) != self._settings.search:
+                # As retention: the last consumer started sets it for every writer and reader.
+                log.warning("store search index turned %s", "on" if self._settings.search else "off")
             return True
 
         return await self._with_retry(record, stop) is not None

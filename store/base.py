@@ -15,6 +15,7 @@ from contract.schema import COUNTERS
 from store.clock import utc_text
 from store.deadletters import DeadLetterCounts, DeadLetterPage, Rejected
 from store.retention import Expired, Holdings, Retention, SweepResult
+from store.search import Search
 
 Backend = Literal["sqlite", "postgresql"]
 
@@ -79,6 +80,7 @@ class Filters:
     source: str | None = None
     since: str | None = None
     until: str | None = None
+    search: Search | None = None  # q= and payload.<field>= (store/search.py)
 
 
 NO_FILTERS = Filters()
@@ -123,6 +125,11 @@ class Writer(Protocol):
         """Make `retention` the store's; returns the one recorded before (KEEP_ALL on a new store)."""
         ...
 
+    async def record_search(self, on: bool) -> bool:
+        """Make SEARCH `on` (or off) the store's; returns what it was. Turned on, the events already stored
+        are indexed before this returns; from then on every batch indexes its events."""
+        ...
+
     async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
         """Remove expired events and forgotten keys by the store's recorded retention, in short
         transactions (each well under 50 ms), so batches carry on between them. `before_commit` runs inside
@@ -152,7 +159,8 @@ class Reader(Protocol):
         descending: bool = False,
         filters: Filters = NO_FILTERS,
     ) -> Page:
-        """Events after seq `after` in store order, or before it newest first (`descending`)."""
+        """Events after seq `after` in store order, or before it newest first (`descending`). SearchOff when
+        `filters` search a store whose SEARCH is off."""
         ...
 
     async def event_row(self, topic: str, event_id: str) -> Row | Expired | None:

@@ -15,18 +15,19 @@ from store.retention import Retention
 
 _SECOND = timedelta(seconds=1)
 
-# Seqs for the batch's new keys, with the retention the store records (read in the batch's transaction: a
-# retention recorded by another consumer counts from its commit on).
+# Seqs for the batch's new keys, with the retention and SEARCH the store records (read in the batch's
+# transaction: what another consumer records counts from its commit on).
 ALLOCATE = """
     SELECT s, (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
-        (SELECT value FROM consumer_state WHERE key = 'key_retention_seconds')
+        (SELECT value FROM consumer_state WHERE key = 'key_retention_seconds'),
+        (SELECT value FROM consumer_state WHERE key = 'search')
     FROM eventagg_allocate($1) AS s
 """
 # Dedup: a key inserted is new; a key already there is a duplicate unless it was forgotten (received before
 # $10, KEY_RETENTION's cutoff, NULL when keys are kept forever): then it takes the new seq and moment, and its
 # event is stored again. In key order: concurrent batches wait on each other's keys in one order, so two
 # consumers holding the same keys cannot deadlock. The events of the keys inserted go in with them, in one
-# statement (one round trip).
+# statement (one round trip), with their search words, terms and field tokens (store/postgres/search.py).
 NEW = """
     WITH new AS (
         INSERT INTO event_keys (key_hash, seq, received_at)
@@ -35,10 +36,14 @@ NEW = """
         WHERE event_keys.received_at < $10::timestamptz
         RETURNING key_hash, seq
     ), stored AS (
-        INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)
-        SELECT u.s, t, e, ts, src, p, $8::text
-        FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-            AS u(s, t, e, ts, src, p)
+        INSERT INTO events (
+            seq, topic, event_id, timestamp, source, payload, received_at, words, terms, fields
+        )
+        SELECT u.s, t, e, ts, src, p, $8::text, w, string_to_array(wt, ' '), string_to_array(f, ' ')
+        FROM unnest(
+            $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $11::text[], $12::text[], $13::text[]
+        ) AS u(s, t, e, ts, src, p, w, wt, f)
         JOIN new ON new.seq = u.s
     )
     SELECT key_hash FROM new

@@ -21,6 +21,7 @@ import asyncpg
 
 from store.base import key_hash
 from store.clock import utc_text
+from store.postgres.search import COLUMNS_DDL as SEARCH_COLUMNS_DDL
 from store.retention import Retention
 
 # Advisory lock of partition changes: creators read the catalogue and attach under it, so two consumers never
@@ -30,8 +31,8 @@ PREFIX: Final = "events_p_"  # every partition's name; a store of schema 6's tab
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _HORIZON: Final = 600_000_000  # ten minutes, in microseconds
 
-# The columns of `events` and of every partition (ATTACH needs them identical).
-COLUMNS_DDL: Final = """
+# The columns of `events` as schema 7 made them ...
+COLUMNS_DDL_V7: Final = """
     seq          bigint NOT NULL,
     topic        text NOT NULL,
     event_id     text NOT NULL,
@@ -41,6 +42,8 @@ COLUMNS_DDL: Final = """
     received_at  text NOT NULL,
     txid         xid8 NOT NULL DEFAULT pg_current_xact_id()
 """
+# ... and of every partition created since schema 8 added the search columns (ATTACH needs them identical).
+COLUMNS_DDL: Final = COLUMNS_DDL_V7 + SEARCH_COLUMNS_DDL
 
 
 def width(retention: Retention) -> timedelta:
@@ -221,7 +224,7 @@ _V7_BEFORE = f"""
     ALTER INDEX events_by_topic RENAME TO {PREFIX}v6_by_topic;
     ALTER INDEX events_by_source RENAME TO {PREFIX}v6_by_source;
     ALTER INDEX events_by_received_at RENAME TO {PREFIX}v6_by_received_at;
-    CREATE TABLE events ({COLUMNS_DDL}) PARTITION BY RANGE (received_at COLLATE "C");
+    CREATE TABLE events ({COLUMNS_DDL_V7}) PARTITION BY RANGE (received_at COLLATE "C");
     CREATE INDEX events_by_seq ON events (seq);
     CREATE INDEX events_by_topic ON events (topic, seq);
     CREATE INDEX events_by_source ON events (source, seq);

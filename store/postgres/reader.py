@@ -26,6 +26,7 @@ from store.base import (
 )
 from store.clock import utc_text
 from store.deadletters import DEAD_LETTER_COLUMNS, DeadLetterCounts, DeadLetterPage, dead_letter
+from store.postgres import search
 from store.postgres.retention import Swept, holdings
 from store.postgres.schema import (
     BACKEND,
@@ -37,6 +38,7 @@ from store.postgres.schema import (
     where,
 )
 from store.retention import Expired, Retention
+from store.search import SearchOff
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ _WRITERS = """
     SELECT pg_snapshot_xmax(pg_current_snapshot())::text, array(
         SELECT backend_xid::text FROM pg_stat_activity
         WHERE datname = current_database() AND application_name = $1 AND backend_xid IS NOT NULL
-    ), (SELECT value FROM consumer_state WHERE key = 'retention_seconds')
+    ), (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
+    (SELECT value FROM consumer_state WHERE key = 'search')
 """
 # A key's seq and moment, and the recorded retention, for GET by key.
 _KEY = """
@@ -132,7 +135,7 @@ class PostgresReader:
         except DB_ERRORS as exc:
             raise connect_error(self._url, exc) from exc
 
-    async def _watermark(self) -> tuple[str, str | None] | None:
+    async def _watermark(self) -> tuple[str, str | None, bool] | None:
         """A transaction id below which every writer has finished: the oldest consumer transaction still
         running, or the next id to be assigned when none runs.
 
@@ -140,7 +143,8 @@ class PostgresReader:
         larger one (and, through eventagg_allocate, larger seqs than every row below the watermark), and one
         that finished before it is visible to the page's later snapshot. Only this database's consumer
         sessions count, so unrelated long transactions on the server do not hold pages back. With it, the
-        moment before which events are expired (None: kept forever) by the retention the store records.
+        moment before which events are expired (None: kept forever) by the retention the store records, and
+        whether its SEARCH is on.
         """
         rows = await self._fetch(_WRITERS, WRITER_APPLICATION)
         if rows is None:
@@ -152,7 +156,7 @@ class PostgresReader:
         for text in rows[0][1]:
             bound = min(bound, full_xid(next_id, int(text)))
         retention = Retention.from_state({"retention_seconds": rows[0][2] or "0"})
-        return str(bound), retention.event_cutoff()
+        return str(bound), retention.event_cutoff(), search.enabled(rows[0][3])
 
     async def page(
         self,
@@ -162,32 +166,14 @@ class PostgresReader:
         descending: bool = False,
         filters: Filters = NO_FILTERS,
     ) -> Page:
-        where = f"seq {'<' if descending else '>'} $1 AND {_SAFE}"
         marks = await self._watermark()
         if marks is None:
             return Page([], None)
-        watermark, cutoff = marks
-        args: list[Any] = [after, limit + 1, topic, watermark]
-        if topic is not None:
-            where += " AND topic = $3::text"
-        else:
-            where += " AND $3::text IS NULL"
-        # Several consumers commit concurrently, so received_at does not grow strictly with seq here: the
-        # bounds are compared as they are, and the planner picks among the indexes by their statistics.
-        # An expired event is never returned, swept or not; the cutoff also prunes its partitions away.
-        for condition, value in (
-            ('received_at COLLATE "C" >= ${}', cutoff),
-            ("source = ${}", filters.source),
-            ('received_at COLLATE "C" >= ${}', filters.since),
-            ('received_at COLLATE "C" < ${}', filters.until),
-        ):
-            if value is not None:
-                args.append(value)
-                where += " AND " + condition.format(len(args))
-        order = "seq DESC" if descending else "seq"
-        rows = await self._fetch(
-            f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT $2", *args
-        )
+        watermark, cutoff, searchable = marks
+        if filters.search and not searchable:
+            raise SearchOff()
+        sql, args = page_query(topic, limit, after, descending, filters, watermark, cutoff)
+        rows = await self._fetch(sql, *args)
         found = [cast(Row, tuple(r)) for r in rows or []]
         more = len(found) > limit
         found = found[:limit]
@@ -277,3 +263,38 @@ class PostgresReader:
         by_kind = {str(r[0]): int(r[1]) for r in counts or []}
         gone = int(dropped[0][0]) if dropped else 0
         return DeadLetterCounts(by_kind, sum(by_kind.values()) - gone, gone)
+
+
+def page_query(
+    topic: str | None,
+    limit: int,
+    after: int,
+    descending: bool,
+    filters: Filters,
+    watermark: str,
+    cutoff: str | None,
+) -> tuple[str, list[Any]]:
+    """One page of events as SQL, behind the writers' `watermark`, expired events (before `cutoff`) left
+    out; EXPLAIN in the store suite."""
+    where = f"seq {'<' if descending else '>'} $1 AND {_SAFE}"
+    args: list[Any] = [after, limit + 1, topic, watermark]
+    if topic is not None:
+        where += " AND topic = $3::text"
+    else:
+        where += " AND $3::text IS NULL"
+    # Several consumers commit concurrently, so received_at does not grow strictly with seq here: the
+    # bounds are compared as they are, and the planner picks among the indexes by their statistics.
+    # An expired event is never returned, swept or not; the cutoff also prunes its partitions away.
+    for condition, value in (
+        ('received_at COLLATE "C" >= ${}', cutoff),
+        ("source = ${}", filters.source),
+        ('received_at COLLATE "C" >= ${}', filters.since),
+        ('received_at COLLATE "C" < ${}', filters.until),
+    ):
+        if value is not None:
+            args.append(value)
+            where += " AND " + condition.format(len(args))
+    if filters.search:
+        where += search.conditions(filters.search, args)
+    order = "seq DESC" if descending else "seq"
+    return f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT $2", args

@@ -11,6 +11,7 @@ import asyncpg
 
 from contract.config import redact
 from store.base import Durability, StoreConfigError, StoreError
+from store.postgres import search
 from store.postgres.partitions import migrate_to_partitions
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,8 @@ MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     # Retention: `events` partitioned by time (store/postgres/partitions.py), dedup by a compact key table
     # (key_hash, seq, received_at) that outlives the events, and the totals the sweeps removed.
     migrate_to_partitions,
+    # GET /events?q= and payload.<field>=: words and field tokens, and their indexes.
+    search.migrate,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

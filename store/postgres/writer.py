@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from contract.event import Event
 from store.base import (
     Backend,
     BatchResult,
@@ -28,6 +29,7 @@ from store.base import (
 )
 from store.clock import utc_now
 from store.postgres import batch as sql
+from store.postgres import search
 from store.postgres.partitions import Coverage, cover, micros, recorded_retention
 from store.postgres.retention import sweep
 from store.postgres.schema import (
@@ -35,12 +37,14 @@ from store.postgres.schema import (
     DB_ERRORS,
     SLOTS,
     SWEEPER_APPLICATION,
+    WRITER_APPLICATION,
     connect,
     durability_of,
     migrate,
     where,
 )
 from store.retention import Retention, SweepResult
+from store.search import field_tokens, search_text, terms
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,12 @@ class PostgresWriter:
         except DB_ERRORS as exc:
             raise self._error(exc) from exc
         return before
+
+    async def record_search(self, on: bool) -> bool:
+        try:
+            return await search.record(await self._connection(), on, WRITER_APPLICATION)
+        except DB_ERRORS as exc:
+            raise self._error(exc) from exc
 
     async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
         try:
@@ -212,6 +222,7 @@ class PostgresWriter:
                     received_at,
                     moment,
                     key_cutoff,
+                    *_search_columns(search.enabled(allocated[0][3]), [e for _, _, e in items]),
                 )
                 new = [numbered[r[0]] for r in rows]
                 inserted = {key for _, key, _ in new}
@@ -251,3 +262,11 @@ class PostgresWriter:
     async def counters(self) -> dict[str, int]:
         rows = await (await self._connection()).fetch(sql.SUMMED_COUNTERS)
         return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _search_columns(on: bool, events: list[Event]) -> tuple[list[str], list[str], list[str]]:
+    """Each event's words, terms and field tokens; empty when SEARCH is off (nothing indexed, little cost)."""
+    if not on:
+        return [""] * len(events), [""] * len(events), [""] * len(events)
+    words = [search_text(e.source, e.payload) for e in events]
+    return words, [" ".join(terms(w)) for w in words], [" ".join(field_tokens(e.payload)) for e in events]

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from store.retention import Retention, SweepResult
+from store.sqlite import search
 from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import expired_bound
 from store.sqlite.schema import received_ms
@@ -56,6 +57,7 @@ def _sweep_events(
             upper = bound if row is None else min(bound, int(row[0]))
         removed = conn.execute("DELETE FROM events WHERE seq < ?", (upper,)).rowcount if upper else 0
         if removed:
+            search.sweep(conn, upper)
             conn.execute("UPDATE sweep_totals SET swept = swept + ?", (removed,))
             if before_commit is not None:
                 before_commit()

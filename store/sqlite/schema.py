@@ -12,6 +12,7 @@ from typing import Final
 
 from store.base import Durability, StoreConfigError, StoreError, key_hash
 from store.clock import utc_text
+from store.sqlite import search
 from store.sqlite.keys import BUCKET_KEYS
 from store.sqlite.thread import SqliteThread
 
@@ -130,6 +131,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE sweep_totals (swept INTEGER NOT NULL);
     INSERT INTO sweep_totals (swept) VALUES (0);
     """,
+    # GET /events?q= and payload.<field>=: the FTS5 index of every stored event (store/sqlite/search.py).
+    search.MIGRATION,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -173,6 +176,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     # Migration 7 fills `keys` from the events with the same functions the writer uses.
     conn.create_function("eventagg_key", 2, key_hash, deterministic=True)
     conn.create_function("eventagg_ms", 1, received_ms, deterministic=True)
+    search.register(conn)  # turning SEARCH on indexes the events already stored with them
     row = conn.execute("PRAGMA user_version").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:

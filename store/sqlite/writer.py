@@ -25,6 +25,7 @@ from store.base import (
 from store.clock import utc_now
 from store.deadletters import DEAD_LETTERS_KEPT, Rejected
 from store.retention import KEEP_ALL, Retention, SweepResult
+from store.sqlite import search
 from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import copies
 from store.sqlite.retention import sweep
@@ -110,6 +111,7 @@ class SqliteWriter:
         self._last_received_at = ""
         self._retention = KEEP_ALL  # the store's, as this (its only) writer recorded it
         self._buckets = KeyBuckets()
+        self._search = False  # SEARCH as the store records it: whether batches index their events
 
     @classmethod
     async def open(cls, path: Path, before_commit: Callable[[], None] | None = None) -> SqliteWriter:
@@ -142,6 +144,7 @@ class SqliteWriter:
         writer._last_received_at = str(rows[0][0]) if rows and rows[0][0] else ""
         try:
             writer._retention = await writer._recorded_retention()
+            writer._search = await on_thread(conn, search.enabled)
             await on_thread(conn, writer._buckets.load)
         except BaseException as exc:
             await writer.close()
@@ -165,6 +168,14 @@ class SqliteWriter:
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
         self._retention = retention
+        return before
+
+    async def record_search(self, on: bool) -> bool:
+        try:
+            before = await on_thread(self._conn, search.record, on)
+        except (sqlite3.Error, OSError) as exc:
+            raise error(exc) from exc
+        self._search = on
         return before
 
     async def sweep(self, before_commit: Callable[[], None] | None = None) -> SweepResult:
@@ -242,6 +253,9 @@ class SqliteWriter:
                 first = (int(last[0]) if last else 0) + 1
                 # executemany instead of one execute per event: the whole batch in one statement's loop in C.
                 conn.executemany(_INSERT, [(seq, *row) for seq, row in enumerate(new, start=first)])
+                if self._search:
+                    numbered = [(s, batch.first[(row[0], row[1])]) for s, row in enumerate(new, start=first)]
+                    conn.executemany(search.INSERT, search.index_rows(numbered))
                 ms = received_ms(received_at)
                 self._buckets.record(
                     conn, [(hashes[(row[0], row[1])], seq, ms) for seq, row in enumerate(new, start=first)]

@@ -34,7 +34,11 @@ async def test_schemathesis_finds_no_server_error_no_rejected_valid_request_and_
 ) -> None:
     deployment = procs.deployment
     # A generous confirm timeout: on a loaded machine a 503 "no confirm in time" is by design, not a finding.
-    await start_pipeline(procs, amqp, api_env={"API_COMPAT": profile, "PUBLISH_TIMEOUT": "30"})
+    # Search on in one profile and off in the others: both the searches' answers and their 409 are checked.
+    search = "on" if profile == "default" else "off"
+    await start_pipeline(
+        procs, amqp, consumer_env={"SEARCH": search}, api_env={"API_COMPAT": profile, "PUBLISH_TIMEOUT": "30"}
+    )
     started = time.monotonic()
 
     # A live tail never ends by itself: schemathesis reads one until 20 events or the operation's timeout.
@@ -117,7 +121,11 @@ async def test_every_answer_of_a_profile_matches_the_openapi_it_publishes_and_it
     procs: Processes, amqp: AbstractRobustConnection, profile: str
 ) -> None:
     deployment = procs.deployment
-    await start_pipeline(procs, amqp, api_env={"API_COMPAT": profile, "PUBLISH_TIMEOUT": "30"})
+    # Search on in one profile and off in the others: both the searches' answers and their 409 are checked.
+    search = "on" if profile == "default" else "off"
+    await start_pipeline(
+        procs, amqp, consumer_env={"SEARCH": search}, api_env={"API_COMPAT": profile, "PUBLISH_TIMEOUT": "30"}
+    )
     async with httpx.AsyncClient(base_url=deployment.api_url, timeout=60) as client:
         document = (await client.get("/openapi.json")).json()
         stored = [event("a"), event("b"), event("c", "conform.b")]

@@ -85,6 +85,12 @@ async def test_opening_creates_the_store_its_directory_and_its_tables(
             "key_buckets",
             "sqlite_sequence",
             "sweep_totals",
+            # the search index (FTS5) and its shadow tables
+            "events_search",
+            "events_search_data",
+            "events_search_idx",
+            "events_search_content",
+            "events_search_config",
         }
         assert dict(conn.execute("SELECT name, value FROM counters").fetchall()) == dict.fromkeys(COUNTERS, 0)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
