@@ -3,6 +3,7 @@ events the reference filter selects from those sent, with the other filters, bot
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -27,6 +28,30 @@ def ids(deployment: Deployment, params: dict[str, Any]) -> list[str]:
             if url is None:
                 return out
             answer = client.get(url)
+
+
+def exported(deployment: Deployment, params: dict[str, Any]) -> list[str]:
+    with httpx.Client(timeout=30) as client:
+        answer = client.get(f"{deployment.api_url}/events/export", params=params)
+    assert answer.status_code == 200, answer.text
+    return [json.loads(line)["event_id"] for line in answer.text.splitlines()]
+
+
+def streamed(deployment: Deployment, params: dict[str, Any], count: int) -> list[str]:
+    """The first `count` events of a live tail from the start (its catch-up, in the store's order): any event
+    it should not list, before the last it should, breaks the comparison."""
+    out: list[str] = []
+    with (
+        httpx.Client(timeout=httpx.Timeout(30, read=20)) as client,
+        client.stream("GET", f"{deployment.api_url}/events/stream", params={**params, "after": 0}) as answer,
+    ):
+        assert answer.status_code == 200, answer.read()
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                out.append(json.loads(line[len("data: ") :])["event_id"])
+                if len(out) == count:
+                    break
+    return out
 
 
 def wire(e: Event) -> dict[str, Any]:
@@ -57,6 +82,12 @@ async def test_search_through_the_api_returns_exactly_the_matching_events_with_f
         assert ids(deployment, {**params, "q": f"{q or ''} -- !!"}) == expected(stored, q, pairs, None, None)
         narrowed = {**params, "topic": "orders", "source": "api", "order": "desc"}
         assert ids(deployment, narrowed) == expected(stored, q, pairs, "orders", "api")[::-1], narrowed
+        # The export and the live tail take the same filters (api/selection.py).
+        assert exported(deployment, params) == expected(stored, q, pairs, None, None), params
+    q, pairs = SEARCHES[0]
+    params = {f"payload.{name}": value for name, value in pairs} | ({"q": q} if q is not None else {})
+    wanted = expected(stored, q, pairs, None, None)
+    assert streamed(deployment, params, len(wanted)) == wanted, params
 
 
 async def test_what_cannot_be_searched_for_is_a_422_naming_the_parameter(procs: Processes) -> None:
@@ -82,8 +113,9 @@ async def test_a_search_of_a_store_without_search_is_a_409_saying_how_to_turn_it
     await start_pipeline(procs, amqp)  # SEARCH unset: off
     with httpx.Client(base_url=deployment.api_url, timeout=10) as client:
         assert client.get("/events").status_code == 200
-        for params in ({"q": "disk"}, {"payload.status": "failed"}):
-            answer = client.get("/events", params=params)
-            assert answer.status_code == 409, answer.text
-            assert "SEARCH=on" in answer.json()["detail"]
+        for path in ("/events", "/events/export", "/events/stream"):
+            for params in ({"q": "disk"}, {"payload.status": "failed"}):
+                answer = client.get(path, params=params)
+                assert answer.status_code == 409, (path, answer.text)
+                assert "SEARCH=on" in answer.json()["detail"]
         assert client.get("/events", params={"q": "!!"}).status_code == 200  # no words: no search
