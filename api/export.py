@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import StateDep, require_read_key
-from api.models import ErrorMessage
 from api.queries import row_json
-from api.search import FIELD_PARAMETER
+from api.search import FIELD_PARAMETER, SEARCH_OFF_RESPONSE
 from api.selection import Selection, SelectionDep
 from store import Page, Reader
 
@@ -35,10 +34,7 @@ class Ndjson(StreamingResponse):
     dependencies=[Depends(require_read_key)],
     responses={
         200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
-        409: {
-            "model": ErrorMessage,
-            "description": "q or payload.<field> asked of a store whose SEARCH is off",
-        },
+        409: SEARCH_OFF_RESPONSE,
         422: {"description": "bad filter or position"},
     },
     openapi_extra={"parameters": [FIELD_PARAMETER]},

@@ -39,6 +39,14 @@ FIELD_PARAMETER: dict[str, Any] = {
 }
 
 
+# The 409 of a search on a store without SEARCH, as JSON also on routes whose own answers are not (the live
+# tail's event stream, the export's NDJSON): FastAPI would put a `model` under the route's media type.
+SEARCH_OFF_RESPONSE: dict[str, Any] = {
+    "description": "q or payload.<field> asked of a store whose SEARCH is off",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}},
+}
+
+
 def _refusal(loc: str, msg: str, value: str | None) -> RequestValidationError:
     # The 422 every other query parameter gets (api/errors.py bounds its echo), from the route's dependency.
     return RequestValidationError(

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.deps import StateDep, require_read_key
-from api.models import ErrorMessage
-from api.search import FIELD_PARAMETER
+from api.search import FIELD_PARAMETER, SEARCH_OFF_RESPONSE
 from api.selection import SelectionDep
 from api.tail import READ_PAGE, Subscriber, TailHub, frame
 from store import Reader
@@ -87,10 +86,7 @@ def _position(text: str) -> int | None:
     dependencies=[Depends(require_read_key)],
     responses={
         200: {"content": {"text/event-stream": {"schema": _EVENT_SCHEMA}}},
-        409: {
-            "model": ErrorMessage,
-            "description": "q or payload.<field> asked of a store whose SEARCH is off",
-        },
+        409: SEARCH_OFF_RESPONSE,
         422: {"description": "bad filter or position"},
     },
     openapi_extra={"parameters": [_LAST_EVENT_ID, FIELD_PARAMETER]},
