@@ -13,6 +13,8 @@
 
 - `EVENTAGG_FAULT_KILL_IN_SWEEP=N`: SIGKILL this process inside its N-th retention sweep transaction that
   removes something, after its deletes and before its COMMIT.
+- `EVENTAGG_FAULT_RAISE_AFTER_COMMIT=N`: raise an error right after the N-th batch commit, before its acks,
+  as an unexpected bug would: the consumer must stop with that error (exit code 1), not carry on or exit 0.
 - `EVENTAGG_FAULT_SLOW_COMMIT=SECONDS`: every batch transaction takes that much longer before COMMIT (a
   slow disk). With SQLite the hook runs on the store's own thread, so deliveries keep arriving meanwhile: the
   store is the bottleneck on purpose, and group commit must fill batches up to BATCH_SIZE.
@@ -40,6 +42,7 @@ COMMIT = "EVENTAGG_FAULT_COMMIT"
 FAIL_AFTER_COMMIT = "EVENTAGG_FAULT_FAIL_AFTER_COMMIT"
 KILL_IN_SWEEP = "EVENTAGG_FAULT_KILL_IN_SWEEP"
 SLOW_COMMIT = "EVENTAGG_FAULT_SLOW_COMMIT"
+RAISE_AFTER_COMMIT = "EVENTAGG_FAULT_RAISE_AFTER_COMMIT"
 ERRORS = {"ioerror": (errno.EIO, "disk I/O error"), "full": (errno.ENOSPC, "database or disk is full")}
 
 
@@ -52,6 +55,7 @@ class Faults(Hooks):
     kill_in_sweep: int | None = None
     sweeps: list[int] = field(default_factory=lambda: [0], compare=False)  # sweep transactions so far
     slow_commit: float | None = None
+    raise_after_commit: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Faults:
@@ -60,7 +64,10 @@ class Faults(Hooks):
         fail_after = environ.get(FAIL_AFTER_COMMIT)
         in_sweep = environ.get(KILL_IN_SWEEP)
         slow = environ.get(SLOW_COMMIT)
+        raise_after = environ.get(RAISE_AFTER_COMMIT)
         faults = cls()
+        if raise_after:
+            faults = replace(faults, raise_after_commit=_positive(RAISE_AFTER_COMMIT, raise_after))
         if in_sweep:
             faults = replace(faults, kill_in_sweep=_positive(KILL_IN_SWEEP, in_sweep))
         if slow:
@@ -91,7 +98,13 @@ class Faults(Hooks):
     def active(self) -> bool:
         return any(
             x is not None
-            for x in (self.kill_after_commit, self.commit_flag, self.kill_in_sweep, self.slow_commit)
+            for x in (
+                self.kill_after_commit,
+                self.commit_flag,
+                self.kill_in_sweep,
+                self.slow_commit,
+                self.raise_after_commit,
+            )
         )
 
     def store_hook(self) -> Callable[[], None] | None:
@@ -128,6 +141,12 @@ class Faults(Hooks):
         if self.kill_after_commit is not None and commits >= self.kill_after_commit:
             log.warning("fault injection: SIGKILL after commit %d, before its acks", commits)
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.raise_after_commit == commits:
+            raise InjectedError(f"fault injection: an error after commit {commits}, before its acks")
+
+
+class InjectedError(RuntimeError):
+    """What EVENTAGG_FAULT_RAISE_AFTER_COMMIT raises."""
 
 
 def _positive(name: str, value: str) -> int:

@@ -351,6 +351,7 @@ class _Pipeline:
         self._committing: asyncio.Task[bool] | None = None  # the last batch: its commit, then its settling
         self._committed: asyncio.Future[bool] | None = None  # its commit alone: False when left unstored
         self._abandoned = False
+        self._failure: BaseException | None = None  # the first batch that raised: finish() raises it
         self._commits = 0
 
     async def submit(self, batch: list[Decoded], opened_at: float) -> None:
@@ -377,15 +378,24 @@ class _Pipeline:
         return self._committed is not None and not self._committed.done()
 
     def _check(self, task: asyncio.Task[bool]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            # Kept for finish(): the next batch awaits this one only to order its acks, and an exception
+            # it swallowed there would otherwise end the loop with nothing said and exit code 0.
+            if self._failure is None:
+                self._failure = failure
             self._on_failure()
 
     async def finish(self) -> bool:
         """Wait for the batches in flight to be committed and settled; False once one was left for
-        redelivery."""
+        redelivery. Raises what the first failed batch raised."""
         committing, self._committing = self._committing, None
-        if committing is not None and not await committing:
-            self._abandoned = True
+        try:
+            if committing is not None and not await committing:
+                self._abandoned = True
+        finally:
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                raise failure
         return not self._abandoned
 
     async def _process(

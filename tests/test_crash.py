@@ -170,6 +170,24 @@ async def test_a_crash_loop_redelivering_one_batch_25_times_dead_letters_nothing
     assert c["duplicate_dropped"] == c["received"] - 200 >= 24
 
 
+async def test_an_unexpected_error_after_a_commit_stops_the_consumer_with_it_and_loses_nothing(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    """An error nobody foresaw, after batch 2 committed and before its acks, while batch 3 is already on its
+    way (it awaits batch 2 to order its acks): the consumer stops with that error, exit code 1 and its
+    traceback, instead of ending its loop with nothing said and exit code 0; the restart loses nothing."""
+    checked = Checked(procs, Workload(200, seed=13, duplicates=0.0))
+    await start_pipeline(procs, amqp, with_consumer=False)
+    assert checked.publish("--envelope-size", "1").wait(budget(120)) == 0
+    consumer = procs.consumer(BATCH_SIZE="10", PREFETCH="50", EVENTAGG_FAULT_RAISE_AFTER_COMMIT="2")
+    assert consumer.wait(60) == 1, consumer.output()
+    assert "InjectedError: fault injection: an error after commit 2" in consumer.output()
+
+    procs.consumer()
+    await checked.settle(amqp)
+    await checked.check(amqp, "unexpected error after a commit", "error after commit 2, then a restart")
+
+
 async def test_publisher_killed_mid_stream_and_run_again_takes_effect_once(
     procs: Processes, amqp: AbstractRobustConnection
 ) -> None:
