@@ -27,7 +27,7 @@ from store.deadletters import DEAD_LETTER_COLUMNS, DeadLetterCounts, DeadLetterP
 from store.retention import Expired, Holdings, Retention, expires_at
 from store.search import SearchOff
 from store.sqlite import search
-from store.sqlite.keys import NEWEST_SEQ, expired_bound, first_seq_at_or_after
+from store.sqlite.keys import NEWEST_SEQ, expired_bound, first_seq_at_or_after, key_of
 from store.sqlite.schema import BACKEND, error, ms_text, open_reader, received_ms, recorded
 from store.sqlite.search import search_query
 from store.sqlite.thread import SqliteThread, on_thread
@@ -186,12 +186,11 @@ def _seq_bounds(conn: sqlite3.Connection, filters: Filters, cutoff: str | None) 
 
 
 def _event_row(conn: sqlite3.Connection, topic: str, event_id: str) -> Row | Expired | None:
-    key = conn.execute(
-        "SELECT seq, received_ms FROM keys WHERE h = ?", (key_hash(topic, event_id),)
-    ).fetchone()
+    # A seek per bucket on the keys' primary key (bucket, hash): `WHERE h = ?` alone scanned every key.
+    key = key_of(conn, key_hash(topic, event_id))
     if key is None:
         return None
-    seq, ms = int(key[0]), int(key[1])
+    seq, ms = key
     retention = _retention(conn)
     forgotten = retention.key_cutoff()
     if forgotten is not None and ms < received_ms(forgotten):

@@ -116,3 +116,34 @@ def check_plans(conn: sqlite3.Connection, expect_index: bool) -> None:
         assert expected in steps[0] or not expect_index, where
     assert plan(conn, SEQ_PROBE, [1]) == ["SEARCH events USING INTEGER PRIMARY KEY (rowid>?)"]
     assert [step for step in plan(conn, SEQ_ENDS, []) if "events" in step] == ["SEARCH events"] * 2
+
+
+async def test_a_lookup_by_key_seeks_each_bucket_and_never_scans_the_keys_on_sqlite(tmp_path: Path) -> None:
+    """GET /events/{topic}/{event_id}: every statement the reader runs for it, with its query plan."""
+    from store import open_reader, open_writer
+    from store.sqlite.reader import _event_row
+
+    settings = StoreSettings(tmp_path / "events.db")
+    writer = await open_writer(settings)
+    await writer.apply([[event(f"e{n}", f"t{n % 3}", f"s{n % 2}") for n in range(50)]])
+    await writer.close()
+    reader = open_reader(settings)
+    assert await reader.event_row("t1", "e1") is not None
+    await reader.close()
+    conn = sqlite3.connect(settings.db_path)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        assert _event_row(conn, "t1", "e1") is not None
+        assert _event_row(conn, "t1", "nope") is None
+        conn.set_trace_callback(None)
+        plans = [step for sql in dict.fromkeys(statements) for step in explained(conn, sql)]
+    finally:
+        conn.close()
+    assert any("keys USING PRIMARY KEY" in step for step in plans), plans
+    assert not [step for step in plans if step.startswith("SCAN") and "key_buckets" not in step], plans
+
+
+def explained(conn: sqlite3.Connection, sql: str) -> list[str]:
+    """The plan of a traced statement (its parameters inlined by the trace)."""
+    return [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
