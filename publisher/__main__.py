@@ -158,9 +158,11 @@ async def send_load(
     report: Report,
     on_confirmed: OnConfirmed,
     progress: Progress,
+    keep: bool,
 ) -> list[Event]:
     """Generate the load as it is sent: the first message leaves at once, not after the whole load was made.
-    The time spent generating is measured and left out of the reported rate."""
+    The time spent generating is measured and left out of the reported rate. Returns the events sent when
+    `keep` (for --verify), else nothing: a long run holds no event once it is confirmed."""
     seed = args.seed if args.seed is not None else time.time_ns()
     events = load.Stream(args.count, args.duplicates, args.topics, seed, args.topic_prefix)
     batch = transport.batch(on_confirmed)
@@ -174,7 +176,8 @@ async def send_load(
         report.generating += clock() - began
         if item is None:
             break
-        sent.append(item)
+        if keep:
+            sent.append(item)
         report.sent, report.unique, report.duplicates = report.sent + 1, events.unique, events.duplicates
         await batch.add(item)
         if report.sent % YIELD_EVERY == 0:
@@ -190,7 +193,10 @@ async def send_file(
     report: Report,
     on_confirmed: OnConfirmed,
     progress: Progress,
+    keep: bool,
 ) -> list[Event]:
+    """Publish a file or stdin as it is read; returns the events sent when `keep` (for --verify), else
+    nothing: a publisher fed on stdin for days holds no event once it is confirmed, only each key once."""
     interactive = args.file == "-"
     stream = sys.stdin.buffer if interactive else await asyncio.to_thread(Path(args.file).open, "rb")
     sent: list[Event] = []
@@ -203,7 +209,8 @@ async def send_file(
                 report.bad_lines += 1
                 print(f"{args.file}: {item}", file=sys.stderr)
                 continue
-            sent.append(item)
+            if keep:
+                sent.append(item)
             report.sent += 1
             if item.key() in seen:
                 report.duplicates += 1
@@ -284,9 +291,9 @@ async def main(args: argparse.Namespace, settings: PublisherSettings) -> int:
     try:
         async with open_transport(args.via, settings) as transport:
             if args.file:
-                sent = await send_file(transport, args, settings, report, on_confirmed, progress)
+                sent = await send_file(transport, args, settings, report, on_confirmed, progress, verifying)
             else:
-                sent = await send_load(transport, args, report, on_confirmed, progress)
+                sent = await send_load(transport, args, report, on_confirmed, progress, verifying)
             if isinstance(transport, HttpTransport) and settings.wait_stored:
                 report.stored = dict(transport.stored)
     except PublishFailed as exc:

@@ -427,3 +427,52 @@ async def test_an_unreachable_broker_is_one_warning_per_change_of_state_and_noth
     ], warnings
     errors = [n for n, ln in enumerate(lines) if " ERROR " in ln or "error when creating transport" in ln]
     assert not errors, "\n".join(lines[errors[0] : errors[0] + 40])
+
+
+def peak_rss_mib(process: Process) -> float:
+    for line in Path(f"/proc/{process.popen.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_a_publisher_fed_on_stdin_holds_no_event_once_it_is_confirmed(
+    procs: Processes, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    """160 MB of events through a publisher whose stdin stays open, as a service's log pipe would: its peak
+    RSS stays far below what it sent (it kept every event sent, for a --verify it was not asked for)."""
+    await start_pipeline(procs, amqp)
+    confirmed = tmp_path / "confirmed.jsonl"
+    publisher = procs.start(
+        "publisher", "--file", "-", "--quiet", "--confirmed-log", str(confirmed), stdin=b"", keep_stdin=True
+    )
+    assert publisher.popen.stdin is not None
+    count, filler = 80_000, "x" * 2000
+    for start in range(0, count, 1000):
+        chunk = "".join(
+            json.dumps(
+                {
+                    "topic": "pipe",
+                    "event_id": f"e{n}",
+                    "timestamp": "2026-12-07T08:00:00Z",
+                    "source": "svc",
+                    "payload": {"line": filler, "n": n},
+                }
+            )
+            + "\n"
+            for n in range(start, start + 1000)
+        )
+        await asyncio.to_thread(publisher.popen.stdin.write, chunk.encode())
+    await asyncio.to_thread(publisher.popen.stdin.flush)
+
+    def confirmed_lines() -> int:
+        if not confirmed.exists():
+            return 0
+        with confirmed.open() as lines:
+            return sum(1 for _ in lines)
+
+    await eventually(lambda: confirmed_lines() >= count, 180, 0.5, message="every event confirmed")
+    peak = peak_rss_mib(publisher)  # while it still runs, its stdin open
+    publisher.popen.stdin.close()
+    assert await asyncio.to_thread(publisher.wait, 60) == 0, publisher.output()
+    assert peak < 120, f"the publisher peaked at {peak:.0f} MiB after sending {count * 2 // 1000} MB"
