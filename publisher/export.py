@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from contract.cli import run as run_async
-from publisher.filters import add_filters, headers_of, params, settings_of
+from publisher.filters import add_filters, headers_of, reading
 from publisher.progress import Counting
 from publisher.settings import PublisherSettings
 
@@ -81,14 +81,11 @@ async def _total(client: httpx.AsyncClient, api_url: str, query: list[tuple[str,
 
 def cli(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    query = params(args)
-    if isinstance(query, str):
-        print(f"publisher: {query}", file=sys.stderr)
+    chosen = reading(args)
+    if isinstance(chosen, str):
+        print(f"publisher: {chosen}", file=sys.stderr)
         return EXIT_USAGE
-    settings = settings_of(args)
-    if isinstance(settings, str):
-        print(f"publisher: {settings}", file=sys.stderr)
-        return EXIT_USAGE
+    query, settings = chosen
     try:
         count, seconds = run_async(export(settings, query, args.out, args.quiet))
     except httpx.HTTPError as exc:

@@ -48,3 +48,15 @@ def settings_of(args: argparse.Namespace) -> PublisherSettings | str:
 
 def headers_of(settings: PublisherSettings) -> dict[str, str]:
     return {"x-api-key": settings.api_key} if settings.api_key else {}
+
+
+def reading(args: argparse.Namespace) -> tuple[list[tuple[str, str]], PublisherSettings] | str:
+    """What `tail` and `export` read, and from where: the filters' query and the api's settings, or what
+    is wrong with the options (a usage error, exit code 2)."""
+    query = params(args)
+    if isinstance(query, str):
+        return query
+    settings = settings_of(args)
+    if isinstance(settings, str):
+        return settings
+    return query, settings

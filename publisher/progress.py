@@ -9,26 +9,15 @@ from collections.abc import Callable
 from contract.event import Event
 
 
-class Progress:
-    """One progress line on a terminal, redrawn every REDRAW seconds from the start of the run: events written
-    towards the broker and events it confirmed. Silent when stderr is not a terminal."""
+class _Line:
+    """One line on stderr, redrawn every REDRAW seconds from `start()` until `close()`, when enabled (stderr
+    is a terminal); the subclass says what it shows (`_draw`)."""
 
     REDRAW = 0.25
 
     def __init__(self, total: int | None, enabled: bool) -> None:
         self.total, self.enabled, self.done = total, enabled, 0
-        self._written: Callable[[], int] = lambda: 0
         self._task: asyncio.Task[None] | None = None
-
-    def watch(self, written: Callable[[], int]) -> None:
-        """Where the count of events written so far is read (the transport's batch)."""
-        self._written = written
-
-    def written(self) -> int:
-        return self._written()
-
-    def add(self, events: list[Event]) -> None:
-        self.done += len(events)
 
     def start(self) -> None:
         if self.enabled and self._task is None:
@@ -40,9 +29,7 @@ class Progress:
             await asyncio.sleep(self.REDRAW)
 
     def _draw(self) -> None:
-        of = f"/{self.total}" if self.total is not None else ""
-        sys.stderr.write(f"\r\033[Kwritten {self.written()}{of}  confirmed {self.done}")
-        sys.stderr.flush()
+        raise NotImplementedError
 
     def close(self) -> None:
         if self._task is not None:
@@ -52,6 +39,30 @@ class Progress:
             self._draw()
             sys.stderr.write("\n")
             self.enabled = False
+
+
+class Progress(_Line):
+    """The publishing run's line, from its start: events written towards the broker and events it confirmed.
+    Silent when stderr is not a terminal."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        super().__init__(total, enabled)
+        self._written: Callable[[], int] = lambda: 0
+
+    def watch(self, written: Callable[[], int]) -> None:
+        """Where the count of events written so far is read (the transport's batch)."""
+        self._written = written
+
+    def written(self) -> int:
+        return self._written()
+
+    def add(self, events: list[Event]) -> None:
+        self.done += len(events)
+
+    def _draw(self) -> None:
+        of = f"/{self.total}" if self.total is not None else ""
+        sys.stderr.write(f"\r\033[Kwritten {self.written()}{of}  confirmed {self.done}")
+        sys.stderr.flush()
 
 
 class VerifyStatus:
@@ -75,26 +86,15 @@ class VerifyStatus:
             sys.stderr.write("\r\033[K")
 
 
-class Counting:
-    """One line on a terminal for a run that counts what it did (an export): done, of total when known."""
-
-    REDRAW = 0.25
+class Counting(_Line):
+    """The line of a run that counts what it did (an export): done, of total when known."""
 
     def __init__(self, what: str, total: int | None, enabled: bool) -> None:
-        self.what, self.total, self.enabled, self.done = what, total, enabled, 0
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(total, enabled)
+        self.what = what
 
     def add(self, count: int) -> None:
         self.done += count
-
-    def start(self) -> None:
-        if self.enabled and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._redraw())
-
-    async def _redraw(self) -> None:
-        while True:
-            self._draw()
-            await asyncio.sleep(self.REDRAW)
 
     def _draw(self) -> None:
         if self.total:
@@ -105,12 +105,3 @@ class Counting:
             line = f"{self.what} {self.done}"
         sys.stderr.write(f"\r\033[K{line}")
         sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        if self.enabled:
-            self._draw()
-            sys.stderr.write("\n")
-            self.enabled = False

@@ -16,7 +16,7 @@ from typing import TextIO
 import httpx
 
 from contract.cli import run as run_async
-from publisher.filters import add_filters, headers_of, params, settings_of
+from publisher.filters import add_filters, headers_of, reading
 from publisher.settings import PublisherSettings
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 4
@@ -94,14 +94,11 @@ async def _print_events(answer: httpx.Response, last: int | None, out: TextIO) -
 
 def cli(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    query = params(args)
-    if isinstance(query, str):
-        print(f"publisher: {query}", file=sys.stderr)
+    chosen = reading(args)
+    if isinstance(chosen, str):
+        print(f"publisher: {chosen}", file=sys.stderr)
         return EXIT_USAGE
-    settings = settings_of(args)
-    if isinstance(settings, str):
-        print(f"publisher: {settings}", file=sys.stderr)
-        return EXIT_USAGE
+    query, settings = chosen
     try:
         run_async(tail(settings, query, args.after, sys.stdout))
     except Refused as exc:
