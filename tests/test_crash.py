@@ -112,8 +112,15 @@ async def test_consumer_killed_while_retention_sweeps_loses_nothing_and_expired_
     deployment = procs.deployment
     rng = random.Random(21)
     checked = Checked(procs, Workload(scaled(4000), seed=77))
-    # Events expire and are swept while the stream, its re-sends and the kills go on.
-    env = {"BATCH_SIZE": "20", "RETENTION": "5s", "RETENTION_SWEEP_INTERVAL": "0.5"}
+    # Events expire and are swept while the stream, its re-sends and the kills go on: each commit held 50 ms
+    # (at most 400 events/s), so the stream outlasts RETENTION on a fast machine too (unslowed, a quiet
+    # machine stored all 4,000 within 5 s, and nothing had expired by the check).
+    env = {
+        "BATCH_SIZE": "20",
+        "RETENTION": "5s",
+        "RETENTION_SWEEP_INTERVAL": "0.5",
+        "EVENTAGG_FAULT_SLOW_COMMIT": "0.05",
+    }
     consumer, _ = await start_pipeline(procs, amqp, consumer_env=env)
     assert consumer is not None
     publisher = checked.publish("--envelope-size", "1")
