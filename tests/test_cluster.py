@@ -10,8 +10,10 @@ checker's table at the end of the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -275,14 +277,17 @@ async def post_all(
     answers: dict[int, int],
     concurrency: int,
     spans: dict[int, tuple[float, float]],
+    started: dict[int, float] | None = None,
 ) -> None:
     """POST every request (a few at once), recording each one's status and (sent, answered) wall-clock
-    times; the api publishes with confirms."""
+    times (and in `started`, each one's sending time as it is sent); the api publishes with confirms."""
     slots = asyncio.Semaphore(concurrency)
 
     async def one(index: int) -> None:
         async with slots:
             sent = time.time()
+            if started is not None:
+                started[index] = sent
             response = await client.post(
                 "/publish", content=wire.encode(requests[index]), headers={"content-type": "application/json"}
             )
@@ -305,8 +310,22 @@ async def test_killing_the_apis_node_during_http_publishes_gives_200_or_503_and_
     answers: dict[int, int] = {}
     spans: dict[int, tuple[float, float]] = {}
     async with httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as client:
-        stream = asyncio.create_task(post_all(client, requests, answers, concurrency=4, spans=spans))
+        started: dict[int, float] = {}
+        stream = asyncio.create_task(post_all(client, requests, answers, 4, spans, started))
         await eventually(lambda: len(answers) >= len(requests) // 5, 60, 0.01, message="a fifth answered")
+        # The node stops answering first (SIGSTOP), and dies once a request sent after that is waiting on
+        # it: the kill lands on a publish the broker has not confirmed, whatever the machine's speed (on a
+        # quiet one, the requests in flight at a bare kill had often had their confirms already).
+        frozen_at = time.time()
+        for pid in victim.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        await eventually(
+            lambda: any(t > frozen_at for i, t in started.items() if i not in answers),
+            30,
+            0.005,
+            message="a publish waiting on the stopped node",
+        )
         at = await kill(victim)
         answered_before = len(answers)
         took = await failed_over(cluster, api, victim, at)
