@@ -281,7 +281,7 @@ class ReceiptPublisher:
                 wire.encode(events),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=events[0].event_id if len(events) == 1 else receipt,
+                message_id=wire.message_id(events, receipt),
                 timestamp=datetime.now(UTC),  # the consumer's publish-to-commit lag, as broker/confirms.py
                 headers={RECEIPT_HEADER: receipt},
             )

@@ -119,8 +119,7 @@ class Message:
         self.tally = tally
         self.body = wire.encode(events)
         self.routing_key = events[0].topic
-        # A single event's message id is its event id, for the consumer's logs.
-        self.message_id = events[0].event_id if len(events) == 1 else uuid.uuid4().hex
+        self.message_id = wire.message_id(events, uuid.uuid4().hex)
         self.attempts = 0
         self.returned = False
         self.due = 0.0

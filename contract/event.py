@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
@@ -220,6 +221,14 @@ def encode(events: list[Event]) -> bytes:
     if len(events) == 1:
         return _ONE.dump_json(events[0])
     return _MANY.dump_json(events)
+
+
+def message_id(events: Sequence[Event], otherwise: str) -> str:
+    """A message's AMQP message id, for the consumer's logs: a lone event's id when it fits an AMQP short
+    string (255 bytes; an event id of 255 characters can take up to 1020), else `otherwise`."""
+    if len(events) == 1 and len(events[0].event_id.encode()) <= 255:
+        return events[0].event_id
+    return otherwise
 
 
 def is_valid_topic(topic: str) -> bool:

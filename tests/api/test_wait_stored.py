@@ -173,3 +173,25 @@ async def test_the_publisher_cli_with_wait_stored_reports_new_and_already_stored
     usage = procs.start("publisher", "--wait-stored", "--count", "5")
     assert usage.wait(30) == 2
     assert "--wait-stored needs --via http" in usage.output()
+
+
+async def test_an_event_id_of_255_characters_up_to_1020_bytes_is_published_and_stored_in_either_wait(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    # An event id may be 255 characters, which can be 1020 bytes of UTF-8; a lone event's message id is its
+    # event id only where it fits an AMQP short string (255 bytes). Each event is published alone.
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp, api_env={"PUBLISH_TIMEOUT": "60"})
+    waits = ("stored", "confirmed")
+    ids = {wait: [(wait[0] + ch * 255)[:255] for ch in ("a", "é", "€", "😀")] for wait in waits}
+
+    with httpx.Client(base_url=deployment.api_url, timeout=60) as client:
+        replies = [
+            client.post("/events", params={"wait": wait}, content=json.dumps([event(event_id)]).encode())
+            for wait, event_ids in ids.items()
+            for event_id in event_ids
+        ]
+
+    assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies]
+    assert await settled(deployment, amqp, 8) == expect(received=8, unique_processed=8)
+    assert {e["event_id"] for e in all_events(deployment)} == {i for group in ids.values() for i in group}
