@@ -3,8 +3,9 @@ database, so each repetition starts from a file-level copy of it (CREATE DATABAS
 
 The schema is the product's own (a writer opens the template first and migrates it); the events are the
 SQLite builder's (bench/bigstore.py: 8 topics, random UUID ids, a small payload), received long ago in one
-partition, their keys in the key table (its indexes built after the load), and the counters and per-topic
-counts as the consumers would have left them. For tombstones, only the keys: the events were swept.
+partition, their keys in sealed key buckets with their filters (as a migration from schema 8 leaves them),
+and the counters and per-topic counts as the consumers would have left them.
+For tombstones, only the keys: the events were swept.
 
 A template is named after its size and kind and kept on the server for later runs; drop it with
 `DROP DATABASE eventagg_bench_template_<kind>_<count>` when done.
@@ -24,6 +25,7 @@ from bench.bigstore import _rows
 from bench.postgres import ThrowawayDatabase, _with_database, server_url
 from store.base import key_hash
 from store.postgres import SCHEMA_VERSION, PostgresWriter
+from store.postgres.keys import load
 from store.postgres.partitions import ensure, micros
 
 RECEIVED_AT = "2026-01-01T00:00:00.000000Z"
@@ -77,8 +79,12 @@ async def fill(url: str, count: int, tombstones: bool) -> None:
     try:
         moment = micros(RECEIVED_AT)
         await ensure(conn, moment + 1, since=moment)
-        await conn.execute("ALTER TABLE event_keys DROP CONSTRAINT event_keys_pkey")
-        await conn.execute("DROP INDEX event_keys_by_time")
+        # The keys go to a plain table first, then into sealed buckets as a migration puts them.
+        await conn.execute("DROP TABLE event_keys_b0")
+        await conn.execute("DELETE FROM key_buckets")
+        await conn.execute(
+            "CREATE TABLE bench_keys (key_hash bytea NOT NULL, seq bigint, received_at timestamptz)"
+        )
         received = datetime.fromisoformat(RECEIVED_AT)
         topics: Counter[str] = Counter()
         first: dict[str, int] = {}
@@ -97,9 +103,10 @@ async def fill(url: str, count: int, tombstones: bool) -> None:
                     records=events,
                     columns=["seq", "topic", "event_id", "timestamp", "source", "payload", "received_at"],
                 )
-            await conn.copy_records_to_table("event_keys", records=keys)
-        await conn.execute("ALTER TABLE event_keys ADD PRIMARY KEY (key_hash)")
-        await conn.execute("CREATE INDEX event_keys_by_time ON event_keys (received_at)")
+            await conn.copy_records_to_table("bench_keys", records=keys)
+        async with conn.transaction():
+            await load(conn, "bench_keys")
+            await conn.execute("DROP TABLE bench_keys")
         async with conn.transaction():
             await conn.execute("SELECT setval('events_seq', $1)", max(seq, 1))
             await conn.execute(

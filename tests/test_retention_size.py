@@ -150,7 +150,9 @@ async def store_pages(deployment: Deployment, peek: Peek, size: int) -> Pages:
     if deployment.database_url is None:
         return await asyncio.to_thread(pages, deployment.db_path)
     # PostgreSQL: the store's relations as /stats sums them, and the keys' table with its index.
-    keys = await peek.rows("SELECT pg_total_relation_size('event_keys')")
+    keys = await peek.rows(
+        "SELECT SUM(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('event_keys')"
+    )
     return Pages(size, int(keys[0][0]))
 
 

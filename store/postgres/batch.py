@@ -11,29 +11,34 @@ from contract.event import Event
 from store.base import StoredCopy
 from store.clock import utc_text
 from store.deadletters import DEAD_LETTERS_KEPT, Rejected
+from store.postgres import keys
 from store.retention import Retention
 
 _SECOND = timedelta(seconds=1)
 
 # Seqs for the batch's new keys, with the retention and SEARCH the store records (read in the batch's
-# transaction: what another consumer records counts from its commit on).
+# transaction: what another consumer records counts from its commit on), and the key buckets: the open one,
+# and those without a filter (the open one among them). After keys.LOCK_SHARED, in a statement of its own.
 ALLOCATE = """
     SELECT s, (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
         (SELECT value FROM consumer_state WHERE key = 'key_retention_seconds'),
-        (SELECT value FROM consumer_state WHERE key = 'search')
+        (SELECT value FROM consumer_state WHERE key = 'search'),
+        (SELECT max(bucket) FROM key_buckets),
+        (SELECT array_agg(bucket) FROM key_buckets WHERE filter IS NULL)
     FROM eventagg_allocate($1) AS s
 """
-# Dedup: a key inserted is new; a key already there is a duplicate unless it was forgotten (received before
-# $10, KEY_RETENTION's cutoff, NULL when keys are kept forever): then it takes the new seq and moment, and its
-# event is stored again. In key order: concurrent batches wait on each other's keys in one order, so two
-# consumers holding the same keys cannot deadlock. The events of the keys inserted go in with them, in one
-# statement (one round trip), with their search words, terms and field tokens (store/postgres/search.py).
-NEW = """
+# Dedup, for the keys no sealed bucket holds (store/postgres/keys.py): a key inserted into the open bucket
+# is new; a key already there is a duplicate unless it was forgotten (received before $10, KEY_RETENTION's
+# cutoff, NULL when keys are kept forever): then it takes the new seq and moment, and its event is stored
+# again. In key order: concurrent batches wait on each other's keys in one order, so two consumers holding
+# the same keys cannot deadlock. The events of the keys inserted go in with them, in one statement (one
+# round trip), with their search words, terms and field tokens (store/postgres/search.py).
+_NEW = """
     WITH new AS (
-        INSERT INTO event_keys (key_hash, seq, received_at)
-        SELECT h, s, $9::timestamptz FROM unnest($1::bytea[], $2::bigint[]) AS u(h, s) ORDER BY h
+        INSERT INTO {table} AS k (bucket, key_hash, seq, received_at)
+        SELECT {bucket}, h, s, $9::timestamptz FROM unnest($1::bytea[], $2::bigint[]) AS u(h, s) ORDER BY h
         ON CONFLICT (key_hash) DO UPDATE SET seq = excluded.seq, received_at = excluded.received_at
-        WHERE event_keys.received_at < $10::timestamptz
+        WHERE k.received_at < $10::timestamptz
         RETURNING key_hash, seq
     ), stored AS (
         INSERT INTO events (
@@ -48,11 +53,15 @@ NEW = """
     )
     SELECT key_hash FROM new
 """
-# What the keys the batch did not insert hold (committed by an earlier batch or a concurrent consumer, whose
-# commit the insert waited for: this statement's snapshot sees it) ...
-KNOWN = "SELECT key_hash, seq, received_at FROM event_keys WHERE key_hash = ANY($1::bytea[])"
-# ... and the stored copies of those whose event has not expired, found by moment and seq: the planner reads
-# only the partitions of those moments (plans are custom: store/postgres/schema.py PLANNING).
+
+
+def new(bucket: int) -> str:
+    return _NEW.format(table=keys.table(bucket), bucket=bucket)
+
+
+# The stored copies of the keys the batch did not insert, whose event has not expired, found by moment and
+# seq: the planner reads only the partitions of those moments (plans are custom: store/postgres/schema.py
+# PLANNING).
 COPIES = """
     SELECT seq, timestamp, source, payload FROM events
     WHERE (received_at COLLATE "C") >= $1 AND (received_at COLLATE "C") < $2 AND seq = ANY($3::bigint[])
@@ -122,24 +131,23 @@ DEAD_LETTER_TRIM = """
 async def stored_copies(
     conn: Any,
     numbered: dict[bytes, tuple[int, tuple[str, str], Event]],
-    inserted: set[tuple[str, str]],
+    known: list[tuple[bytes, int, datetime]],
     retention: Retention,
     moment: datetime,
 ) -> dict[tuple[str, str], StoredCopy]:
-    """What each key the batch did not insert holds: the stored copy, or None when its event has expired (or
-    was swept): a duplicate whose conflict cannot be seen."""
-    known = await conn.fetch(KNOWN, [h for h, (_, key, _) in numbered.items() if key not in inserted])
+    """What each key the batch did not insert holds (`known`: hash, seq, received_at): the stored copy, or
+    None when its event has expired (or was swept): a duplicate whose conflict cannot be seen."""
     cutoff = None if retention.events is None else moment - retention.events
-    keys = {int(r[1]): numbered[bytes(r[0])][1] for r in known}
+    by_seq = {int(r[1]): numbered[bytes(r[0])][1] for r in known}
     live = [(int(r[1]), r[2]) for r in known if cutoff is None or r[2] >= cutoff]
-    stored: dict[tuple[str, str], StoredCopy] = dict.fromkeys(keys.values())
+    stored: dict[tuple[str, str], StoredCopy] = dict.fromkeys(by_seq.values())
     if live:
         lo, hi = min(m for _, m in live), max(m for _, m in live)
         # The upper bound a second later: a moment written without microseconds sorts after those with.
         copies = await conn.fetch(COPIES, utc_text(lo), utc_text(hi + _SECOND), [s for s, _ in live])
         for seq, timestamp, source, payload in copies:
-            if int(seq) in keys:
-                stored[keys[int(seq)]] = (str(timestamp), str(source), str(payload))
+            if int(seq) in by_seq:
+                stored[by_seq[int(seq)]] = (str(timestamp), str(source), str(payload))
     return stored
 
 

@@ -65,11 +65,12 @@ _WRITERS = """
     ), (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
     (SELECT value FROM consumer_state WHERE key = 'search')
 """
-# A key's seq and moment, and the recorded retention, for GET by key.
+# A key's seq and moment (the newest bucket's: a key forgotten and stored again is in two), and the recorded
+# retention, for GET by key.
 _KEY = """
     SELECT seq, received_at, (SELECT value FROM consumer_state WHERE key = 'retention_seconds'),
         (SELECT value FROM consumer_state WHERE key = 'key_retention_seconds')
-    FROM event_keys WHERE key_hash = $1
+    FROM event_keys WHERE key_hash = $1 ORDER BY bucket DESC LIMIT 1
 """
 _BY_SEQ = f"""
     SELECT {COLUMNS} FROM events

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from store.postgres.keys import table as bucket_table
 from store.postgres.partitions import (
     LIST_DETACHED,
     Partition,
@@ -38,26 +39,32 @@ Hook = Callable[[], None] | None
 _ALL = "seq, topic, event_id, timestamp, source, payload, received_at, txid"
 KEY_CHUNK: Final = 5_000
 
+# Sealed key buckets whose newest key was received before $1: forgotten whole (store/postgres/keys.py).
+_FORGOTTEN_BUCKETS = """
+    SELECT bucket FROM key_buckets
+    WHERE newest < $1 AND bucket < (SELECT max(bucket) FROM key_buckets) ORDER BY bucket
+"""
 # Keys received before $1, oldest first; then those of them no batch holds, locked in key order and deleted
-# (a batch may have refreshed one meanwhile: the condition is checked again on the row it locks).
-_CANDIDATES = "SELECT key_hash FROM event_keys WHERE received_at < $1 ORDER BY received_at LIMIT $2"
+# (a batch may have refreshed one meanwhile: the condition is checked again on the row it locks), a bucket
+# at a time (a plan then names that bucket's table only).
+_CANDIDATES = "SELECT bucket, key_hash FROM event_keys WHERE received_at < $1 ORDER BY received_at LIMIT $2"
 _FORGET = """
     WITH doomed AS (
-        SELECT key_hash FROM event_keys WHERE key_hash = ANY($2::bytea[]) AND received_at < $1
+        SELECT key_hash FROM event_keys WHERE bucket = $3 AND key_hash = ANY($2::bytea[]) AND received_at < $1
         ORDER BY key_hash FOR UPDATE SKIP LOCKED
     ), gone AS (
         DELETE FROM event_keys AS k USING doomed
-        WHERE k.key_hash = doomed.key_hash AND k.received_at < $1 RETURNING 1
+        WHERE k.bucket = $3 AND k.key_hash = doomed.key_hash AND k.received_at < $1 RETURNING 1
     ), counted AS (
         UPDATE sweep_totals SET keys = keys + (SELECT count(*) FROM gone)
     )
     SELECT count(*) FROM gone
 """
 
-# The store's own relations (every partition is named events_p_...): its size on disk, indexes and TOAST
-# included. A schema may hold other tables besides.
+# The store's own relations (every partition is named events_p_..., every key bucket event_keys_b...): its
+# size on disk, indexes and TOAST included. A schema may hold other tables besides.
 TABLES: Final = (
-    "event_keys",
+    "key_buckets",
     "counter_slots",
     "topics",
     "topic_counts",
@@ -73,7 +80,8 @@ TABLES: Final = (
 _SIZE = r"""
     SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class AS c
     WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'counter_slots'::regclass)
-      AND c.relkind = 'r' AND (c.relname = ANY($1::text[]) OR c.relname LIKE 'events\_p\_%')
+      AND c.relkind = 'r'
+      AND (c.relname = ANY($1::text[]) OR c.relname LIKE 'events\_p\_%' OR c.relname LIKE 'event\_keys\_b%')
 """
 
 
@@ -135,17 +143,39 @@ async def _sweep(conn: Any, before_commit: Hook) -> SweepResult:
         events += await _drop(conn, str(name), timer, before_commit)
     keys = 0
     key_cutoff = None if retention.keys is None else datetime.now(UTC) - retention.keys
+    if key_cutoff is not None:
+        for (bucket,) in await conn.fetch(_FORGOTTEN_BUCKETS, key_cutoff):
+            keys += await _drop_bucket(conn, int(bucket), timer, before_commit)
     while key_cutoff is not None:
         with timer.transaction():
             async with conn.transaction():
-                candidates = [r[0] for r in await conn.fetch(_CANDIDATES, key_cutoff, KEY_CHUNK)]
-                if candidates:
-                    keys += int(await conn.fetchval(_FORGET, key_cutoff, candidates))
-                    if before_commit is not None:
-                        before_commit()
+                candidates = await conn.fetch(_CANDIDATES, key_cutoff, KEY_CHUNK)
+                by_bucket: dict[int, list[bytes]] = {}
+                for bucket, key in candidates:
+                    by_bucket.setdefault(int(bucket), []).append(bytes(key))
+                for bucket, hashes in sorted(by_bucket.items()):
+                    keys += int(await conn.fetchval(_FORGET, key_cutoff, hashes, bucket))
+                if candidates and before_commit is not None:
+                    before_commit()
         if len(candidates) < KEY_CHUNK:
             break
     return SweepResult(events, keys, timer.transactions, timer.longest)
+
+
+async def _drop_bucket(conn: Any, bucket: int, timer: _Timer, before_commit: Hook) -> int:
+    """Forget a sealed key bucket whole, with the swept total, in one transaction; the keys it removed.
+    `event_keys` is locked first, as batches and reads lock it before its buckets: the drop waits for the
+    transactions using it (a batch's length), and they for it (one DROP)."""
+    with timer.transaction():
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE event_keys IN ACCESS EXCLUSIVE MODE")
+            removed = int(await conn.fetchval(f"SELECT count(*) FROM {bucket_table(bucket)}"))
+            await conn.execute(f"DROP TABLE {bucket_table(bucket)}")
+            await conn.execute("DELETE FROM key_buckets WHERE bucket = $1", bucket)
+            await conn.execute("UPDATE sweep_totals SET keys = keys + $1", removed)
+            if before_commit is not None:
+                before_commit()
+    return removed
 
 
 async def _expired(conn: Any, partition: Partition, cutoff: str, retention: Retention) -> bool:

@@ -12,6 +12,7 @@ import asyncpg
 from contract.config import redact
 from store.base import Durability, StoreConfigError, StoreError
 from store.postgres import search
+from store.postgres.keys import migrate_to_buckets
 from store.postgres.partitions import migrate_to_partitions
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     migrate_to_partitions,
     # GET /events?q= and payload.<field>=: words and field tokens, and their indexes.
     search.migrate,
+    # Dedup keys in buckets: new keys go to a small open one, the sealed ones have filters (keys.py).
+    migrate_to_buckets,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,7 +29,7 @@ from store.base import (
 )
 from store.clock import utc_now
 from store.postgres import batch as sql
-from store.postgres import search
+from store.postgres import keys, search
 from store.postgres.partitions import Coverage, cover, micros, recorded_retention
 from store.postgres.retention import sweep
 from store.postgres.schema import (
@@ -64,12 +64,14 @@ class PostgresWriter:
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
         self._coverage = Coverage()
         self._sweeper: Any = None  # the sweep's own connection: this one runs the batches meanwhile
+        self._keys = keys.KeyBuckets()
 
     @classmethod
     async def open(cls, url: str, before_commit: Callable[[], None] | None = None) -> PostgresWriter:
         conn = await connect(url)
         try:
             await migrate(conn, url)
+            await keys.finish_sealing(conn)
         except BaseException:
             await conn.close()
             raise
@@ -194,7 +196,9 @@ class PostgresWriter:
             stored: dict[tuple[str, str], StoredCopy] = {}
             inserted: set[tuple[str, str]] = set()
             first_seqs: dict[str, int] = {}
+            last_seq = 0
             if batch.first:
+                await conn.execute(keys.LOCK_SHARED)
                 # Seqs in arrival order (paging shows a batch as it came, as on SQLite) ...
                 allocated = await conn.fetch(sql.ALLOCATE, len(batch.first))
                 retention = Retention.from_state(
@@ -203,16 +207,23 @@ class PostgresWriter:
                         "key_retention_seconds": allocated[0][2] or "0",
                     }
                 )
+                await self._keys.refresh(conn, allocated[0][4], allocated[0][5] or [])
                 numbered = {
                     key_hash(*key): (int(r[0]), key, item)
                     for r, (key, item) in zip(allocated, batch.first.items(), strict=True)
                 }
+                last_seq = max(s for s, _, _ in numbered.values())
                 hashes = sorted(numbered)
                 key_cutoff = None if retention.keys is None else moment - retention.keys
-                items = [numbered[h] for h in hashes]
+                # ... the keys the sealed buckets hold and have not forgotten are duplicates; the others go
+                # to the open bucket.
+                sealed = await self._keys.probe(conn, hashes)
+                held = {h for h, (_, at) in sealed.items() if key_cutoff is None or at >= key_cutoff}
+                fresh = [h for h in hashes if h not in held]
+                items = [numbered[h] for h in fresh]
                 rows = await conn.fetch(
-                    sql.NEW,
-                    hashes,
+                    sql.new(self._keys.open),
+                    fresh,
                     [s for s, _, _ in items],
                     [e.topic for _, _, e in items],
                     [e.event_id for _, _, e in items],
@@ -229,7 +240,15 @@ class PostgresWriter:
                 for seq, (topic, _), _ in new:
                     first_seqs[topic] = min(seq, first_seqs.get(topic, seq))
                 if len(new) < len(numbered):
-                    stored = await sql.stored_copies(conn, numbered, inserted, retention, moment)
+                    known = [(h, *sealed[h]) for h in held]
+                    taken = {bytes(r[0]) for r in rows}
+                    others = [h for h in fresh if h not in taken]
+                    if others:
+                        known += [
+                            (bytes(r[0]), int(r[1]), r[2])
+                            for r in await conn.fetch(keys.known_open(self._keys.open), others)
+                        ]
+                    stored = await sql.stored_copies(conn, numbered, known, retention, moment)
             count_duplicates(batch, stored, inserted)
             result = batch.result
             marked = receipt_rows(messages, receipts, batch, inserted)
@@ -257,6 +276,11 @@ class PostgresWriter:
                 await sql.keep_dead_letters(conn, rejected)
             if self._before_commit is not None:
                 self._before_commit()
+        if self._keys.full(last_seq):
+            try:
+                await self._keys.seal(conn)
+            except DB_ERRORS as exc:  # the batch is committed: the next full batch seals
+                log.warning("sealing key bucket %d failed: %s", self._keys.open, self._error(exc))
         return result
 
     async def counters(self) -> dict[str, int]:

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
-from store.sqlite.filters import Filters, build
+from store.filters import Filters, build
 from store.sqlite.keys import BUCKET_KEYS, lookup
 
 log = logging.getLogger(__name__)

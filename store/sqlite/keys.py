@@ -7,7 +7,7 @@ Keys are kept in buckets of about BUCKET_KEYS, in the order they arrive, and the
 hash). New keys all go to the one open bucket, so however many keys the store holds, a commit only dirties
 pages of that bucket: a few hundred, where one index over every key had each new key land on a leaf page
 of its own (one page written per new event, at 1,000,000 keys and more). A sealed bucket never changes,
-and has a Bloom filter in memory (store/sqlite/filters.py), so a lookup only searches the buckets whose
+and has a Bloom filter in memory (store/filters.py), so a lookup only searches the buckets whose
 filter lets the key through: the open one, and about one in 600 of the others for a new key.
 
 The writer keeps `received_at` non-decreasing in seq, so a moment is a seq bound found by binary search on

@@ -11,9 +11,9 @@ import pytest
 
 from contract.event import Event
 from store import Expired, Retention, key_hash
+from store.filters import Filters, build
 from store.sqlite import SqliteReader, SqliteWriter
 from store.sqlite import buckets as buckets_module
-from store.sqlite.filters import Filters, build
 from tests.harness.waiting import eventually
 
 SMALL = 50
@@ -55,7 +55,7 @@ def test_a_filter_lets_through_every_key_it_holds_and_few_others() -> None:
 
     assert filters.candidates(held) == {7: list(range(100_000))}
     false = len(filters.candidates(others).get(7, []))
-    assert false < 300  # 162 of 100,000 measured (store/sqlite/filters.py)
+    assert false < 300  # 162 of 100,000 measured (store/filters.py)
 
 
 async def test_keys_stay_unique_across_sealed_buckets_and_after_a_restart(
