@@ -59,7 +59,8 @@ async def test_three_consumers_killed_at_random_store_exactly_the_confirmed_set_
     rng = random.Random(310)
     checked = Checked(procs, Workload(scaled(30000), seed=313))
     # Small batches and single-event messages: many concurrent commits, and the stream outlasts the kills.
-    env = {"BATCH_SIZE": "20"}
+    # Key buckets of 1,000 keys: the consumers seal one every few hundred commits, between and during kills.
+    env = {"BATCH_SIZE": "20", "EVENTAGG_KEY_BUCKET_KEYS": "1000"}
     await start_pipeline(procs, amqp, with_consumer=False)
     consumers = [procs.consumer(**env) for _ in range(3)]
     await attached(amqp, deployment.queue, 3)
@@ -85,6 +86,9 @@ async def test_three_consumers_killed_at_random_store_exactly_the_confirmed_set_
     for consumer in consumers:
         assert consumer.terminate() == 0
         assert summary(consumer)["unsettled"] == 0
+    assert deployment.database_url is not None
+    buckets = await PostgresPeek(deployment.database_url).rows("SELECT count(*) FROM key_buckets")
+    assert buckets[0][0] >= checked.workload.unique // 1000 // 2, buckets
 
 
 def one_event(event_id: str, payload: dict[str, int]) -> bytes:
