@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
+
+import asyncpg
 
 from store.filters import Filters, build
 
@@ -41,6 +44,10 @@ SEAL_LOCK: Final = 0x65766167_00000006  # one sealer at a time
 # keys about 45 MB, inside the default shared_buffers (128 MB). EVENTAGG_KEY_BUCKET_KEYS makes buckets small
 # so that a test seals many.
 BUCKET_KEYS: Final = int(os.environ.get("EVENTAGG_KEY_BUCKET_KEYS", "1000000"))
+# How long a switch to a new open bucket waits for the batches in flight, and when it tries again if that
+# was not enough.
+SWITCH_WAIT: Final = 1.0
+SEAL_RETRY: Final = 10.0
 # A filter's 64-bit words: 16 bits a key at BUCKET_KEYS keys (2 MiB a bucket of 1,000,000).
 WORDS: Final = max(64, 1 << max(0, (BUCKET_KEYS // 4 - 1).bit_length()))
 
@@ -162,6 +169,23 @@ async def migrate_to_buckets(conn: Any) -> None:
     await conn.execute("DROP TABLE event_keys_v8")
 
 
+async def _switch(conn: Any, bucket: int) -> bool:
+    """Open the bucket after `bucket` once no batch is writing to it; False when one held it over
+    SWITCH_WAIT (nothing changed). The caller holds SEAL_LOCK."""
+    await create_bucket(conn, bucket + 1)
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = {int(SWITCH_WAIT * 1000)}")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", KEYS_LOCK)
+            await conn.execute(
+                "INSERT INTO key_buckets (bucket, first_seq) SELECT $1, last_value FROM events_seq",
+                bucket + 1,
+            )
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True
+
+
 class KeyBuckets:
     """One writer's view of the buckets: which is open, the sealed ones' filters, those without one yet."""
 
@@ -173,6 +197,7 @@ class KeyBuckets:
             int
         ] = []  # sealed, filter not built (or of another width): probed for every key
         self._state: tuple[int, tuple[int, ...]] | None = None
+        self._seal_after = 0.0  # monotonic: after a switch that could not wait, not before
 
     async def refresh(self, conn: Any, open_bucket: int, without_filter: Sequence[int]) -> None:
         """Inside a batch holding KEYS_LOCK: catch up with the buckets the store records, when the open one
@@ -214,23 +239,32 @@ class KeyBuckets:
         return {bytes(r[0]): (int(r[2]), r[3]) for r in rows}  # newest bucket last: it wins
 
     def full(self, last_seq: int) -> bool:
-        return last_seq - self.first_seq >= BUCKET_KEYS
+        return last_seq - self.first_seq >= BUCKET_KEYS and time.monotonic() >= self._seal_after
 
     async def seal(self, conn: Any) -> None:
         """After a commit that filled the open bucket: open the next and build the sealed one's filter,
-        unless another writer is sealing (then its switch shows in a later batch)."""
+        unless another writer is sealing (then its switch shows in a later batch). The switch waits at most
+        SWITCH_WAIT for the batches in flight (one may be stalled: a consumer stopped mid-transaction), as
+        the batches starting meanwhile wait behind it; past that it gives up and tries again SEAL_RETRY
+        later."""
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SEAL_LOCK):
             return
+        started = time.monotonic()
         try:
             bucket = int(await conn.fetchval("SELECT max(bucket) FROM key_buckets"))
+            if bucket == self.open and not await _switch(conn, bucket):
+                self._seal_after = time.monotonic() + SEAL_RETRY
+                log.warning(
+                    "key bucket %d not sealed: a batch held it over %.0fs; trying again in %.0fs",
+                    bucket,
+                    SWITCH_WAIT,
+                    SEAL_RETRY,
+                )
+                return
+            built = await finish(conn)
             if bucket == self.open:
-                await create_bucket(conn, bucket + 1)
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", KEYS_LOCK)
-                    await conn.execute(
-                        "INSERT INTO key_buckets (bucket, first_seq) SELECT $1, last_value FROM events_seq",
-                        bucket + 1,
-                    )
-            await finish(conn)
+                log.info(
+                    "sealed key bucket %d (%d filters) in %.2fs", bucket, built, time.monotonic() - started
+                )
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", SEAL_LOCK)

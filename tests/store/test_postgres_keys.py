@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from contract.event import Event
@@ -216,3 +218,36 @@ class Tracing:
     async def fetch(self, query: str, *args: Any) -> Any:
         self.calls.append((query, *args))
         return await self._conn.fetch(query, *args)
+
+
+async def test_a_batch_stalled_mid_transaction_delays_a_seal_not_the_other_batches(
+    writers: list[PostgresWriter], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A consumer stopped mid-batch (SIGSTOP) holds the buckets' shared lock: a seal gives up after
+    # SWITCH_WAIT, the batches queued behind it go on, and the bucket is sealed once the stall ends.
+    monkeypatch.setattr(keys_module, "SEAL_RETRY", 0.5)
+    writer, peek = writers[0], PostgresPeek(url)
+    await writer.apply([[event(f"s-{i}") for i in range(10)]])
+    stalled = await asyncpg.connect(url)
+    try:
+        async with stalled.transaction():
+            await stalled.execute(keys_module.LOCK_SHARED)
+            took = []
+            for start in range(10, 130, 20):
+                began = time.monotonic()
+                await writer.apply([[event(f"s-{i}") for i in range(start, start + 20)]])
+                took.append(time.monotonic() - began)
+            assert await bucket_rows(peek) == [(0, False)]
+            # One batch waited out the switch; none waited for the stall itself.
+            assert max(took) < keys_module.SWITCH_WAIT + 2, took
+    finally:
+        await stalled.close()
+
+    async def sealed() -> bool:
+        await writer.apply([[event(f"t-{time.monotonic()}")]])
+        return len(await bucket_rows(peek)) > 1
+
+    await eventually(sealed, timeout=15, message="the bucket sealed after the stall")
+    assert (await bucket_rows(peek))[0] == (0, True)
+    result = await writer.apply([[event(f"s-{i}") for i in range(130)]])
+    assert (result.unique_processed, result.duplicate_dropped) == (0, 130)
