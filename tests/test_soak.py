@@ -26,6 +26,7 @@ from tests.harness.private_postgres import BIN as POSTGRES_BIN
 from tests.harness.processes import REPO
 from tests.soak.resources import Sample, growth_check
 from tests.soak.schedule import schedule
+from tests.soak.traffic import Observed
 
 MINUTES = float(os.environ.get("SOAK_TEST_MINUTES", "3"))
 # Setup (two 3-node clusters with the management plugin) and the drain and check, beyond the run itself.
@@ -109,6 +110,30 @@ def test_the_growth_check_flags_a_steady_leak_and_passes_a_flat_noisy_series() -
     assert results["flat rss_mib"].ok, results["flat rss_mib"].line()
     assert not results["leak rss_mib"].ok, results["leak rss_mib"].line()
     assert 35 < results["leak rss_mib"].growth < 45
+
+
+def test_the_stats_check_allows_overlapping_reads_answered_out_of_order_and_flags_a_read_going_back() -> None:
+    def stats(received: int) -> dict[str, int]:
+        return {
+            "received": received,
+            "unique_processed": received,
+            "duplicate_dropped": 0,
+            "invalid": 0,
+            "conflicts": 0,
+        }
+
+    observed = Observed()
+    first_sent = time.monotonic()
+    second_sent = time.monotonic()
+    observed.saw_stats(stats(120), second_sent)  # sent second, answered first
+    observed.saw_stats(stats(117), first_sent)  # in flight at once: its snapshot may be the older one
+    assert observed.violations == []
+    observed.saw_stats(stats(118), time.monotonic())  # sent after 120 was answered
+    assert observed.violations == [
+        "/stats counter received went back from 120 (answered before this request was sent) to 118",
+        "/stats counter unique_processed went back from 120 (answered before this request was sent) to 118",
+    ]
+    assert observed.received == 120
 
 
 async def test_a_node_closing_the_connection_during_the_handshake_is_a_broker_error() -> None:

@@ -167,10 +167,11 @@ class System:
             process.close()
 
     async def stats(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        sent_at = time.monotonic()
         response = await client.get(self.procs.deployment.api_url + "/stats")
         response.raise_for_status()
         data: dict[str, Any] = response.json()
-        self.observed.saw_stats(data)
+        self.observed.saw_stats(data, sent_at)
         return data
 
     async def all_consumers_attached(self) -> bool:

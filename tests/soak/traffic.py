@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import random
@@ -98,16 +99,29 @@ class Observed:
     violations: list[str] = field(default_factory=list)
     http_answers: Counter[str] = field(default_factory=Counter)
 
-    def saw_stats(self, data: dict[str, Any]) -> None:
+    # (answered at, the highest value of each counter answered by then), in answer order.
+    _answers: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+
+    def saw_stats(self, data: dict[str, Any], sent_at: float) -> None:
+        """One /stats answer, to a request sent at `sent_at` (time.monotonic()). Each answer must be a
+        consistent snapshot, and no counter may be below what an answer given before this request was sent
+        showed. Two requests in flight at once (the reader's and a fault's probe) may be answered in either
+        order: the later-sent one may hold the earlier snapshot, and that is not going back."""
         c = {name: int(data[name]) for name in COUNTERS}
         if c["received"] != c["unique_processed"] + c["duplicate_dropped"] + c["invalid"]:
             self.violations.append(f"/stats inconsistent: {c}")
+        seen = bisect.bisect_right(self._answers, sent_at, key=lambda answer: answer[0])
+        floor = self._answers[seen - 1][1] if seen else {}
         for name, value in c.items():
-            before = self.last_counters.get(name, 0)
-            if value < before:
-                self.violations.append(f"/stats counter {name} went back from {before} to {value}")
-        self.last_counters = c
-        self.received = max(self.received, c["received"])
+            if value < floor.get(name, 0):
+                self.violations.append(
+                    f"/stats counter {name} went back from {floor[name]} (answered before this request was"
+                    f" sent) to {value}"
+                )
+        highest = {name: max(value, self.last_counters.get(name, 0)) for name, value in c.items()}
+        self._answers.append((time.monotonic(), highest))
+        self.last_counters = highest
+        self.received = highest["received"]
 
 
 class CliFeeder:
@@ -305,9 +319,10 @@ class Traffic:
         async with httpx.AsyncClient(base_url=self.api_url, timeout=30) as client:
             async for _ in self._ticks(1.0, 1.0):
                 try:
+                    sent_at = time.monotonic()
                     response = await client.get("/stats")
                     response.raise_for_status()
-                    self.observed.saw_stats(response.json())
+                    self.observed.saw_stats(response.json(), sent_at)
                     url: str | None = "/events?limit=500"
                     if self.rng.random() < 0.3:
                         url = f"/events?limit=200&topic=soak.t{self.rng.randrange(TOPICS)}&order=desc"
