@@ -8,7 +8,7 @@ import httpx
 from aio_pika.abc import AbstractRobustConnection
 
 from tests.harness.pipeline import settled, start_pipeline
-from tests.harness.processes import Deployment, Processes
+from tests.harness.processes import Deployment, Processes, event_ids
 
 
 def event(event_id: str, topic: str, source: str) -> dict[str, Any]:
@@ -16,17 +16,7 @@ def event(event_id: str, topic: str, source: str) -> dict[str, Any]:
 
 
 def ids(deployment: Deployment, **params: Any) -> list[str]:
-    """Every page of 2, following the Link header."""
-    out: list[str] = []
-    with httpx.Client(timeout=10) as client:
-        answer = client.get(f"{deployment.api_url}/events", params={"limit": 2, **params})
-        while True:
-            assert answer.status_code == 200, answer.text
-            out += [e["event_id"] for e in answer.json()]
-            url = answer.links.get("next", {}).get("url")
-            if url is None:
-                return out
-            answer = client.get(url)
+    return event_ids(deployment, 2, params)
 
 
 async def test_events_filter_by_source_and_received_at_newest_first_with_paging(

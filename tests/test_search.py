@@ -12,22 +12,12 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contract.event import Event
 from tests.harness.pipeline import settled, start_pipeline
-from tests.harness.processes import Deployment, Processes
+from tests.harness.processes import Deployment, Processes, event_ids
 from tests.harness.search import SEARCHES, expected, sent
 
 
 def ids(deployment: Deployment, params: dict[str, Any]) -> list[str]:
-    """Every page of 3, following the Link header."""
-    out: list[str] = []
-    with httpx.Client(timeout=10) as client:
-        answer = client.get(f"{deployment.api_url}/events", params={"limit": 3, **params})
-        while True:
-            assert answer.status_code == 200, answer.text
-            out += [e["event_id"] for e in answer.json()]
-            url = answer.links.get("next", {}).get("url")
-            if url is None:
-                return out
-            answer = client.get(url)
+    return event_ids(deployment, 3, params)
 
 
 def exported(deployment: Deployment, params: dict[str, Any]) -> list[str]:

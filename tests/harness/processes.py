@@ -185,6 +185,21 @@ def api_get(deployment: Deployment, path: str, **params: Any) -> httpx.Response:
         return client.get(path, params=params)
 
 
+def event_ids(deployment: Deployment, page_size: int, params: dict[str, Any]) -> list[str]:
+    """The event ids of every page of `page_size` of GET /events with `params`, following the Link header;
+    every page must answer 200."""
+    out: list[str] = []
+    with httpx.Client(timeout=10, verify=_tls()) as client:
+        answer = client.get(f"{deployment.api_url}/events", params={"limit": page_size, **params})
+        while True:
+            assert answer.status_code == 200, answer.text
+            out += [e["event_id"] for e in answer.json()]
+            url = answer.links.get("next", {}).get("url")
+            if url is None:
+                return out
+            answer = client.get(url)
+
+
 def all_events(deployment: Deployment, topic: str | None = None) -> list[dict[str, Any]]:
     """Every stored event through the api's pages, following the Link header."""
     events: list[dict[str, Any]] = []
