@@ -126,7 +126,8 @@ class Process:
         return self.popen.wait(timeout=timeout)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # a retired process's log is closed, and still readable
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
