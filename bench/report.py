@@ -174,6 +174,7 @@ def targets(
 
 # What each scenario's table row shows: (value key, header, format).
 _CORES = "{:.2f}".format
+_MB = "{:.1f}".format
 _POSTGRES_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("events_per_second", "events/s", "{:,.0f}".format),
     ("consumers_cores", "consumers, cores", _CORES),
@@ -181,6 +182,7 @@ _POSTGRES_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("broker_cores", "broker, cores", _CORES),
     ("publisher_cores", "publisher, cores", _CORES),
     ("total_cores", "all of them, cores", _CORES),
+    ("consumer_peak_rss_mb", "largest consumer peak RSS, MiB", _MB),
 ]
 _STORED_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("stored_p50_ms", "wait=stored p50 ms", "{:.2f}".format),
@@ -189,7 +191,6 @@ _STORED_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("plain_p99_ms", "plain p99 ms", "{:.2f}".format),
     ("p50_ratio", "wait=stored / plain p50", "{:.2f}".format),
 ]
-_MB = "{:.1f}".format
 _RETENTION_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("size_third_mb", "size after 1st third, MB", _MB),
     ("size_end_mb", "size at the end, MB", _MB),

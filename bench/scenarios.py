@@ -520,9 +520,12 @@ async def _postgres_ingest(
         summary = await run.finish(publisher)
         expect_outcome(before, await run.store_counters(), count)
         ctx.info["postgres_server"] = await _server_version(database)
+        # The largest consumer's peak (with a pre-filled store: its key buckets' filters loaded).
+        peak = max(peak_rss_mb(child) for child in children)
         for child in children:
             await run.stop_cleanly(child)
     values = _rate(count, done - float(summary["first_publish_at"]))
+    values["consumer_peak_rss_mb"] = peak
     used = meter.used()
     for group in ("consumers", "postgres", "broker", "publisher"):
         values[f"{group}_cpu_seconds"] = used.get(group, 0.0)
