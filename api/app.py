@@ -82,7 +82,7 @@ def create_app(settings: ApiSettings) -> EventApi:
         try:
             async with broker.running():
                 app.state.api = state = State(settings, reader, broker)
-                notices = FeedCollector(state.commits, state.watcher.reads)
+                notices = FeedCollector(state.commits, state.watcher.reads, state.watcher.found)
                 tails = TailCollector(state.tail)
                 app.state.metrics.registry.register(notices)
                 app.state.metrics.registry.register(tails)

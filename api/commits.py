@@ -130,11 +130,13 @@ class CommitFeed:
 
 
 class FeedCollector(Collector):
-    """/metrics: the subscription's state and notices, and the receipt reads they caused, by reason."""
+    """/metrics: the subscription's state and notices, the receipt reads they caused, by reason, and where the
+    awaited receipts' figures came from."""
 
-    def __init__(self, feed: CommitFeed, reads: Counter[str]) -> None:
+    def __init__(self, feed: CommitFeed, reads: Counter[str], found: Counter[str] | None = None) -> None:
         self._feed = feed
         self._reads = reads
+        self._found = found if found is not None else Counter()
 
     def collect(self) -> Iterable[Metric]:
         feed = self._feed
@@ -161,3 +163,12 @@ class FeedCollector(Collector):
         for reason in ("notice", "polled", "recheck", "deadline"):
             reads.add_metric((reason,), self._reads[reason])
         yield reads
+        found = CounterMetricFamily(
+            "eventagg_receipts_found",
+            "receipts of waiting ?wait=stored requests found, by where their figures came from: a commit "
+            "notice (no store read) or the store",
+            labels=("source",),
+        )
+        for source in ("notice", "store"):
+            found.add_metric((source,), self._found[source])
+        yield found

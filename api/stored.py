@@ -6,9 +6,12 @@ that message it stored and how many were already there. So a request knows exact
 took effect and which copy of an event was the one stored: of 20 identical concurrent requests, exactly one
 receipt says "new", and once every reply has arrived every copy is already counted in /stats.
 
-Waiting requests never poll the store themselves: one watcher task, running only while someone waits, reads
-the receipts that the consumers' commit notices (api/commits.py) name, for all waiters in one query, and falls
-back to reading every awaited receipt every few milliseconds only while the notices are down.
+Waiting requests never poll the store themselves. A consumer's commit notice (api/commits.py) carries the
+figures its transaction wrote for each receipt it inserted, and a request answers from those at once, with
+no read of the store. For a receipt a notice names without figures (a consumer of an earlier release, a
+redelivered message, more receipts than a notice carries) one watcher task, running only while someone
+waits, reads the store, for all waiters in one query; and it reads every awaited receipt every few
+milliseconds while the notices are down, and each request's once at its deadline.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.005
 # Receipts asked for in one query at most (SQLite's bound-parameter limit is 32,766).
 QUERY_CHUNK = 1000
-# Receipt ids of recent notices, kept for a request that registers after its own notice went by (the
-# consumer can commit before the broker's confirm reaches the api): seconds of notices at any rate.
+# Receipt ids of recent notices (with their figures), kept for a request that registers after its own notice
+# went by (the consumer can commit before the broker's confirm reaches the api): seconds of notices at any
+# rate.
 RECENT_NOTICED = 65_536
 # The one read a request makes at its deadline, should every notice of its commit have been lost.
 LAST_READ_TIMEOUT = 0.5
@@ -85,15 +89,21 @@ class _Waiter:
     def missing(self) -> set[str]:
         return self.ids - self.found.keys()
 
+    def take(self, receipt: str, figures: tuple[int, int]) -> None:
+        self.found[receipt] = figures
+        if len(self.found) == len(self.ids):
+            self.done.set()
+
 
 class ReceiptWatcher:
-    """One task that finds the receipts of every waiting request in the store, when commit notices say so.
+    """Finds the receipts of every waiting request: in the commit notices, else in the store.
 
-    A notice names the receipts a batch recorded; the watcher reads those (all waiters' at once) and the
-    requests answer with the store's own figures, so a notice is never trusted for more than "read now".
-    Without notices (no feed, or the subscription down) it reads every awaited receipt each `interval`;
-    once the subscription is back it reads every waiter's once more (notices of the gap are lost); and a
-    request whose deadline comes reads its own once more before answering 202.
+    A notice names the receipts a batch recorded, with the figures the commit wrote for those it inserted;
+    a request takes those as they are (they are the store's own, from the same transaction). The receipts a
+    notice names without figures, one task reads from the store (all waiters' at once). Without notices (no
+    feed, or the subscription down) it reads every awaited receipt each `interval`; once the subscription
+    is back it reads every waiter's once more (notices of the gap are lost); and a request whose deadline
+    comes reads its own once more before answering 202.
     """
 
     def __init__(
@@ -112,11 +122,14 @@ class ReceiptWatcher:
         self._waiters: set[_Waiter] = set()
         self._by_receipt: dict[str, _Waiter] = {}
         self._to_read: set[str] = set()
-        self._noticed: dict[str, None] = {}  # insertion-ordered: the oldest go first
+        # Insertion-ordered, the oldest go first: receipt -> its figures, or None when its notice had none.
+        self._noticed: dict[str, tuple[int, int] | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # What the watcher did, for /metrics and the tests: store reads by reason.
+        # What the watcher did, for /metrics and the tests: store reads by reason, and awaited receipts found
+        # by where their figures came from ("notice": a notice's, no read; "store": a read's).
         self.reads: Counter[str] = Counter()
+        self.found: Counter[str] = Counter()
         if feed is not None:
             feed.listen(self)
 
@@ -126,17 +139,24 @@ class ReceiptWatcher:
         if not messages:
             return Waited()  # an empty publish: nothing will ever commit for it
         waiter = _Waiter(set(messages))
+        noticed = self._noticed
+        for receipt in waiter.ids & noticed.keys():  # its notice came before it waited
+            figures = noticed[receipt]
+            if figures is not None:
+                self.found["notice"] += 1
+                waiter.take(receipt, figures)
         self._waiters.add(waiter)
         for receipt in waiter.ids:
             self._by_receipt[receipt] = waiter
-        feed = self._feed
-        if feed is not None and feed.live and feed.live_for() >= self._replay_window:
-            self._to_read |= waiter.ids & self._noticed.keys()
-        else:
-            waiter.recheck = True
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._watch(), name="receipt-watcher")
+        if not waiter.done.is_set():
+            feed = self._feed
+            if feed is not None and feed.live and feed.live_for() >= self._replay_window:
+                self._to_read |= waiter.missing() & noticed.keys()
+            else:
+                waiter.recheck = True
+            self._wake.set()
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._watch(), name="receipt-watcher")
         try:
             with suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -163,15 +183,26 @@ class ReceiptWatcher:
         self.reads["deadline"] += 1
         try:
             async with asyncio.timeout(LAST_READ_TIMEOUT):
-                waiter.found.update(await self._read(sorted(waiter.missing())))
+                found = await self._read(sorted(waiter.missing()))
+            self.found["store"] += len(found)
+            waiter.found.update(found)
         except Exception as exc:  # the store may be missing or failing: the request answers 202
             log.debug("receipt query failed error=%s: %s", type(exc).__name__, exc)
 
     def on_notice(self, notice: Notice) -> None:
         noticed = self._noticed
+        carried = notice.figures
         for receipt in notice.receipts:
-            noticed[receipt] = None
-            if receipt in self._by_receipt:
+            figures = carried.get(receipt)
+            if figures is not None or receipt not in noticed:  # a later notice without figures keeps them
+                noticed[receipt] = figures
+            owner = self._by_receipt.get(receipt)
+            if owner is None or owner.done.is_set() or receipt in owner.found:
+                continue
+            if figures is not None:
+                self.found["notice"] += 1
+                owner.take(receipt, figures)
+            else:
                 self._to_read.add(receipt)
                 self._wake.set()
         while len(noticed) > RECENT_NOTICED:
@@ -217,10 +248,9 @@ class ReceiptWatcher:
                     live = False  # retried after the interval, not at once
                 for receipt, figures in found.items():
                     owner = self._by_receipt.get(receipt)
-                    if owner is not None:
-                        owner.found[receipt] = figures
-                        if len(owner.found) == len(owner.ids):
-                            owner.done.set()
+                    if owner is not None and receipt not in owner.found:
+                        self.found["store"] += 1
+                        owner.take(receipt, figures)
             if not live:
                 with suppress(TimeoutError):
                     async with asyncio.timeout(self._interval):

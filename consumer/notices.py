@@ -1,7 +1,9 @@
 """The consumer's commit notices (contract/commits.py), sent after each commit on a connection of their own.
 
 A notice is unconfirmed and transient: a lost one costs an api one read of the store (api/stored.py), never
-a wrong answer, so it is worth neither a confirm's round trip nor a write to the broker's disk.
+a wrong answer, so it is worth neither a confirm's round trip nor a write to the broker's disk. It carries
+the figures of the receipts its commits inserted (up to commits.FIGURES_PER_NOTICE), so a waiting request
+answers without reading the store at all.
 
 Its own connection, because RabbitMQ blocks a connection that publishes while a memory or disk alarm is in
 effect, reading nothing more from it: on the consume connection that would stop the acks, which are what
@@ -45,6 +47,7 @@ class CommitNotices:
         self._connecting: asyncio.Task[None] | None = None
         self._sending: asyncio.Task[None] | None = None
         self._receipts: list[str] = []
+        self._figures: dict[str, tuple[int, int]] = {}  # of the receipts above that carry them
         self._stored = 0
         self._failing = False
 
@@ -90,23 +93,31 @@ class CommitNotices:
         if self._channel is not None:
             self._underlay = await self._channel.get_underlay_channel()
 
-    def committed(self, receipts: list[str], stored: int) -> None:
-        """Tell every api that a batch committed: returns at once, never raises."""
+    def committed(
+        self, receipts: list[str], stored: int, figures: Sequence[tuple[str, int, int]] = ()
+    ) -> None:
+        """Tell every api that a batch committed: returns at once, never raises. `figures`: (receipt, new,
+        duplicates) of the receipts the commit inserted (store.base.BatchResult.receipts)."""
         self._receipts += receipts
         self._stored += stored
+        room = commits.FIGURES_PER_NOTICE - len(self._figures)
+        for receipt, new, duplicates in figures[:room] if room > 0 else ():
+            self._figures[receipt] = (new, duplicates)
         if self._sending is None or self._sending.done():
             self._sending = asyncio.create_task(self._send(), name="commit-notice")
 
     async def _send(self) -> None:
         while self._receipts or self._stored:
-            receipts, stored = self._receipts, self._stored
-            self._receipts, self._stored = [], 0
+            receipts, stored, figures = self._receipts, self._stored, self._figures
+            self._receipts, self._stored, self._figures = [], 0, {}
             underlay = self._underlay
             if underlay is None or underlay.is_closed:
                 return  # not connected (yet): the apis read the store for what they wait for
             try:
                 await underlay.basic_publish(
-                    commits.encode(receipts, stored), exchange=self._exchange, properties=_TRANSIENT
+                    commits.encode(receipts, stored, ((r, n, d) for r, (n, d) in figures.items())),
+                    exchange=self._exchange,
+                    properties=_TRANSIENT,
                 )
             except BROKER_ERRORS as exc:
                 if not self._failing:

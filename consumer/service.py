@@ -431,7 +431,7 @@ class _Pipeline:
         # it); notices sent while one is on its way go out together, so a fast stream costs few.
         marked = [receipt for receipt in receipts if receipt is not None]
         if marked or result.unique_processed:
-            self._notices.committed(marked, result.unique_processed)
+            self._notices.committed(marked, result.unique_processed, result.receipts)
         if previous is not None:
             # Its rejects and acks go first (it committed before this one started). What it raised after its
             # commit already halted the loop through _check; this batch is settled all the same.

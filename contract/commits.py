@@ -4,19 +4,28 @@ After a batch's transaction recorded receipts, the consumer publishes a notice o
 the events exchange; each api instance binds an exclusive, auto-delete queue of its own to it. So any number
 of consumers reach any number of api replicas, on either store backend, with one subscription per api.
 
-A notice is a hint, never the truth: it is transient, unconfirmed and lost with a connection. The store's
-receipts table stays the source of truth; a notice only tells an api which receipts to read now.
+A notice is transient, unconfirmed and lost with a connection: the store's receipts table stays the source
+of truth, and an api that hears no notice reads it. A notice names the receipts a commit recorded and, for
+those it inserted (at most FIGURES_PER_NOTICE), the figures it wrote in the same transaction: (events of the
+message stored, events of it already stored). A waiting api answers from those without reading the store; a
+receipt named without figures (a consumer of an earlier release, a redelivered message whose receipt an
+earlier commit stored, more than the cap) is read from the store. Either side ignores what it does not know,
+so apis and consumers of both releases work together.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from contract.topology import Topology
 
 # Its own exchange (not the events exchange): nothing bound to the events queue ever sees a notice.
 SUFFIX = ".commits"
+# Receipts with figures in one notice at most (about 45 bytes each): a notice stays a small message whatever
+# the batch; the receipts beyond are named without figures, and their requests read the store.
+FIGURES_PER_NOTICE = 1000
 
 
 def exchange_name(topology: Topology) -> str:
@@ -25,18 +34,34 @@ def exchange_name(topology: Topology) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """One committed batch: the receipts it recorded and how many events it stored."""
+    """One committed batch: the receipts it recorded, how many events it stored, and the figures (new,
+    duplicates) of the receipts it inserted, as the store holds them."""
 
     receipts: tuple[str, ...]
     stored: int
+    figures: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def encode(receipts: list[str], stored: int) -> bytes:
-    return json.dumps({"receipts": receipts, "stored": stored}, separators=(",", ":")).encode()
+def encode(receipts: list[str], stored: int, figures: Iterable[tuple[str, int, int]] = ()) -> bytes:
+    """`figures`: (receipt, new, duplicates); only the first FIGURES_PER_NOTICE are sent."""
+    data: dict[str, object] = {"receipts": receipts, "stored": stored}
+    carried: dict[str, list[int]] = {}
+    for receipt, new, duplicates in figures:
+        if len(carried) >= FIGURES_PER_NOTICE:
+            break
+        carried[receipt] = [new, duplicates]
+    if carried:
+        data["figures"] = carried
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def decode(body: bytes) -> Notice | None:
-    """The notice in `body`, or None when it is not one (a stray publish on the exchange)."""
+    """The notice in `body`, or None when it is not one (a stray publish on the exchange). Figures that are
+    not well formed are dropped, not the notice: its receipts are then read from the store."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -48,4 +73,12 @@ def decode(body: bytes) -> Notice | None:
         return None
     if not isinstance(stored, int):
         return None
-    return Notice(tuple(receipts), stored)
+    raw = data.get("figures")
+    figures: dict[str, tuple[int, int]] = {}
+    if isinstance(raw, dict):
+        for receipt, pair in raw.items():
+            if not (isinstance(pair, list) and len(pair) == 2 and _count(pair[0]) and _count(pair[1])):
+                figures = {}
+                break
+            figures[receipt] = (pair[0], pair[1])
+    return Notice(tuple(receipts), stored, figures)

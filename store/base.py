@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ class BatchResult:
     # Per topic, for the store's topics table (the dashboard's table); not part of a result's identity.
     topic_duplicates: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
     topic_conflicts: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
+    # (receipt, new, duplicates) of each receipt row this commit inserted: the store's own figures, which the
+    # consumer's commit notice carries to the waiting api. A receipt stored by an earlier commit (a
+    # redelivered message) is not among them: its row keeps the first commit's figures.
+    receipts: list[tuple[str, int, int]] = field(default_factory=list, compare=False, repr=False)
 
     def add(self, other: BatchResult) -> None:
         self.received += other.received
@@ -218,6 +223,26 @@ def receipt_rows(
 
 def receipts_expired_before(now: datetime | None = None) -> str:
     return utc_text((now or datetime.now(UTC)) - RECEIPT_TTL)
+
+
+# Expired receipts are deleted by a batch that records receipts at most this often, not by every one: on
+# PostgreSQL each statement of a commit is one more round trip on the path of a waiting request.
+RECEIPT_SWEEP_INTERVAL = 60.0
+
+
+class ReceiptSweep:
+    """When a writer's next receipt-recording batch should also delete the expired receipts."""
+
+    def __init__(self, interval: float = RECEIPT_SWEEP_INTERVAL) -> None:
+        self._interval = interval
+        self._next = 0.0  # the first batch sweeps
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        return True
 
 
 @dataclass(slots=True)

@@ -106,6 +106,7 @@ RECEIPTS = """
     SELECT r, n, d, $4::text FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(r, n, d)
     ORDER BY r
     ON CONFLICT (receipt) DO NOTHING
+    RETURNING receipt
 """
 STATE = """
     INSERT INTO consumer_state (key, value) VALUES ($1, $2)

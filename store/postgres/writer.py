@@ -18,6 +18,7 @@ from store.base import (
     BatchResult,
     Durability,
     Message,
+    ReceiptSweep,
     StoredCopy,
     StoreError,
     count_duplicates,
@@ -63,6 +64,7 @@ class PostgresWriter:
         self._conn: Any = conn
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
         self._coverage = Coverage()
+        self._receipt_sweep = ReceiptSweep()
         self._sweeper: Any = None  # the sweep's own connection: this one runs the batches meanwhile
         self._keys = keys.KeyBuckets()
 
@@ -253,14 +255,21 @@ class PostgresWriter:
             result = batch.result
             marked = receipt_rows(messages, receipts, batch, inserted)
             if marked:
-                await conn.execute(
+                recorded = await conn.fetch(
                     sql.RECEIPTS,
                     [r[0] for r in marked],
                     [r[1] for r in marked],
                     [r[2] for r in marked],
                     received_at,
                 )
-                await conn.execute("DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before())
+                # The figures of the receipts this commit inserted, for the commit notice; one stored already
+                # (a redelivered message) keeps its first commit's figures and is left to the api's read.
+                fresh = {str(r[0]) for r in recorded}
+                result.receipts = [row for row in marked if row[0] in fresh]
+                if self._receipt_sweep.due():
+                    await conn.execute(
+                        "DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before()
+                    )
             slot = await conn.fetchval(sql.LEASE, received_at)
             if slot is None:
                 slot = await conn.fetchval(sql.LEASE_ANY, received_at, random.randrange(SLOTS))

@@ -13,6 +13,7 @@ from store.base import (
     BatchResult,
     Durability,
     Message,
+    ReceiptSweep,
     Sorted,
     StoredCopy,
     count_duplicates,
@@ -97,6 +98,28 @@ def _record_state(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> Non
         raise
 
 
+# Receipt rows in one INSERT at most: 4 bound parameters each, under SQLite's limit of 32,766.
+_RECEIPT_ROWS = 1000
+
+
+def _record_receipts(
+    conn: sqlite3.Connection, marked: list[tuple[str, int, int]], received_at: str
+) -> list[tuple[str, int, int]]:
+    """Insert the batch's receipt rows; returns those inserted, the figures the commit notice carries. A
+    receipt already stored (a redelivered message) keeps its first figures and is not among them."""
+    fresh: set[str] = set()
+    for start in range(0, len(marked), _RECEIPT_ROWS):
+        chunk = marked[start : start + _RECEIPT_ROWS]
+        rows = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+        inserted = conn.execute(
+            f"INSERT INTO receipts (receipt, new, duplicates, committed_at) VALUES {rows}"
+            " ON CONFLICT (receipt) DO NOTHING RETURNING receipt",
+            [value for row in chunk for value in (*row, received_at)],
+        ).fetchall()
+        fresh.update(str(r[0]) for r in inserted)
+    return [row for row in marked if row[0] in fresh]
+
+
 class SqliteWriter:
     """The consumer's connection, on a thread of its own so the fsync never blocks the loop."""
 
@@ -112,6 +135,7 @@ class SqliteWriter:
         self._retention = KEEP_ALL  # the store's, as this (its only) writer recorded it
         self._buckets = KeyBuckets()
         self._search = False  # SEARCH as the store records it: whether batches index their events
+        self._receipt_sweep = ReceiptSweep()
 
     @classmethod
     async def open(cls, path: Path, before_commit: Callable[[], None] | None = None) -> SqliteWriter:
@@ -265,12 +289,9 @@ class SqliteWriter:
             result = batch.result
             marked = receipt_rows(messages, receipts, batch, inserted)
             if marked:
-                conn.executemany(
-                    "INSERT INTO receipts (receipt, new, duplicates, committed_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (receipt) DO NOTHING",
-                    [(*row, received_at) for row in marked],
-                )
-                conn.execute("DELETE FROM receipts WHERE committed_at < ?", (receipts_expired_before(),))
+                result.receipts = _record_receipts(conn, marked, received_at)
+                if self._receipt_sweep.due():
+                    conn.execute("DELETE FROM receipts WHERE committed_at < ?", (receipts_expired_before(),))
             conn.executemany(
                 "UPDATE counters SET value = value + ? WHERE name = ?",
                 [(delta, name) for name, delta in result.deltas()],

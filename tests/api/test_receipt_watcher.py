@@ -10,6 +10,7 @@ from pathlib import Path
 
 from api.commits import FeedListener
 from api.stored import ReceiptWatcher
+from contract import commits
 from contract.commits import Notice
 from contract.event import Event
 from store.sqlite import SqliteReader, SqliteWriter
@@ -111,6 +112,13 @@ class Feed:
     def notice(self, *receipts: str) -> None:
         for listener in self.listeners:
             listener.on_notice(Notice(receipts, len(receipts)))
+
+    def notice_figures(self, body: bytes) -> None:
+        """A notice as a consumer sends it on the wire (contract/commits.py), figures and all."""
+        notice = commits.decode(body)
+        assert notice is not None
+        for listener in self.listeners:
+            listener.on_notice(notice)
 
     def set_live(self, live: bool) -> None:
         self.live = live
@@ -230,3 +238,101 @@ async def test_a_lost_notice_costs_one_read_at_the_deadline_never_an_early_or_mi
         await watcher.close()
         await reader.close()
         await writer.close()
+
+
+class FailingReader:
+    """A store whose every receipt read fails, counted: a request it answered was answered without one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def receipts(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        self.calls += 1
+        raise OSError("the store must not be read")
+
+
+async def test_a_notice_with_figures_answers_each_waiting_request_exactly_without_reading_the_store() -> None:
+    reader = FailingReader()
+    feed = Feed()
+    watcher = ReceiptWatcher(reader, feed, interval=0.001)
+    try:
+        one = asyncio.create_task(watcher.wait({"one": 2}, timeout=30))
+        two = asyncio.create_task(watcher.wait({"two-a": 1, "two-b": 3}, timeout=30))
+        await settle_loop()
+        feed.notice_figures(commits.encode(["one", "two-a"], 3, [("one", 2, 0), ("two-a", 0, 1)]))
+        await settle_loop()
+        assert one.done() and not two.done()  # two-b's commit has not been noticed yet
+        feed.notice_figures(commits.encode(["two-b"], 1, [("two-b", 1, 2)]))
+        first, second = await asyncio.wait_for(asyncio.gather(one, two), 10)
+
+        assert (first.new, first.duplicates, first.pending) == (2, 0, 0)
+        assert (second.new, second.duplicates, second.pending) == (1, 3, 0)
+        assert reader.calls == 0
+        assert dict(watcher.reads) == {}
+        assert dict(watcher.found) == {"notice": 3}
+    finally:
+        await watcher.close()
+
+
+async def test_figures_noticed_before_the_request_waited_answer_it_at_once_without_a_read() -> None:
+    reader = FailingReader()
+    feed = Feed()
+    watcher = ReceiptWatcher(reader, feed)
+    try:
+        # The consumer committed and noticed before the broker's confirm reached the request.
+        feed.notice_figures(commits.encode(["early"], 1, [("early", 1, 0)]))
+        # A later notice naming it without figures (its message redelivered) leaves the figures known.
+        feed.notice("early")
+
+        result = await asyncio.wait_for(watcher.wait({"early": 1}, timeout=30), 10)
+
+        assert (result.new, result.duplicates, result.pending) == (1, 0, 0)
+        assert reader.calls == 0 and dict(watcher.found) == {"notice": 1}
+        assert not watcher.watching()  # nothing to read: the watcher task never started
+    finally:
+        await watcher.close()
+
+
+async def test_receipts_a_notice_names_without_figures_are_read_from_the_store_in_one_query(
+    tmp_path: Path,
+) -> None:
+    """An older consumer's notices carry no figures, nor do a newer one's beyond FIGURES_PER_NOTICE."""
+    path = tmp_path / "events.db"
+    writer = await SqliteWriter.open(path)
+    counting = CountingReader(SqliteReader(path))
+    feed = Feed()
+    watcher = ReceiptWatcher(counting, feed, interval=0.001)
+    try:
+        ids = [f"r{i}" for i in range(4)]
+        waits = [asyncio.create_task(watcher.wait({r: 1}, timeout=30)) for r in ids]
+        await settle_loop()
+        result = await writer.apply([[event(f"e{i}")] for i in range(4)], ids)
+        # Figures unlike the store's, so that each answer shows where it came from.
+        figures = [(r, n + 1, d) for r, n, d in result.receipts]
+        feed.notice_figures(b'{"receipts":["r0","r1"],"stored":2}')  # an older consumer's notice
+        feed.notice_figures(commits.encode(["r2", "r3"], 2, figures[2:3]))  # r3 past the cap, say
+        found = await asyncio.wait_for(asyncio.gather(*waits), 10)
+
+        assert [(r.new, r.duplicates, r.pending) for r in found] == [(1, 0, 0)] * 2 + [(2, 0, 0), (1, 0, 0)]
+        assert sorted(r for asked in counting.asked for r in asked) == ["r0", "r1", "r3"]
+        assert dict(watcher.found) == {"notice": 1, "store": 3}
+    finally:
+        await watcher.close()
+        await counting.reader.close()
+        await writer.close()
+
+
+async def test_a_lost_notice_with_figures_still_costs_one_read_at_the_deadline_never_a_hang() -> None:
+    """Notices with figures change nothing for a request whose notice is lost: the deadline's read."""
+    reader = FailingReader()
+    feed = Feed()
+    watcher = ReceiptWatcher(reader, feed)
+    try:
+        started = time.monotonic()
+        lost = await asyncio.wait_for(watcher.wait({"lost": 2}, timeout=0.3), 10)
+
+        assert (lost.new, lost.duplicates, lost.pending) == (0, 0, 2)  # 202: pending, never an early 200
+        assert time.monotonic() - started >= 0.25
+        assert reader.calls == 1 and dict(watcher.reads) == {"deadline": 1}
+    finally:
+        await watcher.close()

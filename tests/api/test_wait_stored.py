@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.pipeline import counters, settled, start_pipeline
 from tests.harness.processes import Deployment, Processes, all_events, api_get
@@ -195,3 +196,48 @@ async def test_an_event_id_of_255_characters_up_to_1020_bytes_is_published_and_s
     assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies]
     assert await settled(deployment, amqp, 8) == expect(received=8, unique_processed=8)
     assert {e["event_id"] for e in all_events(deployment)} == {i for group in ids.values() for i in group}
+
+
+def receipt_metrics(deployment: Deployment) -> dict[str, float]:
+    """The api's receipt reads of the store (all reasons) and the awaited receipts found, by source."""
+    text = api_get(deployment, "/metrics").text
+    out = {"reads": 0.0, "notice": 0.0, "store": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "eventagg_receipt_reads_total":
+                out["reads"] += sample.value
+            elif sample.name == "eventagg_receipts_found_total":
+                out[sample.labels["source"]] = sample.value
+    return out
+
+
+@pytest.mark.backends("sqlite", "postgres")
+async def test_a_waiting_publish_answers_from_the_commit_notice_without_reading_the_store(
+    procs: Processes, amqp: AbstractRobustConnection, backend: str
+) -> None:
+    deployment = procs.deployment
+    # PUBLISH_TIMEOUT is also how long after its subscription came up the api reads the store once for every
+    # new request anyway (a commit may have come before the subscription): kept short here.
+    await start_pipeline(procs, amqp, api_env={"PUBLISH_TIMEOUT": "3"})
+    probes = iter(range(1_000_000))
+
+    def past_the_replay_window() -> bool:
+        before = receipt_metrics(deployment)
+        reply = post(deployment, "/publish", [event(f"probe-{next(probes)}", "wait.probe")])
+        return reply.status_code == 200 and receipt_metrics(deployment)["reads"] == before["reads"]
+
+    await eventually(past_the_replay_window, 60, message="a waiting publish answered without a store read")
+    before = receipt_metrics(deployment)
+
+    first = post(deployment, "/publish", [event("a"), event("b"), event("c", "wait.b")])
+    again = post(deployment, "/events", {"events": [event("a"), event("d", "wait.b"), event("d", "wait.b")]})
+
+    assert (first.status_code, first.json()) == (200, answer("default", 3, new=3, duplicates=0))
+    assert (again.status_code, again.json()) == (200, answer("default", 3, new=1, duplicates=2))
+    after = receipt_metrics(deployment)
+    # Two messages each (one per topic): all four receipts' figures came with the notices, none from a read.
+    assert after["notice"] - before["notice"] == 4
+    assert (after["store"], after["reads"]) == (before["store"], before["reads"])
+    assert counters(deployment)["unique_processed"] == 4 + len(
+        [e for e in all_events(deployment) if e["topic"] == "wait.probe"]
+    )

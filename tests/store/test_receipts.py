@@ -35,6 +35,25 @@ async def test_a_redelivered_message_keeps_its_first_receipt(writer: Writer, rea
     assert await reader.receipts(["r"]) == {"r": (2, 0)}
 
 
+async def test_a_batch_returns_the_figures_of_the_receipts_it_inserted_exactly_as_the_store_holds_them(
+    writer: Writer, reader: Reader
+) -> None:
+    first = await writer.apply(
+        [[event("a"), event("b", "auth")], [event("a")], [event("z")]], ["r1", "r2", None]
+    )
+    # A redelivered message (r1 again, now all duplicates) beside a fresh one: only the fresh receipt's row
+    # is inserted, so only its figures come back; r1's row keeps the first commit's.
+    again = await writer.apply([[event("a"), event("b", "auth")], [event("c"), event("a")]], ["r1", "r3"])
+
+    assert first.receipts == [("r1", 2, 0), ("r2", 0, 1)]
+    assert again.receipts == [("r3", 1, 1)]
+    stored = await reader.receipts(["r1", "r2", "r3"])
+    assert stored == {"r1": (2, 0), "r2": (0, 1), "r3": (1, 1)}
+    assert {r: (n, d) for r, n, d in first.receipts + again.receipts} == stored
+    unmarked = await writer.apply([[event("d")]])
+    assert unmarked.receipts == []
+
+
 async def test_unmarked_batches_record_no_receipts_and_a_reader_before_the_store_finds_none(
     settings: StoreSettings, reader: Reader
 ) -> None:
