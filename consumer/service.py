@@ -422,16 +422,23 @@ class _Pipeline:
         if result is None:
             return False  # stopping while the store is failing: nothing acked, the broker redelivers it
         seconds = time.perf_counter() - started
+        # First, before the hooks and the acks: a request waiting on its receipts hears of the commit one
+        # broker hop later, with the figures the commit wrote. For batches someone may wait on, and for every
+        # batch that stored an event (an api's live tail reads it); notices sent while one is on its way go
+        # out together, so a fast stream costs few.
+        marked = [receipt for receipt in receipts if receipt is not None]
+        if marked or result.unique_processed:
+            self._notices.committed(marked, result.unique_processed, result.receipts)
+        if marked:
+            # Someone waits on this commit: let the notice go out on the wire first (one turn of the loop
+            # for the notice's task to queue its frames, one for the connection's writer to send them) rather
+            # than after the hooks and the acks, about 0.1-0.2 ms later.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
         self._commits += 1
         self._hooks.on_commit(
             Commit(self._commits, len(batch), result, seconds, redelivered, _lag(batch[0].message), waited)
         )
-        # Before the acks: a request waiting on its receipts hears of the commit one broker hop later.
-        # For batches someone may wait on, and for every batch that stored an event (an api's live tail reads
-        # it); notices sent while one is on its way go out together, so a fast stream costs few.
-        marked = [receipt for receipt in receipts if receipt is not None]
-        if marked or result.unique_processed:
-            self._notices.committed(marked, result.unique_processed, result.receipts)
         if previous is not None:
             # Its rejects and acks go first (it committed before this one started). What it raised after its
             # commit already halted the loop through _check; this batch is settled all the same.

@@ -100,6 +100,37 @@ COUNTERS = """
     FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
     WHERE c.slot = $3 AND c.name = u.name
 """
+# LEASE, TOPICS and COUNTERS in one statement (one round trip instead of three, on the path of every
+# `?wait=stored` request): the slot leased, the topics' first-seen rows, and the counts on the slot's rows.
+# Nothing but the lease is done when no slot was free ($1 NULL back): the batch then waits for one with
+# LEASE_ANY and runs TOPICS and COUNTERS on it, as before, so a topic's first-seen row is never held while
+# waiting for a slot.
+LEASED_COUNTS = """
+    WITH lease AS (
+        UPDATE writer_slots SET last_commit_at = $1
+        WHERE slot = (SELECT slot FROM writer_slots ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING slot
+    ), first_seen AS (
+        INSERT INTO topics (topic, first_seq)
+        SELECT t, f FROM unnest($2::text[], $6::bigint[]) AS u(t, f)
+        WHERE f IS NOT NULL AND EXISTS (SELECT FROM lease) AND NOT EXISTS (SELECT FROM topics WHERE topic = t)
+        ORDER BY t
+        ON CONFLICT (topic) DO NOTHING
+    ), topic_counted AS (
+        INSERT INTO topic_counts (topic, slot, count, duplicates, conflicts)
+        SELECT t, lease.slot, c, d, x
+        FROM lease, unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(t, c, d, x)
+        ORDER BY t
+        ON CONFLICT (topic, slot) DO UPDATE SET count = topic_counts.count + excluded.count,
+            duplicates = topic_counts.duplicates + excluded.duplicates,
+            conflicts = topic_counts.conflicts + excluded.conflicts
+    ), counted AS (
+        UPDATE counter_slots AS c SET value = c.value + u.delta
+        FROM lease, unnest($7::text[], $8::bigint[]) AS u(name, delta)
+        WHERE c.slot = lease.slot AND c.name = u.name
+    )
+    SELECT slot FROM lease
+"""
 SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counter_slots GROUP BY name"
 RECEIPTS = """
     INSERT INTO receipts (receipt, new, duplicates, committed_at)

@@ -270,16 +270,18 @@ class PostgresWriter:
                     await conn.execute(
                         "DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before()
                     )
-            slot = await conn.fetchval(sql.LEASE, received_at)
-            if slot is None:
-                slot = await conn.fetchval(sql.LEASE_ANY, received_at, random.randrange(SLOTS))
             per_topic = result.topic_deltas(Counter(key[0] for key in inserted))
-            if per_topic:
-                columns = [list(column) for column in zip(*per_topic, strict=True)]
-                await conn.execute(sql.TOPICS, *columns, slot, [first_seqs.get(t) for t in columns[0]])
+            columns: list[list[Any]] = [list(column) for column in zip(*per_topic, strict=True)] or [[]] * 4
+            first = [first_seqs.get(t) for t in columns[0]]
             deltas = result.deltas()
-            if deltas:
-                await conn.execute(sql.COUNTERS, [name for name, _ in deltas], [d for _, d in deltas], slot)
+            names, amounts = [name for name, _ in deltas], [d for _, d in deltas]
+            slot = await conn.fetchval(sql.LEASED_COUNTS, received_at, *columns, first, names, amounts)
+            if slot is None:  # every slot held: wait for one, then count on it
+                slot = await conn.fetchval(sql.LEASE_ANY, received_at, random.randrange(SLOTS))
+                if per_topic:
+                    await conn.execute(sql.TOPICS, *columns, slot, first)
+                if deltas:
+                    await conn.execute(sql.COUNTERS, names, amounts, slot)
             rejected = rejected_in(messages)
             if rejected:
                 await sql.keep_dead_letters(conn, rejected)
