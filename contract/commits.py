@@ -39,7 +39,7 @@ class Notice:
 
     receipts: tuple[str, ...]
     stored: int
-    figures: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    figures: Mapping[str, tuple[int, int]] = field(default_factory=dict, hash=False)
 
 
 def encode(receipts: list[str], stored: int, figures: Iterable[tuple[str, int, int]] = ()) -> bytes:
