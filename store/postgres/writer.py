@@ -264,8 +264,8 @@ class PostgresWriter:
                 )
                 # The figures of the receipts this commit inserted, for the commit notice; one stored already
                 # (a redelivered message) keeps its first commit's figures and is left to the api's read.
-                fresh = {str(r[0]) for r in recorded}
-                result.receipts = [row for row in marked if row[0] in fresh]
+                inserted_receipts = {str(r[0]) for r in recorded}
+                result.receipts = [row for row in marked if row[0] in inserted_receipts]
                 if self._receipt_sweep.due():
                     await conn.execute(
                         "DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before()
