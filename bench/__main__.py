@@ -86,6 +86,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="build the pre-filled stores in DIR once and reuse them on later runs with the same --stored",
     )
+    p.add_argument(
+        "--key-retention",
+        type=float,
+        metavar="S",
+        help="the retention scenarios' KEY_RETENTION in seconds (default: none, keys kept forever, so the "
+        "store grows by its tombstones)",
+    )
     return p
 
 
@@ -93,6 +100,8 @@ def chosen_sizes(args: argparse.Namespace) -> Sizes:
     sizes = QUICK if args.quick else FULL
     if args.stored is not None:
         sizes = replace(sizes, stored=args.stored)
+    if args.key_retention is not None:
+        sizes = replace(sizes, steady=replace(sizes.steady, key_retention=args.key_retention))
     return sizes if args.count is None else replace(sizes, count=args.count)
 
 

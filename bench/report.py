@@ -209,6 +209,7 @@ _RETENTION_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
         for k in (1, 2, 3)
     ),
     ("queued_max", "queue depth, most (messages)", "{:,.0f}".format),
+    ("stored_again", "re-sends stored again (KEY_RETENTION)", "{:,.0f}".format),
 ]
 _INGEST_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("events_per_second", "events/s", "{:,.0f}".format),
@@ -317,7 +318,8 @@ def _sizes_note(scenario: str, sizes: Sizes) -> str:
 
 def _steady_note(sizes: Sizes) -> str:
     load = sizes.steady
-    return f"{load.rate:,.0f}/s {load.seconds:g}s, R={load.retention:g}s"
+    keys = "" if load.key_retention is None else f", K={load.key_retention:g}s"
+    return f"{load.rate:,.0f}/s {load.seconds:g}s, R={load.retention:g}s{keys}"
 
 
 def table(
