@@ -4,9 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast test-upgrade test-docker test-soak crash soak bench up down lock clean
+.PHONY: system install lint test test-fast test-upgrade test-docker test-soak crash soak bench up down lock clean
 
 install: $(STAMP)
+
+# The services and system packages the tests use (RabbitMQ, PostgreSQL, chromium, docker-compose): installed
+# with apt when missing and run as root, and PostgreSQL started (.ci/system).
+system:
+	.ci/system
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +28,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install
+test: system install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Everything but the crash, cluster, soak and docker tests, for a quick loop while editing.
@@ -36,7 +41,7 @@ test-fast: install
 UPGRADE_VENV := .venv-upgrade
 UPGRADE_TESTS := tests/contract/test_versions.py tests/broker/test_hooks.py tests/broker/test_wire.py \
 	tests/api/test_http1.py tests/test_pipeline.py tests/test_plain_path.py
-test-upgrade:
+test-upgrade: system
 	rm -rf $(UPGRADE_VENV)
 	$(PYTHON) -m venv $(UPGRADE_VENV)
 	$(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
