@@ -31,7 +31,7 @@ ENVELOPE = 20
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
     if shutil.which(CHROMIUM) is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"no {CHROMIUM} for the browser tests (apt-get install chromium; make test does, as root)")
+            pytest.fail(f"no {CHROMIUM} for the browser tests (make test installs it, as root)")
         pytest.skip(f"no {CHROMIUM} (apt-get install chromium)")
     async with async_playwright() as playwright:
         # Debian's chromium, never a browser build of Playwright's own; a fresh profile per test.
