@@ -101,7 +101,11 @@ class _ChannelSettlement:
                 await self.channel.basic_reject(_tag(item.message), requeue=False)
             if self.last_ack:
                 await self.channel.basic_ack(self.last_ack, multiple=True)
-        except BROKER_ERRORS as exc:  # aiormq refuses a closed channel, or the write fails
+        except Exception as exc:
+            # aiormq refuses a closed channel, or the write fails (BROKER_ERRORS); and a channel that closes
+            # while an ack waits for its write fails that wait with a bare Exception (aiormq's reject_all).
+            if not isinstance(exc, BROKER_ERRORS) and not self.channel.is_closed:
+                raise
             log.warning(
                 "channel closed before settling deliveries=%d error=%s; the broker will redeliver them",
                 count,

@@ -12,7 +12,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
-from consumer.handler import decode_batch, settle
+from consumer.handler import _ChannelSettlement, decode_batch, settle
 from contract.event import Limits
 from contract.topology import Declared, Topology, declare
 from tests.harness.broker import Broker
@@ -122,3 +122,36 @@ async def test_settlements_of_a_closed_channel_are_dropped_and_never_sent_on_its
     await second.close()  # had the old tags been sent on it, it would have settled the redeliveries
     await depth_reaches(connection, declared.queue.name, 3)
     assert await queue_depth(connection, declared.dead_letter_queue.name) == 0
+
+
+class _ClosingChannel:
+    """An aiormq channel closing while an ack waits for its write: aiormq then fails the wait with a bare
+    Exception (its reject_all with no reason), and the channel reads as closed."""
+
+    is_closed = False
+
+    async def basic_reject(self, tag: int, requeue: bool) -> None:
+        return None
+
+    async def basic_ack(self, tag: int, multiple: bool) -> None:
+        self.is_closed = True
+        raise Exception
+
+
+async def test_a_channel_closing_while_an_ack_drains_counts_as_closed_and_stops_nothing() -> None:
+    channel = _ClosingChannel()
+    settlement = _ChannelSettlement(channel)  # type: ignore[arg-type]
+    settlement.acks, settlement.last_ack = 3, 7
+
+    assert await settlement.send() == 3  # left to the broker's redelivery, as for any closed channel
+
+    open_channel = _ClosingChannel()
+    open_channel.basic_ack = _raise_on_open  # type: ignore[method-assign]
+    settlement = _ChannelSettlement(open_channel)  # type: ignore[arg-type]
+    settlement.acks, settlement.last_ack = 1, 1
+    with pytest.raises(ValueError, match="not a closed channel"):
+        await settlement.send()
+
+
+async def _raise_on_open(tag: int, multiple: bool) -> None:
+    raise ValueError("not a closed channel")
