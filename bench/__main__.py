@@ -176,12 +176,20 @@ async def run_all(args: argparse.Namespace, url: str, workdir: Path) -> tuple[li
 
 
 def previous_run(path: Path | None) -> tuple[dict[str, Any] | None, str]:
-    """The earlier run's results and its file name; (None, "") when there is none or it cannot be read."""
+    """The earlier run's results and its file name; (None, "") when there is none or it cannot be read. By
+    default the newest in RESULTS_DIR that measured the figure a run must not fall below (envelopes end to
+    end): runs of a few scenarios alone are kept there too."""
     if path is None:
-        found = sorted(RESULTS_DIR.glob("*.json"))
-        if not found:
-            return None, ""
-        path = found[-1]
+        for found in sorted(RESULTS_DIR.glob("*.json"), reverse=True):
+            try:
+                loaded = json.loads(found.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(loaded, dict) and report.previous_median(
+                loaded, "e2e_envelopes", "events_per_second"
+            ):
+                return loaded, found.name
+        return None, ""
     try:
         loaded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import Results, Target, targets
+from bench.__main__ import RESULTS_DIR, previous_run
+from bench.report import Results, Target, previous_median, targets
 from bench.scenarios import SCENARIOS, percentile
 from bench.trial import Sample
 from tests.harness.broker import Broker
@@ -80,3 +81,15 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([3.0], 99) == 3.0
+
+
+def test_the_default_previous_run_is_the_newest_that_measured_envelopes_end_to_end() -> None:
+    loaded, name = previous_run(None)
+    newest = sorted(p.name for p in RESULTS_DIR.glob("*.json"))[-1]
+    assert loaded is not None and name <= newest
+    assert (previous_median(loaded, "e2e_envelopes", "events_per_second") or 0) > 0
+    later = [p for p in RESULTS_DIR.glob("*.json") if p.name > name]
+    assert all(
+        previous_median(json.loads(p.read_text()), "e2e_envelopes", "events_per_second") is None
+        for p in later
+    )
