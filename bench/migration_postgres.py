@@ -15,7 +15,7 @@ import time
 import asyncpg
 
 from bench.postgres import ThrowawayDatabase
-from store.postgres import PostgresWriter
+from store.postgres import SCHEMA_VERSION, PostgresWriter
 from store.postgres.schema import MIGRATIONS
 
 _FILL = """
@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     took = [asyncio.run(measure(args.events)) for _ in range(args.runs)]
-    print(f"schema 6 -> 7 with {args.events:,} events: " + ", ".join(f"{t:.1f}s" for t in took))
+    print(
+        f"schema 6 -> {SCHEMA_VERSION} with {args.events:,} events: " + ", ".join(f"{t:.1f}s" for t in took)
+    )
 
 
 if __name__ == "__main__":
