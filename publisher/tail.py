@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from typing import TextIO
 
@@ -42,7 +43,11 @@ class Refused(Exception):
 async def tail(
     settings: PublisherSettings, query: list[tuple[str, str]], after: int | None, out: TextIO
 ) -> None:
-    """Print events for ever; raises Refused on a 4xx."""
+    """Print events until SIGINT; raises Refused on a 4xx. SIGINT is the loop's own handler (uvloop wakes
+    for it at once), which cancels this task wherever it waits: a stream read, or the pause between tries."""
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, task.cancel)
     last = after
     down = False  # said once when the api cannot be read, once when it can again
     timeout = httpx.Timeout(10, read=None)  # the api sends a comment every 15 s on an idle stream
@@ -104,6 +109,6 @@ def cli(argv: list[str]) -> int:
     except Refused as exc:
         print(f"publisher: the api refused the tail: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     return EXIT_OK
