@@ -23,10 +23,18 @@ class Decoded:
 
     def for_store(self) -> Message:
         """The events, or the rejected message itself: the store keeps it as a dead letter in the same
-        transaction that counts it invalid."""
+        transaction that counts it invalid, unless it is a redelivery of one it kept already."""
         if self.events is not None:
             return self.events
-        return Rejected(self.reason, self.kind, self.message.routing_key or "", self.message.body)
+        message = self.message
+        return Rejected(
+            self.reason,
+            self.kind,
+            message.routing_key or "",
+            message.body,
+            redelivered=bool(message.redelivered),
+            message_id=message.header.properties.message_id,
+        )
 
 
 def decode_batch(messages: list[DeliveredMessage], limits: Limits) -> list[Decoded]:

@@ -422,6 +422,11 @@ class _Pipeline:
         if result is None:
             return False  # stopping while the store is failing: nothing acked, the broker redelivers it
         seconds = time.perf_counter() - started
+        if result.rejected_again:
+            log.warning(
+                "redelivered invalid messages=%d already kept as dead letters: rejected again, not counted",
+                result.rejected_again,
+            )
         # First, before the hooks and the acks: a request waiting on its receipts hears of the commit one
         # broker hop later, with the figures the commit wrote. For batches someone may wait on, and for every
         # batch that stored an event (an api's live tail reads it); notices sent while one is on its way go
@@ -445,7 +450,7 @@ class _Pipeline:
             with suppress(Exception):
                 await previous
         unsettled = await settle(batch)
-        self._hooks.on_settle(_settlement(batch, result.invalid, unsettled))
+        self._hooks.on_settle(_settlement(batch, result.invalid + result.rejected_again, unsettled))
         log.debug(
             "batch committed messages=%d received=%d unique=%d",
             len(batch),
@@ -464,7 +469,8 @@ def _lag(first: DeliveredMessage) -> float | None:
 def _settlement(batch: list[Decoded], invalid: int, unsettled: int) -> Settlement:
     """How `batch` was settled; settle() only says how many deliveries it could not settle."""
     if not unsettled:
-        # Each invalid delivery is one rejected message, counted `invalid` by the store's commit.
+        # Each invalid delivery is one rejected message, counted `invalid` by the store's commit, or known
+        # to it already (BatchResult.rejected_again).
         return Settlement(len(batch) - invalid, invalid, 0)
     # A channel closed under the batch (a reconnect): what was settled is what arrived on the channels still
     # open. Per delivery, but only on this rare path.

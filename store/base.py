@@ -58,6 +58,9 @@ class BatchResult:
     # consumer's commit notice carries to the waiting api. A receipt stored by an earlier commit (a
     # redelivered message) is not among them: its row keeps the first commit's figures.
     receipts: list[tuple[str, int, int]] = field(default_factory=list, compare=False, repr=False)
+    # Redelivered invalid messages whose dead letter an earlier commit kept (store/deadletters.py
+    # not_kept_yet): to be rejected again, but in no counter, `received` and `invalid` included.
+    rejected_again: int = field(default=0, compare=False)
 
     def add(self, other: BatchResult) -> None:
         self.received += other.received
@@ -65,6 +68,13 @@ class BatchResult:
         self.duplicate_dropped += other.duplicate_dropped
         self.invalid += other.invalid
         self.conflicts += other.conflicts
+        self.rejected_again += other.rejected_again
+
+    def known_again(self, again: int) -> None:
+        """Take `again` rejected messages, counted by sort_batch, back out of the counters."""
+        self.received -= again
+        self.invalid -= again
+        self.rejected_again += again
 
     def topic_deltas(self, stored: Counter[str]) -> list[tuple[str, int, int, int]]:
         """(topic, stored, duplicates, conflicts) for every topic the batch touched, sorted by topic

@@ -3,7 +3,7 @@ store keeps and reads it back (DeadLetter, its pages and counts)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +24,50 @@ class Rejected:
     routing_key: str
     body: bytes
     at: str = field(default_factory=lambda: utc_now())
+    redelivered: bool = False  # the delivery's AMQP redelivered flag: see not_kept_yet()
+    message_id: str | None = None  # the AMQP property, when the publisher set one
 
     def stored_body(self) -> tuple[bytes, bool]:
         return self.body[:DEAD_LETTER_BODY_BYTES], len(self.body) > DEAD_LETTER_BODY_BYTES
+
+    def identity(self) -> Identity:
+        """What a dead letter keeps of the message to know it again: routing key, size, stored body and
+        message id."""
+        return self.routing_key, len(self.body), self.stored_body()[0], self.message_id
+
+
+Identity = tuple[str, int, bytes, str | None]
+
+
+def looked_up(rejected: Sequence[Rejected]) -> list[Identity]:
+    """The identities a batch must look for among the dead letters already kept: only its redelivered
+    ones, so a batch of first deliveries costs nothing more."""
+    return list(dict.fromkeys(item.identity() for item in rejected if item.redelivered))
+
+
+def not_kept_yet(rejected: Sequence[Rejected], kept: Mapping[Identity, int]) -> list[Rejected]:
+    """The batch's rejected messages to keep as dead letters and count: all but the redelivered ones whose
+    dead letter an earlier commit kept (`kept`: how many dead letters each looked-up identity has). Those
+    come back because that commit's reject never reached the broker (its channel closed, or the consumer
+    died between the commit and the reject); they are rejected again, so the dead-letter queue gets each
+    message once, but neither kept nor counted (`received`, `invalid`) a second time.
+
+    An invalid message has no dedup key, and without a message id nothing tells two sends of the same
+    garbage (same routing key, same body) apart. So a first delivery is always kept, and a redelivered one
+    matching a kept dead letter is taken for that message, each kept dead letter standing for at most one
+    redelivery per batch. A wrong guess needs the same garbage sent twice and the second send redelivered:
+    it then goes uncounted, where without this every redelivered poison message was counted twice.
+    """
+    left = dict(kept)
+    fresh = []
+    for item in rejected:
+        if item.redelivered:
+            identity = item.identity()
+            if left.get(identity, 0) > 0:
+                left[identity] -= 1
+                continue
+        fresh.append(item)
+    return fresh
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 from contract.event import Event
 from store.base import StoredCopy
 from store.clock import utc_text
-from store.deadletters import DEAD_LETTERS_KEPT, Rejected
+from store.deadletters import DEAD_LETTERS_KEPT, Rejected, looked_up, not_kept_yet
 from store.postgres import keys
 from store.retention import Retention
 
@@ -144,10 +144,15 @@ STATE = """
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 DEAD_LETTER = """
-    INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated)
+    INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated, message_id)
     SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bool[]
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bool[], $8::text[]
     )
+"""
+# How many dead letters a redelivered invalid message matches; through dead_letters_by_size.
+DEAD_LETTERS_KEPT_AS = """
+    SELECT count(*) FROM dead_letters
+    WHERE size = $1 AND routing_key = $2 AND body = $3 AND message_id IS NOT DISTINCT FROM $4
 """
 DEAD_LETTER_COUNT = """
     INSERT INTO dead_letter_counts (kind, count)
@@ -183,6 +188,17 @@ async def stored_copies(
     return stored
 
 
+async def dead_letters_not_kept_yet(conn: Any, rejected: list[Rejected]) -> list[Rejected]:
+    wanted = looked_up(rejected)
+    if not wanted:
+        return rejected
+    kept = {}
+    for identity in wanted:
+        routing_key, size, body, message_id = identity
+        kept[identity] = int(await conn.fetchval(DEAD_LETTERS_KEPT_AS, size, routing_key, body, message_id))
+    return not_kept_yet(rejected, kept)
+
+
 async def keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
     bodies = [item.stored_body() for item in rejected]
     await conn.execute(
@@ -194,6 +210,7 @@ async def keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
         [body for body, _ in bodies],
         [len(item.body) for item in rejected],
         [truncated for _, truncated in bodies],
+        [item.message_id for item in rejected],
     )
     kinds = sorted(Counter(item.kind for item in rejected).items())
     await conn.execute(DEAD_LETTER_COUNT, [k for k, _ in kinds], [n for _, n in kinds])

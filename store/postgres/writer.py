@@ -253,6 +253,11 @@ class PostgresWriter:
                     stored = await sql.stored_copies(conn, numbered, known, retention, moment)
             count_duplicates(batch, stored, inserted)
             result = batch.result
+            rejected = rejected_in(messages)
+            if rejected:
+                letters = await sql.dead_letters_not_kept_yet(conn, rejected)
+                result.known_again(len(rejected) - len(letters))
+                rejected = letters
             marked = receipt_rows(messages, receipts, batch, inserted)
             if marked:
                 recorded = await conn.fetch(
@@ -282,7 +287,6 @@ class PostgresWriter:
                     await conn.execute(sql.TOPICS, *columns, slot, first)
                 if deltas:
                     await conn.execute(sql.COUNTERS, names, amounts, slot)
-            rejected = rejected_in(messages)
             if rejected:
                 await sql.keep_dead_letters(conn, rejected)
             if self._before_commit is not None:

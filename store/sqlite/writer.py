@@ -24,7 +24,7 @@ from store.base import (
     sort_batch,
 )
 from store.clock import utc_now
-from store.deadletters import DEAD_LETTERS_KEPT, Rejected
+from store.deadletters import DEAD_LETTERS_KEPT, Rejected, looked_up, not_kept_yet
 from store.retention import KEEP_ALL, Retention, SweepResult
 from store.sqlite import search
 from store.sqlite.buckets import KeyBuckets
@@ -59,8 +59,12 @@ _STATE = (
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 _DEAD_LETTER = (
-    "INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated, message_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# How many dead letters a redelivered invalid message matches; through dead_letters_by_size.
+_KEPT = (
+    "SELECT COUNT(*) FROM dead_letters WHERE size = ? AND routing_key = ? AND body = ? AND message_id IS ?"
 )
 _DEAD_LETTER_COUNT = (
     "INSERT INTO dead_letter_counts (kind, count) VALUES (?, ?)"
@@ -73,12 +77,25 @@ _DEAD_LETTER_TRIM = (
 )
 
 
+def _not_kept_yet(conn: sqlite3.Connection, rejected: list[Rejected]) -> list[Rejected]:
+    wanted = looked_up(rejected)
+    if not wanted:
+        return rejected
+    kept = {}
+    for identity in wanted:
+        routing_key, size, body, message_id = identity
+        kept[identity] = int(conn.execute(_KEPT, (size, routing_key, body, message_id)).fetchone()[0])
+    return not_kept_yet(rejected, kept)
+
+
 def _keep_dead_letters(conn: sqlite3.Connection, rejected: list[Rejected]) -> None:
     rows = []
     for item in rejected:
         body, truncated = item.stored_body()
         size = len(item.body)
-        rows.append((item.at, item.kind, item.reason, item.routing_key, body, size, int(truncated)))
+        rows.append(
+            (item.at, item.kind, item.reason, item.routing_key, body, size, int(truncated), item.message_id)
+        )
     conn.executemany(_DEAD_LETTER, rows)
     conn.executemany(_DEAD_LETTER_COUNT, Counter(item.kind for item in rejected).items())
     dropped = conn.execute(_DEAD_LETTER_TRIM, (DEAD_LETTERS_KEPT - 1,)).rowcount
@@ -287,6 +304,11 @@ class SqliteWriter:
             inserted = {(row[0], row[1]) for row in new}
             count_duplicates(batch, stored, inserted)
             result = batch.result
+            rejected = rejected_in(messages)
+            if rejected:
+                letters = _not_kept_yet(conn, rejected)
+                result.known_again(len(rejected) - len(letters))
+                rejected = letters
             marked = receipt_rows(messages, receipts, batch, inserted)
             if marked:
                 result.receipts = _record_receipts(conn, marked, received_at)
@@ -298,7 +320,6 @@ class SqliteWriter:
             )
             conn.executemany(_TOPICS, result.topic_deltas(Counter(topic for topic, _ in inserted)))
             conn.execute(_STATE, ("last_commit_at", received_at))
-            rejected = rejected_in(messages)
             if rejected:
                 _keep_dead_letters(conn, rejected)
             if self._before_commit is not None:

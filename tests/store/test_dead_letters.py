@@ -118,3 +118,73 @@ async def test_a_failed_commit_keeps_no_dead_letter(settings: StoreSettings) -> 
         assert await reader.dead_letter_counts() == DeadLetterCounts({}, kept=0, dropped=0)
     finally:
         await reader.close()
+
+
+def poison(redelivered: bool, body: bytes = b"{not json", message_id: str | None = None) -> Rejected:
+    """The same garbage each time, as the consumer hands it over: `redelivered` is the AMQP flag."""
+    return Rejected(
+        "not JSON", "not_json", "orders.new", body, redelivered=redelivered, message_id=message_id
+    )
+
+
+async def kept_and_counted(reader: Reader) -> tuple[int, dict[str, int]]:
+    letters = (await reader.dead_letters(1000, None)).letters
+    return len(letters), (await reader.snapshot()).counters
+
+
+async def test_a_redelivered_invalid_message_already_kept_is_neither_kept_nor_counted_again(
+    writer: Writer, reader: Reader
+) -> None:
+    first = await writer.apply([poison(False), [event("a")]])
+    # Its commit's reject never reached the broker: the broker delivers it again, flagged redelivered.
+    again = await writer.apply([poison(True), [event("a")]])
+
+    assert (first, first.rejected_again) == (BatchResult(received=2, unique_processed=1, invalid=1), 0)
+    assert (again, again.rejected_again) == (BatchResult(received=1, duplicate_dropped=1), 1)
+    kept, counters = await kept_and_counted(reader)
+    assert kept == 1
+    assert counters == {
+        "received": 3,
+        "unique_processed": 1,
+        "duplicate_dropped": 1,
+        "invalid": 1,
+        "conflicts": 0,
+    }
+    assert await reader.dead_letter_counts() == DeadLetterCounts({"not_json": 1}, kept=1, dropped=0)
+
+
+async def test_the_same_garbage_sent_again_is_kept_and_counted_again(writer: Writer, reader: Reader) -> None:
+    await writer.apply([poison(False)])
+    second = await writer.apply([poison(False)])
+
+    assert (second, second.rejected_again) == (BatchResult(received=1, invalid=1), 0)
+    kept, counters = await kept_and_counted(reader)
+    assert (kept, counters["received"], counters["invalid"]) == (2, 2, 2)
+
+
+async def test_a_redelivery_is_known_by_routing_key_size_stored_body_and_message_id(
+    writer: Writer, reader: Reader
+) -> None:
+    long = b"[" + b"x" * (DEAD_LETTER_BODY_BYTES + 10)
+    await writer.apply([poison(False), poison(False, long), poison(False, message_id="m-1")])
+
+    # Each differs from every dead letter kept in one part of its identity: all are kept and counted.
+    others = [
+        Rejected("not JSON", "not_json", "orders.old", b"{not json", redelivered=True),
+        poison(True, long + b"x"),  # the same stored (truncated) body, another size
+        poison(True, b"{not jsoN"),
+        poison(True, message_id="m-2"),
+    ]
+    result = await writer.apply(others)
+    assert (result, result.rejected_again) == (BatchResult(received=4, invalid=4), 0)
+
+    # Each kept dead letter stands for one redelivery per batch: the third copy here is new.
+    result = await writer.apply(
+        [poison(True), poison(True, long), poison(True, message_id="m-1"), poison(True, long)]
+    )
+    assert (result, result.rejected_again) == (BatchResult(received=1, invalid=1), 3)
+    kept, counters = await kept_and_counted(reader)
+    assert (kept, counters["received"], counters["invalid"]) == (8, 8, 8)
+    assert sorted(letter.size for letter in (await reader.dead_letters(1000, None)).letters) == sorted(
+        [9, len(long), 9, 9, len(long) + 1, 9, 9, len(long)]
+    )
