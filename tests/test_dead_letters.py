@@ -1,21 +1,27 @@
-"""What the consumer rejected, as it logged it, at GET /dead-letters and /stats."""
+"""What the consumer rejected, as it logged it, at GET /dead-letters and /stats; and a poison message whose
+reject was lost after its batch committed is kept, counted and dead-lettered once all the same."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import httpx
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from tests.harness.pipeline import settled, start_pipeline, stats
+from tests.harness.cleanups import Cleanups
+from tests.harness.pipeline import counters, settled, start_pipeline, stats
 from tests.harness.probes import queue_depth
-from tests.harness.processes import Deployment, Processes, free_port
+from tests.harness.processes import Deployment, Processes, all_events, free_port
+from tests.harness.proxy import FreezableProxy
+from tests.harness.waiting import eventually
 
 
 def event(event_id: str, **extra: Any) -> dict[str, Any]:
@@ -173,3 +179,69 @@ async def test_a_cached_dead_letter_depth_says_how_old_it_is(
     # The depth is still the first reading, and it says so: it is at least as old as the time since then.
     assert now["dead_letter_queue"]["messages"] == 0
     assert now["dead_letter_queue"]["age_seconds"] >= time.monotonic() - read_at + first["age_seconds"] - 0.01
+
+
+# An AMQP method frame's class and method ids: Basic.Reject (60, 90).
+BASIC_REJECT = b"\x00\x3c\x00\x5a"
+POISON = b"{this is not json"
+
+
+@pytest.mark.backends("sqlite", "postgres")
+async def test_a_poison_message_whose_reject_is_lost_after_the_commit_is_kept_counted_and_dead_lettered_once(
+    procs: Processes, amqp: AbstractRobustConnection, cleanups: Cleanups
+) -> None:
+    """Found by the soak: a batch holding a poison message committed (dead letter kept, `invalid` counted),
+    then its channel closed before the reject reached the broker, which delivered the message again."""
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp, with_consumer=False)
+    channel = await amqp.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(deployment.exchange)
+    valid = [event(f"lost-reject-{n}") for n in range(9)]
+    for body in (
+        [json.dumps(e).encode() for e in valid[:4]] + [POISON] + [json.dumps(e).encode() for e in valid[4:]]
+    ):
+        await exchange.publish(aio_pika.Message(body, delivery_mode=2), "dl.orders")
+    await channel.close()
+    assert await queue_depth(amqp, deployment.queue) == 10
+
+    broker = urlsplit(deployment.amqp_url)
+    proxy = FreezableProxy(broker.hostname or "127.0.0.1", broker.port or 5672).start()
+    cleanups.add(proxy.close)
+    # The consumer's first reject resets its connections before it reaches the broker: after the commit,
+    # the batch is settled on a dead connection, and the broker delivers all ten again, flagged redelivered.
+    proxy.cut_when_sent(BASIC_REJECT)
+    via_proxy = urlunsplit(
+        broker._replace(netloc=f"{broker.username}:{broker.password}@127.0.0.1:{proxy.port}")
+    )
+    # All ten in one batch: it waits for company (up to 2 s) until it holds ten.
+    consumer = procs.consumer(
+        AMQP_URL=via_proxy, RECONNECT_INTERVAL="0.2", BATCH_SIZE="10", PREFETCH="10", BATCH_WAIT="2"
+    )
+
+    await settled(deployment, amqp, 19)
+
+    async def dead_lettered() -> bool:
+        return await queue_depth(amqp, deployment.dead_letter_queue) >= 1
+
+    await eventually(dead_lettered, 30, message="the poison message dead-lettered")
+    assert consumer.terminate() == 0
+    # The whole batch came back: the reject (and the ack after it) never reached the broker.
+    assert re.findall(r"consumer stopped .* redelivered=(\d+) ", consumer.output()) == ["10"]
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 1
+    assert await queue_depth(amqp, deployment.queue) == 0
+    # The first delivery: 9 + 1; the redelivery: 9 duplicates, and the poison message in no counter.
+    assert counters(deployment) == {
+        "received": 19,
+        "unique_processed": 9,
+        "duplicate_dropped": 9,
+        "invalid": 1,
+        "conflicts": 0,
+    }
+    letters = [letter for page in pages(deployment, 100) for letter in page]
+    assert [(letter["routing_key"], letter["body"], letter["size"]) for letter in letters] == [
+        ("dl.orders", POISON.decode(), len(POISON))
+    ]
+    assert stats(deployment)["dead_letters"] == {"by_reason": {"not_json": 1}, "kept": 1, "dropped": 0}
+    stored = sorted(e["event_id"] for e in all_events(deployment))
+    assert stored == sorted(e["event_id"] for e in valid)
+    assert "redelivered invalid messages=1 already kept as dead letters" in consumer.output()
