@@ -149,7 +149,11 @@ def snapshot(path: Path) -> dict[str, Any]:
             "topics": conn.execute(
                 "SELECT topic, count, first_seq, duplicates, conflicts FROM topics ORDER BY topic"
             ).fetchall(),
-            "dead_letters": conn.execute("SELECT * FROM dead_letters ORDER BY id").fetchall(),
+            # The columns of schema 6; later schemas add message_id, NULL for the dead letters kept before.
+            "dead_letters": conn.execute(
+                "SELECT id, at, kind, reason, routing_key, body, size, truncated"
+                " FROM dead_letters ORDER BY id"
+            ).fetchall(),
             "dead_letter_counts": conn.execute("SELECT * FROM dead_letter_counts").fetchall(),
             "consumer_state": dict(conn.execute("SELECT key, value FROM consumer_state").fetchall()),
         }
