@@ -1,4 +1,5 @@
-"""The consumer's sweeper: removes expired events and forgotten keys every RETENTION_SWEEP_INTERVAL."""
+"""The consumer's sweeper: removes expired events and forgotten keys every RETENTION_SWEEP_INTERVAL, and on
+PostgreSQL vacuums what the store turned over (store/postgres/upkeep.py)."""
 
 from __future__ import annotations
 
@@ -30,5 +31,7 @@ async def sweep_periodically(storage: Storage, interval: float, stop: asyncio.Ev
                 )
             elif done.skipped:
                 log.debug("retention sweep skipped: %s", done.skipped)
+            if done.tidied:
+                log.info("store upkeep vacuumed or analyzed tables=%s", ",".join(done.tidied))
         if await sleep_unless(stop, interval):
             return

@@ -81,6 +81,7 @@ class SweepResult:
     transactions: int = 0
     longest: float = 0.0
     skipped: str | None = None  # why nothing was done (another consumer sweeping, nothing to keep)
+    tidied: tuple[str, ...] = ()  # the tables vacuumed or analyzed after it (PostgreSQL)
 
 
 @dataclass(frozen=True, slots=True)

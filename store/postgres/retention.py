@@ -12,6 +12,7 @@ a batch holds (SKIP LOCKED), so the sweep never waits for a batch, and a batch w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from store.postgres.partitions import (
     time_us,
     width,
 )
+from store.postgres.upkeep import tidy
 from store.retention import Holdings, Retention, SweepResult
 
 SWEEP_LOCK: Final = 0x65766167_00000004
@@ -105,13 +107,14 @@ class _Timer:
 
 
 async def sweep(conn: Any, before_commit: Hook = None) -> SweepResult:
-    """One sweep by the retention the store records, unless another consumer is sweeping. `before_commit`
-    runs inside each transaction that removes something, and right before each detach (fault injection for
-    the crash tests)."""
+    """One sweep by the retention the store records, then the vacuum and analyze the store's tables need
+    (store/postgres/upkeep.py), unless another consumer is sweeping. `before_commit` runs inside each
+    transaction that removes something, and right before each detach (fault injection for the crash tests)."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK):
         return SweepResult(skipped="another consumer is sweeping")
     try:
-        return await _sweep(conn, before_commit)
+        result = await _sweep(conn, before_commit)
+        return dataclasses.replace(result, tidied=tuple(await tidy(conn)))
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK)
 
