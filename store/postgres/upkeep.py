@@ -44,8 +44,10 @@ _DUE: Final = """
 
 async def tidy(conn: Any) -> list[str]:
     """Vacuum and analyze the tables that need it; their names. `conn` must not be in a transaction."""
-    # This session's own deletes and drops count at once, not when its statistics are next flushed.
-    await conn.execute("SELECT pg_stat_force_next_flush()")
+    # This session's own deletes and drops count at once, not when its statistics are next flushed (before
+    # PostgreSQL 15 a session's counts were sent at each transaction's end anyway).
+    if conn.get_server_version().major >= 15:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
     await conn.execute("SET vacuum_cost_delay = '2ms'")  # autovacuum's default pace
     done = []
     for name, vacuum, analyze in await conn.fetch(_DUE):
