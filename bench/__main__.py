@@ -90,8 +90,8 @@ def parser() -> argparse.ArgumentParser:
         "--key-retention",
         type=float,
         metavar="S",
-        help="the retention scenarios' KEY_RETENTION in seconds (default: none, keys kept forever, so the "
-        "store grows by its tombstones)",
+        help="the retention scenarios' KEY_RETENTION in seconds (default: twice RETENTION, 120; 0 keeps keys "
+        "forever, and the store then grows by its tombstones)",
     )
     return p
 
@@ -101,7 +101,8 @@ def chosen_sizes(args: argparse.Namespace) -> Sizes:
     if args.stored is not None:
         sizes = replace(sizes, stored=args.stored)
     if args.key_retention is not None:
-        sizes = replace(sizes, steady=replace(sizes.steady, key_retention=args.key_retention))
+        kept = args.key_retention or None  # 0: forever
+        sizes = replace(sizes, steady=replace(sizes.steady, key_retention=kept))
     return sizes if args.count is None else replace(sizes, count=args.count)
 
 

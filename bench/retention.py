@@ -46,7 +46,9 @@ class Steady:
     retention: float = 60.0
     sweep_interval: float = 5.0
     sample_every: float = 5.0
-    key_retention: float | None = None  # None: keys kept forever (the store then grows by its tombstones)
+    # Twice RETENTION by default: a re-send up to two minutes late is still a duplicate, and the store is
+    # bounded. None keeps keys forever: the store then grows by its tombstones (`--key-retention 0`).
+    key_retention: float | None = 120.0
 
     def consumer_env(self) -> dict[str, str]:
         env = {"RETENTION": f"{self.retention:g}s", "RETENTION_SWEEP_INTERVAL": f"{self.sweep_interval:g}"}
@@ -58,7 +60,7 @@ class Steady:
 FULL_STEADY = Steady()
 # Long enough for a few expiries (the first third is twice the retention), nothing more: it checks the code
 # path in the suite (tests/test_bench.py), where every second counts.
-QUICK_STEADY = Steady(seconds=24.0, retention=4.0, sweep_interval=1.0, sample_every=1.0)
+QUICK_STEADY = Steady(seconds=24.0, retention=4.0, sweep_interval=1.0, sample_every=1.0, key_retention=8.0)
 
 
 @dataclass(frozen=True, slots=True)
