@@ -42,7 +42,7 @@ from broker.confirms import Lane, Message, OnConfirmed, PublishFailed, Settler, 
 from broker.connection import BROKER_ERRORS
 from broker.connection import connect as amqp_connect
 from contract.config import parse_urls
-from contract.event import Event
+from contract.event import AnyEvent
 from contract.topology import Topology, declare
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class ConfirmingPublisher(Settler):
     def batch(self, on_confirmed: OnConfirmed | None = None) -> EnvelopeBatch:
         return EnvelopeBatch(self, on_confirmed)
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    async def publish(self, events: Sequence[AnyEvent]) -> None:
         """Publish all events in envelopes by topic, pipelined; raises PublishFailed naming what failed."""
         tally = Tally()
         self.submit([Message(group, tally) for group in envelopes(events, self.options.envelope_size)])
@@ -487,9 +487,9 @@ class ConfirmingPublisher(Settler):
         self._room.set()
 
 
-def envelopes(events: Iterable[Event], size: int) -> list[list[Event]]:
+def envelopes(events: Iterable[AnyEvent], size: int) -> list[list[AnyEvent]]:
     """Events grouped by topic (in order of first appearance) into lists of at most `size`."""
-    by_topic: dict[str, list[list[Event]]] = {}
+    by_topic: dict[str, list[list[AnyEvent]]] = {}
     for item in events:
         groups = by_topic.get(item.topic)
         if groups is None:
@@ -509,7 +509,7 @@ class EnvelopeBatch:
         self._tally = Tally(on_confirmed)
         self._size = publisher.options.envelope_size
         self._keep_order = publisher.options.keep_order
-        self._buffers: dict[str, list[Event]] = {}
+        self._buffers: dict[str, list[AnyEvent]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     @property
@@ -521,7 +521,7 @@ class EnvelopeBatch:
         """Events written towards the broker (handed to the connection's writer), confirmed or not."""
         return self._tally.written
 
-    async def add(self, item: Event) -> None:
+    async def add(self, item: AnyEvent) -> None:
         publisher = self.publisher
         await publisher.room()
         if self._size == 1:

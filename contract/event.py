@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 from pydantic import (
     BaseModel,
@@ -178,6 +178,42 @@ _ONE = TypeAdapter(Event)
 _MANY = TypeAdapter(list[Event])
 
 
+class EncodedEvent:
+    """An event already in its wire form: the JSON object `Event.model_dump_json()` gives for it, byte for
+    byte, with its key beside it. Only a producer that builds valid events by construction makes these (the
+    load generator, publisher/load.py, whose tests compare its bytes with the model's); they skip the model
+    and the second serialisation on the publish path. `event()` is the same event as a validated model.
+    """
+
+    __slots__ = ("body", "event_id", "topic")
+
+    def __init__(self, topic: str, event_id: str, body: bytes) -> None:
+        self.topic = topic
+        self.event_id = event_id
+        self.body = body
+
+    def key(self) -> tuple[str, str]:
+        return (self.topic, self.event_id)
+
+    def event(self) -> Event:
+        return _ONE.validate_json(self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EncodedEvent):
+            return NotImplemented
+        return self.body == other.body
+
+    def __hash__(self) -> int:
+        return hash(self.body)
+
+    def __repr__(self) -> str:
+        return f"EncodedEvent({self.body.decode()})"
+
+
+# What the publish path takes: a validated model, or an event already encoded (above).
+AnyEvent = Event | EncodedEvent
+
+
 def check_payload_size(event: Event, limits: Limits) -> None:
     size = event.payload_size()
     if size > limits.max_payload_bytes:
@@ -216,18 +252,35 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def encode(events: list[Event]) -> bytes:
-    """An envelope for several events, a plain object for one (readable by any consumer of single events)."""
+def encode(events: Sequence[AnyEvent]) -> bytes:
+    """An envelope for several events, a plain object for one (readable by any consumer of single events).
+
+    Encoded events are joined as they are: the same bytes pydantic writes for their models."""
     if len(events) == 1:
-        return _ONE.dump_json(events[0])
-    return _MANY.dump_json(events)
+        first = events[0]
+        return first.body if isinstance(first, EncodedEvent) else _ONE.dump_json(first)
+    if all(isinstance(item, Event) for item in events):
+        return _MANY.dump_json(cast(list[Event], events if isinstance(events, list) else list(events)))
+    return encode_array(events)
 
 
-def message_id(events: Sequence[Event], otherwise: str) -> str:
+def encode_array(events: Sequence[AnyEvent]) -> bytes:
+    """A JSON array of the events, also of one (the body of `POST /publish`)."""
+    return b"[" + b",".join(_one_json(item) for item in events) + b"]"
+
+
+def _one_json(item: AnyEvent) -> bytes:
+    return item.body if isinstance(item, EncodedEvent) else _ONE.dump_json(item)
+
+
+def message_id(events: Sequence[AnyEvent], otherwise: str) -> str:
     """A message's AMQP message id, for the consumer's logs: a lone event's id when it fits an AMQP short
     string (255 bytes; an event id of 255 characters can take up to 1020), else `otherwise`."""
-    if len(events) == 1 and len(events[0].event_id.encode()) <= 255:
-        return events[0].event_id
+    if len(events) == 1:
+        event_id = events[0].event_id
+        # An id of up to 63 characters is at most 252 bytes of UTF-8: no need to encode it to know it fits.
+        if len(event_id) < 64 or len(event_id.encode()) <= 255:
+            return event_id
     return otherwise
 
 

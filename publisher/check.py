@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
-from contract.event import Event, content_hash
+from contract.event import AnyEvent, Event, content_hash
 from contract.schema import COUNTERS
 
 Key = tuple[str, str]
@@ -49,7 +49,7 @@ class ConfirmedLog:
         if self._file.tell() and not path.read_bytes().endswith(b"\n"):
             self._file.write("\n")  # an earlier writer was killed mid-line; keep its fragment apart
 
-    def record(self, events: list[Event]) -> None:
+    def record(self, events: list[AnyEvent]) -> None:
         self._file.write("".join(json.dumps([e.topic, e.event_id]) + "\n" for e in events))
         self._file.flush()
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from contract.event import Event
+from contract.event import EncodedEvent, Event, is_valid_topic
 
 _LEVELS = ("debug", "info", "info", "info", "warning", "error")
 _NAMES = ("orders", "payments", "auth", "search", "billing", "shipping", "inventory", "email")
+_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +40,23 @@ def split(count: int, duplicates: float, topics: int) -> tuple[int, int]:
     return n_unique, n_dup
 
 
-class Stream:
-    """The load one event at a time, made as it is asked for: a sender starts at once and a big load never
-    waits to be generated in full (400,000 events took about 10 s to make up front). `unique` and
-    `duplicates` count what it gave so far.
+def _uuid4_text(bits: int) -> str:
+    """`str(uuid.UUID(int=bits, version=4))`, without building the UUID object."""
+    h = ((bits & _UUID_CLEAR) | _UUID_SET).to_bytes(16, "big").hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# uuid.UUID(version=4): the variant (RFC 4122) in bits 62-63 and the version in bits 76-79.
+_UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID_SET = (0x8000 << 48) | (4 << 76)
+
+
+class EncodedStream:
+    """The load one event at a time as `EncodedEvent`s: each original written straight to its wire JSON, the
+    bytes `Event.model_dump_json()` gives for it, with no model and no second serialisation (what the CLI
+    sends; `Stream` gives the same events as models). Made as it is asked for: a sender starts at once and a
+    big load never waits to be generated in full. `unique` and `duplicates` count what it gave so far, and
+    `position` is the index among the originals of the event just given.
 
     Each position holds a re-send with the share of re-sends still to come, never before the first
     original; a re-send repeats an original already given, chosen at random, verbatim. The same arguments
@@ -52,47 +65,95 @@ class Stream:
 
     def __init__(self, count: int, duplicates: float, topics: int, seed: int, prefix: str = "demo") -> None:
         self._unique_left, self._dup_left = split(count, duplicates, topics)
+        names = topic_names(topics, prefix)
+        bad = [name for name in names if not is_valid_topic(name)]
+        if bad:
+            raise ValueError(f"topic prefix {prefix!r} makes invalid topic names, such as {bad[0]!r}")
         # The originals from one generator, where they fall and what is re-sent from another: the originals
         # of a seed are then the same whatever the count (a bigger load begins with a smaller one's events).
         self._rng = random.Random(seed)
         self._mix = random.Random(f"{seed}/re-sends")
         self._topics = topics
-        self._names = topic_names(topics, prefix)
-        self._start = datetime(2026, 1, 1, tzinfo=UTC)
-        self._originals: list[Event] = []
+        self._names = names
+        # Topic names are JSON strings as they are (letters, digits and `._:-` only); so are the levels.
+        self._heads = [f'{{"topic":"{name}","event_id":"' for name in names]
+        self._originals: list[EncodedEvent] = []
+        self._second = -1  # the whole second of the last timestamp made, and its text
+        self._second_text = ""
         self.unique = 0
         self.duplicates = 0
+        self.position = -1
+
+    def __iter__(self) -> Iterator[EncodedEvent]:
+        return self
+
+    def __next__(self) -> EncodedEvent:
+        rng, originals = self._rng, self._originals
+        if not (self._unique_left or self._dup_left):
+            raise StopIteration
+        if originals and self._dup_left:
+            mix = self._mix
+            if mix.randrange(self._unique_left + self._dup_left) < self._dup_left:
+                self._dup_left -= 1
+                self.duplicates += 1
+                self.position = mix.randrange(len(originals))
+                return originals[self.position]
+        self._unique_left -= 1
+        i = len(originals)
+        # The same draws from the same generator, in the same order, as the events have always been made
+        # with (tests/publisher/test_load.py pins a seed's events).
+        event_id = _uuid4_text(rng.getrandbits(128))
+        topic = rng.randrange(self._topics)
+        source = rng.randrange(4)
+        level = rng.choice(_LEVELS)
+        latency = rng.randrange(1, 2000)
+        body = (
+            f'{self._heads[topic]}{event_id}","timestamp":"{self._timestamp(i * 7)}",'
+            f'"source":"loadgen-{source}","payload":{{"seq":{i},"level":"{level}",'
+            f'"message":"generated event {i}","latency_ms":{latency}}}}}'
+        ).encode()
+        original = EncodedEvent(self._names[topic], event_id, body)
+        originals.append(original)
+        self.unique += 1
+        self.position = i
+        return original
+
+    def _timestamp(self, milliseconds: int) -> str:
+        """2026-01-01T00:00:00Z plus `milliseconds`, as `Event` normalises it: whole seconds without a
+        fraction, else six digits."""
+        second, rest = divmod(milliseconds, 1000)
+        if second != self._second:
+            self._second = second
+            self._second_text = (_START + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{rest:03d}000Z" if rest else f"{self._second_text}Z"
+
+
+class Stream:
+    """The load of an `EncodedStream` as validated `Event` models, the same events in the same order (each
+    original's model made once: a re-send is the very object of its original)."""
+
+    def __init__(self, count: int, duplicates: float, topics: int, seed: int, prefix: str = "demo") -> None:
+        self._encoded = EncodedStream(count, duplicates, topics, seed, prefix)
+        self._originals: list[Event] = []
+
+    @property
+    def unique(self) -> int:
+        return self._encoded.unique
+
+    @property
+    def duplicates(self) -> int:
+        return self._encoded.duplicates
 
     def __iter__(self) -> Iterator[Event]:
         return self
 
     def __next__(self) -> Event:
-        rng, mix, originals = self._rng, self._mix, self._originals
-        if not (self._unique_left or self._dup_left):
-            raise StopIteration
-        left = self._unique_left + self._dup_left
-        if originals and self._dup_left and mix.randrange(left) < self._dup_left:
-            self._dup_left -= 1
-            self.duplicates += 1
-            return originals[mix.randrange(len(originals))]
-        self._unique_left -= 1
-        i = len(originals)
-        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        stamp = (self._start + timedelta(milliseconds=i * 7)).isoformat().replace("+00:00", "Z")
-        original = Event(
-            topic=self._names[rng.randrange(self._topics)],
-            event_id=event_id,
-            timestamp=stamp,
-            source=f"loadgen-{rng.randrange(4)}",
-            payload={
-                "seq": i,
-                "level": rng.choice(_LEVELS),
-                "message": f"generated event {i}",
-                "latency_ms": rng.randrange(1, 2000),
-            },
-        )
-        originals.append(original)
-        self.unique += 1
+        item = next(self._encoded)
+        position = self._encoded.position
+        if position < len(self._originals):
+            return self._originals[position]
+        original = item.event()
+        self._originals.append(original)
         return original
 
 

@@ -6,7 +6,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from contract.event import Event
+from contract.event import AnyEvent
 
 
 class _Line:
@@ -56,7 +56,7 @@ class Progress(_Line):
     def written(self) -> int:
         return self._written()
 
-    def add(self, events: list[Event]) -> None:
+    def add(self, events: list[AnyEvent]) -> None:
         self.done += len(events)
 
     def _draw(self) -> None:

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 import httpx
 
 from broker.publisher import ConfirmingPublisher, OnConfirmed, PublishFailed
-from contract.event import Event
+from contract import event as wire
+from contract.event import AnyEvent
 from publisher.settings import PublisherSettings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class Batch(Protocol):
         """Events written towards the broker (or the api) so far, confirmed or not."""
         ...
 
-    async def add(self, item: Event) -> None: ...
+    async def add(self, item: AnyEvent) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -68,9 +69,9 @@ class HttpTransport:
     def batch(self, on_confirmed: OnConfirmed | None = None) -> HttpBatch:
         return HttpBatch(self, on_confirmed)
 
-    async def post(self, events: list[Event]) -> None:
+    async def post(self, events: list[AnyEvent]) -> None:
         """POST one request, re-sent on 503 or a lost connection; the consumer deduplicates re-sends."""
-        body = "[" + ",".join(item.model_dump_json() for item in events) + "]"
+        body = wire.encode_array(events)
         headers = {"content-type": "application/json"}
         if self._settings.api_key:
             headers["x-api-key"] = self._settings.api_key
@@ -112,10 +113,10 @@ class InFlight:
         self._tasks: set[asyncio.Task[None]] = set()
         self.confirmed = 0
         self.written = 0  # events of the requests started
-        self.failed: list[Event] = []
+        self.failed: list[AnyEvent] = []
         self.reasons: list[str] = []
 
-    async def start(self, events: list[Event], send: Callable[[list[Event]], Awaitable[None]]) -> None:
+    async def start(self, events: list[AnyEvent], send: Callable[[list[AnyEvent]], Awaitable[None]]) -> None:
         # Acquire before creating the task: this is the back-pressure that bounds unconfirmed sends.
         await self._slots.acquire()
         self.written += len(events)
@@ -140,7 +141,9 @@ class InFlight:
         if self.failed:
             raise PublishFailed(self.failed, "; ".join(sorted(set(self.reasons))))
 
-    async def _deliver(self, events: list[Event], send: Callable[[list[Event]], Awaitable[None]]) -> None:
+    async def _deliver(
+        self, events: list[AnyEvent], send: Callable[[list[AnyEvent]], Awaitable[None]]
+    ) -> None:
         try:
             await send(events)
         except PublishFailed as exc:
@@ -161,7 +164,7 @@ class HttpBatch:
     def __init__(self, transport: HttpTransport, on_confirmed: OnConfirmed | None) -> None:
         self._transport = transport
         self._in_flight = InFlight(transport.slots, on_confirmed)
-        self._buffer: list[Event] = []
+        self._buffer: list[AnyEvent] = []
 
     @property
     def confirmed(self) -> int:
@@ -171,7 +174,7 @@ class HttpBatch:
     def written(self) -> int:
         return self._in_flight.written
 
-    async def add(self, item: Event) -> None:
+    async def add(self, item: AnyEvent) -> None:
         self._buffer.append(item)
         if len(self._buffer) >= HTTP_EVENTS_PER_REQUEST:
             await self._send()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from contract.event import Event
+from contract.event import AnyEvent
 from contract.schema import COUNTERS
 
 # Tries per event lookup before --verify gives up on the api.
@@ -90,7 +90,7 @@ class Verifier:
                 await asyncio.sleep(0.5)
 
     async def check(
-        self, sent: list[Event], sent_count: int, progress: Callable[[str], None] | None = None
+        self, sent: Sequence[AnyEvent], sent_count: int, progress: Callable[[str], None] | None = None
     ) -> Outcome:
         """Wait until the counters moved by at least what was sent, then look up the unique keys."""
         keys = list(dict.fromkeys(item.key() for item in sent))
