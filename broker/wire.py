@@ -246,15 +246,22 @@ METHOD_CACHE_SIZE = 10_000
 
 
 class PublishFrames:
-    """The frames of a persistent, mandatory JSON publish on one channel to one exchange."""
+    """The frames of a persistent, mandatory JSON publish on one channel to one exchange.
 
-    __slots__ = ("_body_max", "_exchange", "_methods", "_number", "_timestamp")
+    Per routing key the method frame is kept whole; per length of message id, one struct packs everything
+    from the content header frame to the body frame's header in one call (the properties' constant part, the
+    message id, the timestamp and both frames' ends included), so a message that fits one body frame is
+    three concatenations: method, that, body and end.
+    """
+
+    __slots__ = ("_body_max", "_exchange", "_heads", "_methods", "_number", "_timestamp")
 
     def __init__(self, number: int, exchange: str, frame_max: int) -> None:
         self._number = number
         self._exchange = _short_string(exchange)
         self._body_max = frame_max - 8
         self._methods: dict[str, bytes] = {}
+        self._heads: dict[int, struct.Struct] = {}
         self._timestamp = b""
         self.stamp(time.time())
 
@@ -271,13 +278,42 @@ class PublishFrames:
             payload = _PUBLISH + self._exchange + _short_string(routing_key) + b"\x01"  # mandatory
             method = _FRAME_HEADER.pack(1, number, len(payload)) + payload + _FRAME_END_BYTE
             self._methods[routing_key] = method
-        properties = _PROPERTIES + _short_string(message_id) + self._timestamp
-        header = _HEADER.pack(2, number, 14 + len(properties), 60, 0, len(body), _PROPERTY_FLAGS)
-        if len(body) <= self._body_max:
-            content = _FRAME_HEADER.pack(3, number, len(body)) + body + _FRAME_END_BYTE
-        else:
-            content = b"".join(
-                _FRAME_HEADER.pack(3, number, len(chunk)) + chunk + _FRAME_END_BYTE
-                for chunk in (body[i : i + self._body_max] for i in range(0, len(body), self._body_max))
+        raw_id = message_id.encode()
+        length = len(raw_id)
+        size = len(body)
+        if 0 < size <= self._body_max and length <= 255:
+            head = self._heads.get(length)
+            if head is None:
+                # Header frame: type, channel, size, class, weight, body size, flags, the constant properties
+                # (content type, delivery mode), the message id, the timestamp, the frame end; then the body
+                # frame's type, channel and size.
+                head = self._heads[length] = struct.Struct(f">BHIHHQH{len(_PROPERTIES)}sB{length}s8sBBHI")
+            return (
+                method
+                + head.pack(
+                    2,
+                    number,
+                    14 + len(_PROPERTIES) + 1 + length + 8,
+                    60,
+                    0,
+                    size,
+                    _PROPERTY_FLAGS,
+                    _PROPERTIES,
+                    length,
+                    raw_id,
+                    self._timestamp,
+                    FRAME_END,
+                    3,
+                    number,
+                    size,
+                )
+                + body
+                + _FRAME_END_BYTE
             )
+        properties = _PROPERTIES + _short_string(message_id) + self._timestamp
+        header = _HEADER.pack(2, number, 14 + len(properties), 60, 0, size, _PROPERTY_FLAGS)
+        content = b"".join(
+            _FRAME_HEADER.pack(3, number, len(chunk)) + chunk + _FRAME_END_BYTE
+            for chunk in (body[i : i + self._body_max] for i in range(0, size, self._body_max))
+        )
         return method + header + properties + _FRAME_END_BYTE + content

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -73,6 +73,10 @@ class EncodedStream:
         # of a seed are then the same whatever the count (a bigger load begins with a smaller one's events).
         self._rng = random.Random(seed)
         self._mix = random.Random(f"{seed}/re-sends")
+        # What `randrange(n)`, `randrange(1, n + 1)` and `choice` call inside, the same draws for the same
+        # seed on every Python (they have always been made with those), without their argument checks.
+        self._below: Callable[[int], int] = self._rng._randbelow  # type: ignore[attr-defined]
+        self._mix_below: Callable[[int], int] = self._mix._randbelow  # type: ignore[attr-defined]
         self._topics = topics
         self._names = names
         # Topic names are JSON strings as they are (letters, digits and `._:-` only); so are the levels.
@@ -88,25 +92,27 @@ class EncodedStream:
         return self
 
     def __next__(self) -> EncodedEvent:
-        rng, originals = self._rng, self._originals
+        originals = self._originals
         if not (self._unique_left or self._dup_left):
             raise StopIteration
         if originals and self._dup_left:
-            mix = self._mix
-            if mix.randrange(self._unique_left + self._dup_left) < self._dup_left:
+            below = self._mix_below
+            if below(self._unique_left + self._dup_left) < self._dup_left:
                 self._dup_left -= 1
                 self.duplicates += 1
-                self.position = mix.randrange(len(originals))
+                self.position = below(len(originals))
                 return originals[self.position]
         self._unique_left -= 1
         i = len(originals)
         # The same draws from the same generator, in the same order, as the events have always been made
-        # with (tests/publisher/test_load.py pins a seed's events).
-        event_id = _uuid4_text(rng.getrandbits(128))
-        topic = rng.randrange(self._topics)
-        source = rng.randrange(4)
-        level = rng.choice(_LEVELS)
-        latency = rng.randrange(1, 2000)
+        # with: getrandbits(128), randrange(topics), randrange(4), choice(_LEVELS), randrange(1, 2000)
+        # (tests/publisher/test_load.py pins a seed's events).
+        below = self._below
+        event_id = _uuid4_text(self._rng.getrandbits(128))
+        topic = below(self._topics)
+        source = below(4)
+        level = _LEVELS[below(len(_LEVELS))]
+        latency = 1 + below(1999)
         body = (
             f'{self._heads[topic]}{event_id}","timestamp":"{self._timestamp(i * 7)}",'
             f'"source":"loadgen-{source}","payload":{{"seq":{i},"level":"{level}",'
