@@ -148,6 +148,16 @@ def test_an_option_that_overrides_a_variable_is_named_too() -> None:
     assert "  ENVELOPE_SIZE (here --envelope-size): Input should be greater than or equal to 1" in done.stderr
 
 
+def test_a_topic_prefix_that_makes_invalid_topics_is_bad_usage_and_connects_nowhere() -> None:
+    # The generated load skips the model's validation (publisher/load.py), so its topic names are checked
+    # before anything starts. AMQP_URL names a port nothing listens on: had it tried, it would say so.
+    done = run("publisher", "--topic-prefix", "no spaces", AMQP_URL=f"amqp://127.0.0.1:{free_port()}/")
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("publisher: --topic-prefix 'no spaces' makes invalid topic names such as ")
+    assert "cannot reach" not in done.stderr
+
+
 async def test_a_422_echoes_only_a_bounded_prefix_of_the_input(procs: Processes) -> None:
     deployment = procs.deployment
     procs.api()

@@ -175,6 +175,27 @@ def test_the_frames_written_are_the_ones_pamqp_would_marshal(size: int) -> None:
             assert lane.frames(message) == pamqp_frames(message, 7, "some.exchange", frame_max)
 
 
+@pytest.mark.parametrize("message_id", ["e", "0" * 32, "a" * 200, "x" * 255, "ü" * 127])
+def test_the_frames_of_any_message_id_and_body_size_are_the_ones_pamqp_would_marshal(message_id: str) -> None:
+    frame_max = 4096
+    lane = Lane(Recorder(), 3, "x.events", frame_max)
+    lane.stamp(STAMP)
+    for size in (1, 100, frame_max - 9, frame_max - 8, frame_max - 7, 3 * frame_max):
+        message = Message([event(1)], Tally())
+        message.message_id, message.body = message_id, b"b" * size
+        assert lane.frames(message) == pamqp_frames(message, 3, "x.events", frame_max)
+
+
+def test_an_envelope_gets_a_message_id_of_its_own_and_a_lone_event_its_event_id() -> None:
+    tally = Tally()
+    envelopes_ids = {Message([event(1), event(2)], tally).message_id for _ in range(1000)}
+    assert len(envelopes_ids) == 1000
+    assert all(len(mid) == 32 and int(mid, 16) >= 0 for mid in envelopes_ids)
+    assert Message([event(7)], tally).message_id == "e7"
+    long_id = event(1).model_copy(update={"event_id": "é" * 200})
+    assert len(Message([long_id], tally).message_id) == 32  # 400 bytes: no AMQP short string
+
+
 async def test_a_tally_names_what_failed_and_says_unroutable_only_when_every_failure_was_returned() -> None:
     tally = Tally()
     returned, nacked = Message([event(1)], tally), Message([event(2)], tally)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from contract.event import Event, Limits
+from contract.event import EncodedEvent, Event, Limits, decode, encode
 from publisher.files import BadLine, parse_line
-from publisher.load import Stream, generate, topic_names
+from publisher.load import EncodedStream, Stream, generate, topic_names
 
 LIMITS = Limits()
 
@@ -90,6 +91,83 @@ def test_topic_names_are_distinct_valid_and_prefixed() -> None:
     assert all(name.startswith("bench.") for name in names)
     assert names[:2] == ["bench.orders", "bench.payments"]
     assert names[8:10] == ["bench.topic8", "bench.topic9"]
+
+
+# --- the encoded stream (what the CLI sends) ----------------------------------------------------------------
+
+# The first events of seed 1 as the load generator has always made them: a confirmed log written by an earlier
+# release is checked (--check) against the load this one rebuilds from the same seed.
+SEED_1 = [
+    b'{"topic":"demo.payments","event_id":"cd613e30-d8f1-4adf-91b7-584a2265b1f5",'
+    b'"timestamp":"2026-01-01T00:00:00Z","source":"loadgen-2","payload":{"seq":0,"level":"debug",'
+    b'"message":"generated event 0","latency_ms":1015}}',
+    b'{"topic":"demo.inventory","event_id":"a6cecc1b-78e5-4061-b311-d8a3c2ce6f44",'
+    b'"timestamp":"2026-01-01T00:00:00.007000Z","source":"loadgen-1","payload":{"seq":1,"level":"debug",'
+    b'"message":"generated event 1","latency_ms":1000}}',
+    b'{"topic":"demo.inventory","event_id":"63ca828d-d5f4-43b2-a4b0-6ce60741c7a8",'
+    b'"timestamp":"2026-01-01T00:00:00.014000Z","source":"loadgen-0","payload":{"seq":2,"level":"error",'
+    b'"message":"generated event 2","latency_ms":913}}',
+]
+
+
+def test_a_seed_gives_the_events_it_always_gave() -> None:
+    stream = EncodedStream(6, 0.5, 8, seed=1)
+    bodies = [item.body for item in stream]
+
+    assert bodies == [SEED_1[0], SEED_1[0], SEED_1[1], SEED_1[1], SEED_1[1], SEED_1[2]]
+    assert [e.model_dump_json().encode() for e in generate(6, 0.5, 8, seed=1).events] == bodies
+
+
+@pytest.mark.parametrize(("count", "duplicates", "topics", "seed"), [(3000, 0.2, 8, 7), (500, 0.5, 12, 2)])
+def test_each_encoded_event_is_byte_for_byte_what_its_model_serialises(
+    count: int, duplicates: float, topics: int, seed: int
+) -> None:
+    encoded = list(EncodedStream(count, duplicates, topics, seed, prefix="bench"))
+    models = generate(count, duplicates, topics, seed, prefix="bench").events
+
+    assert len(encoded) == len(models) == count
+    for item, model in zip(encoded, models, strict=True):
+        assert item.body == model.model_dump_json().encode()
+        assert item.key() == model.key() == (item.topic, item.event_id)
+        assert item.event() == model
+    # The consumer decodes them as the events they are, alone and in envelopes of any mix.
+    assert decode(encode(encoded[:1]), LIMITS) == models[:1]
+    assert decode(encode(encoded[:100]), LIMITS) == models[:100]
+    assert encode(encoded[:100]) == encode(models[:100])
+    mixed: list[EncodedEvent | Event] = [encoded[0], models[1], encoded[2]]
+    assert encode(mixed) == encode(models[:3])
+
+
+def test_a_re_send_is_the_very_object_of_its_original() -> None:
+    stream = EncodedStream(2000, 0.3, 5, seed=4)
+    first: dict[tuple[str, str], EncodedEvent] = {}
+    for item in stream:
+        assert first.setdefault(item.key(), item) is item
+        assert stream.position == json.loads(item.body)["payload"]["seq"]
+    assert (stream.unique, stream.duplicates) == (1400, 600)
+
+
+@pytest.mark.parametrize(
+    "milliseconds",
+    [0, 7, 999, 1_000, 1_001, 59_999, 60_000, 86_399_999, 86_400_000, 86_400_007, 31_535_999_993],
+)
+def test_generated_timestamps_are_what_the_model_normalises_them_to(milliseconds: int) -> None:
+    # Event i is stamped 2026-01-01T00:00:00Z plus 7 ms x i; a day's boundary needs 12 million events, so the
+    # formatting is checked at the boundaries directly.
+    expected = (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(milliseconds=milliseconds)).isoformat()
+    stream = EncodedStream(1, 0.0, 1, seed=0)
+
+    made = stream._timestamp(milliseconds)
+
+    assert made == expected.replace("+00:00", "Z")
+    event = Event(topic="t", event_id="i", timestamp=made, source="s")
+    assert event.timestamp == made
+
+
+@pytest.mark.parametrize("prefix", ["no spaces", "x" * 250, "ümlaut", "a/b"])
+def test_a_prefix_that_makes_invalid_topic_names_is_refused_before_any_event(prefix: str) -> None:
+    with pytest.raises(ValueError, match="invalid topic names"):
+        EncodedStream(10, 0.0, 3, seed=1, prefix=prefix)
 
 
 @pytest.mark.parametrize(
