@@ -228,6 +228,16 @@ class ConfirmingPublisher(Settler):
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def submit_one(self, message: Message) -> None:
+        """`submit((message,), soon=True)`, for the stream of single-event messages the CLI sends."""
+        message.tally.pending += 1
+        self._queue.append(message)
+        if self._closed:
+            self._fail_waiting("the publisher was closed")
+        elif not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     @property
     def in_flight(self) -> int:
         """Messages written on the current channel and not yet settled."""
@@ -523,9 +533,10 @@ class EnvelopeBatch:
 
     async def add(self, item: AnyEvent) -> None:
         publisher = self.publisher
-        await publisher.room()
+        if len(publisher._queue) >= publisher.options.max_in_flight:
+            await publisher.room()
         if self._size == 1:
-            publisher.submit((Message([item], self._tally),), soon=True)
+            publisher.submit_one(Message([item], self._tally))
             return
         if self._keep_order and self._buffers and item.topic not in self._buffers:
             for topic in list(self._buffers):
