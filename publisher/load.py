@@ -73,10 +73,10 @@ class EncodedStream:
         # of a seed are then the same whatever the count (a bigger load begins with a smaller one's events).
         self._rng = random.Random(seed)
         self._mix = random.Random(f"{seed}/re-sends")
-        # What `randrange(n)`, `randrange(1, n + 1)` and `choice` call inside, the same draws for the same
-        # seed on every Python (they have always been made with those), without their argument checks.
-        self._below: Callable[[int], int] = self._rng._randbelow  # type: ignore[attr-defined]
-        self._mix_below: Callable[[int], int] = self._mix._randbelow  # type: ignore[attr-defined]
+        # `randrange(n)` draws what `randrange(1, n + 1) - 1` and `choice` draw from the same state: the
+        # events have always been made with those, so a seed gives the same events as before.
+        self._below: Callable[[int], int] = self._rng.randrange
+        self._mix_below: Callable[[int], int] = self._mix.randrange
         self._topics = topics
         self._names = names
         # Topic names are JSON strings as they are (letters, digits and `._:-` only); so are the levels.
