@@ -127,6 +127,11 @@ class BrokerLink:
 
     async def publisher(self) -> ConfirmingPublisher:
         """The publisher once the link is up; waits for it (the caller bounds the wait with its deadline)."""
+        publisher, connection = self._publisher, self._connection
+        if publisher is not None and connection is not None and connection.connected.is_set():
+            # Up (the connection is set only once the publisher started, with `_ready`): every request of a
+            # running api comes here, and neither wait below would suspend it.
+            return publisher
         await self._ready.wait()
         if self._publisher is None or self._connection is None:
             raise BrokerUnavailable("the broker link closed")
