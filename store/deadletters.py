@@ -39,10 +39,15 @@ class Rejected:
 Identity = tuple[str, int, bytes, str | None]
 
 
+def looked_for(item: Rejected) -> bool:
+    """Whether `item` may be a message already kept (not_kept_yet): redelivered, or carrying a message id."""
+    return item.redelivered or item.message_id is not None
+
+
 def looked_up(rejected: Sequence[Rejected]) -> list[Identity]:
-    """The identities a batch must look for among the dead letters already kept: only its redelivered
-    ones, so a batch of first deliveries costs nothing more."""
-    return list(dict.fromkeys(item.identity() for item in rejected if item.redelivered))
+    """The identities a batch must look for among the dead letters already kept: only its redelivered ones
+    and those with a message id, so a batch of first deliveries without one costs nothing more."""
+    return list(dict.fromkeys(item.identity() for item in rejected if looked_for(item)))
 
 
 def not_kept_yet(rejected: Sequence[Rejected], kept: Mapping[Identity, int]) -> list[Rejected]:
@@ -53,15 +58,22 @@ def not_kept_yet(rejected: Sequence[Rejected], kept: Mapping[Identity, int]) -> 
     message once, but neither kept nor counted (`received`, `invalid`) a second time.
 
     An invalid message has no dedup key, and without a message id nothing tells two sends of the same
-    garbage (same routing key, same body) apart. So a first delivery is always kept, and a redelivered one
-    matching a kept dead letter is taken for that message, each kept dead letter standing for at most one
-    redelivery per batch. A wrong guess needs the same garbage sent twice and the second send redelivered:
-    it then goes uncounted, where without this every redelivered poison message was counted twice.
+    garbage (same routing key, same body) apart. So a first delivery without a message id is always kept,
+    and a redelivered one matching a kept dead letter is taken for that message, each kept dead letter
+    standing for at most one redelivery per batch. A wrong guess needs the same garbage sent twice and the
+    second send redelivered: it then goes uncounted, where without this every redelivered poison message was
+    counted twice.
+
+    A message with a message id is looked up whether flagged redelivered or not: with competing consumers a
+    copy can come back without the flag. A consumer held past the broker's heartbeat timeout (stopped,
+    starved) with the message in its socket's buffer loses its connection; the broker delivers the message
+    to another consumer, which keeps it, and the first then reads its buffered first delivery and commits
+    it before it learns that its channel is gone. The same message id, routing key and body is that message.
     """
     left = dict(kept)
     fresh = []
     for item in rejected:
-        if item.redelivered:
+        if looked_for(item):
             identity = item.identity()
             if left.get(identity, 0) > 0:
                 left[identity] -= 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from tests.harness.cleanups import Cleanups
-from tests.harness.pipeline import counters, settled, start_pipeline, stats
+from tests.harness.pipeline import counters, drained, settled, start_pipeline, stats
 from tests.harness.probes import queue_depth
 from tests.harness.processes import Deployment, Processes, all_events, free_port
 from tests.harness.proxy import FreezableProxy
@@ -245,3 +246,50 @@ async def test_a_poison_message_whose_reject_is_lost_after_the_commit_is_kept_co
     stored = sorted(e["event_id"] for e in all_events(deployment))
     assert stored == sorted(e["event_id"] for e in valid)
     assert "redelivered invalid messages=1 already kept as dead letters" in consumer.output()
+
+
+@pytest.mark.backends("postgres")
+async def test_a_poison_message_a_stopped_consumer_still_held_is_kept_and_counted_once(
+    procs: Processes, amqp: AbstractRobustConnection
+) -> None:
+    """Found by the soak (3 consumers on PostgreSQL): a consumer held past the broker's heartbeat timeout with
+    a poison message in its socket's buffer loses its connection; the broker gives the message to another
+    consumer, which keeps it. The first, let go, reads its buffered delivery (no redelivered flag: its first
+    delivery) and commits it before it learns that its channel is gone."""
+    deployment = procs.deployment
+    await start_pipeline(procs, amqp, with_consumer=False)
+    short = f"{deployment.amqp_url}{'&' if '?' in deployment.amqp_url else '?'}heartbeat=1"
+    held = procs.consumer(AMQP_URL=short, RECONNECT_INTERVAL="0.2")
+    await eventually(lambda: "consuming queue=" in held.output(), 60, message="the first consumer consuming")
+    held.popen.send_signal(signal.SIGSTOP)
+    try:
+        channel = await amqp.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(deployment.exchange)
+        await exchange.publish(aio_pika.Message(POISON, delivery_mode=2, message_id="held-1"), "dl.orders")
+        await channel.close()
+        # Delivered to the stopped consumer (the only one): not ready in the queue.
+        await eventually(lambda: drained(amqp, deployment.queue), 30, message="delivered to the held one")
+        other = procs.consumer(RECONNECT_INTERVAL="0.2")
+        # The broker drops the stopped consumer's connection and delivers the message to the other.
+        await eventually(lambda: counters(deployment)["invalid"] == 1, 60, message="the other kept it")
+        await eventually(
+            lambda: _depth_at_least(amqp, deployment.dead_letter_queue, 1), 30, message="dead-lettered"
+        )
+    finally:
+        held.popen.send_signal(signal.SIGCONT)
+    await eventually(
+        lambda: held.output().count("consuming queue=") + held.output().count("consuming again") >= 2,
+        60,
+        message="the held consumer back",
+    )
+    assert held.terminate() == 0
+    assert other.terminate() == 0
+    assert await queue_depth(amqp, deployment.queue) == 0
+    assert await queue_depth(amqp, deployment.dead_letter_queue) == 1
+    assert counters(deployment)["invalid"] == 1
+    letters = [letter for page in pages(deployment, 100) for letter in page]
+    assert [(letter["body"], letter["size"]) for letter in letters] == [(POISON.decode(), len(POISON))]
+
+
+async def _depth_at_least(amqp: AbstractRobustConnection, queue: str, depth: int) -> bool:
+    return await queue_depth(amqp, queue) >= depth

@@ -188,3 +188,19 @@ async def test_a_redelivery_is_known_by_routing_key_size_stored_body_and_message
     assert sorted(letter.size for letter in (await reader.dead_letters(1000, None)).letters) == sorted(
         [9, len(long), 9, 9, len(long) + 1, 9, 9, len(long)]
     )
+
+
+async def test_an_invalid_message_with_a_kept_message_id_is_not_kept_again_without_the_redelivered_flag(
+    writer: Writer, reader: Reader
+) -> None:
+    # Competing consumers: one is held past the broker's heartbeat timeout with the message already in its
+    # socket's buffer; the broker closes its connection and delivers the message to another, which keeps it.
+    # The first then reads its buffered delivery (no redelivered flag: its first delivery) and commits it
+    # before it learns that its channel is gone.
+    first = await writer.apply([poison(True, message_id="m-1")])
+    stale = await writer.apply([poison(False, message_id="m-1"), [event("a")]])
+
+    assert (first, first.rejected_again) == (BatchResult(received=1, invalid=1), 0)
+    assert (stale, stale.rejected_again) == (BatchResult(received=1, unique_processed=1), 1)
+    kept, counters = await kept_and_counted(reader)
+    assert (kept, counters["received"], counters["invalid"]) == (1, 2, 1)
