@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Any
 
 from store.clock import utc_now
@@ -39,47 +40,87 @@ class Rejected:
 Identity = tuple[str, int, bytes, str | None]
 
 
-def looked_for(item: Rejected) -> bool:
-    """Whether `item` may be a message already kept (not_kept_yet): redelivered, or carrying a message id."""
-    return item.redelivered or item.message_id is not None
-
-
 def looked_up(rejected: Sequence[Rejected]) -> list[Identity]:
-    """The identities a batch must look for among the dead letters already kept: only its redelivered ones
-    and those with a message id, so a batch of first deliveries without one costs nothing more."""
-    return list(dict.fromkeys(item.identity() for item in rejected if looked_for(item)))
+    """The identities a batch looks for among the dead letters already kept: every invalid message's (poison
+    is rare, and a first delivery may be of a message another consumer kept already: see not_kept_yet)."""
+    return list(dict.fromkeys(item.identity() for item in rejected))
 
 
-def not_kept_yet(rejected: Sequence[Rejected], kept: Mapping[Identity, int]) -> list[Rejected]:
-    """The batch's rejected messages to keep as dead letters and count: all but the redelivered ones whose
-    dead letter an earlier commit kept (`kept`: how many dead letters each looked-up identity has). Those
-    come back because that commit's reject never reached the broker (its channel closed, or the consumer
-    died between the commit and the reject); they are rejected again, so the dead-letter queue gets each
-    message once, but neither kept nor counted (`received`, `invalid`) a second time.
+# The advisory locks of dead letters' identities on PostgreSQL (store/postgres/batch.py): one of LOCKS keys
+# from DEAD_LETTER_LOCK on, so that a batch of many invalid messages takes a bounded number of locks.
+DEAD_LETTER_LOCK = 0x65766167_00010000
+LOCKS = 256
 
-    An invalid message has no dedup key, and without a message id nothing tells two sends of the same
-    garbage (same routing key, same body) apart. So a first delivery without a message id is always kept,
-    and a redelivered one matching a kept dead letter is taken for that message, each kept dead letter
-    standing for at most one redelivery per batch. A wrong guess needs the same garbage sent twice and the
-    second send redelivered: it then goes uncounted, where without this every redelivered poison message was
-    counted twice.
 
-    A message with a message id is looked up whether flagged redelivered or not: with competing consumers a
-    copy can come back without the flag. A consumer held past the broker's heartbeat timeout (stopped,
-    starved) with the message in its socket's buffer loses its connection; the broker delivers the message
-    to another consumer, which keeps it, and the first then reads its buffered first delivery and commits
-    it before it learns that its channel is gone. The same message id, routing key and body is that message.
+def identity_lock(identity: Identity) -> int:
+    """The key of the advisory lock that a PostgreSQL batch takes before it looks for `identity`."""
+    routing_key, size, body, message_id = identity
+    digest = blake2b(digest_size=8, person=b"dead-letter")
+    for part in (routing_key.encode(), str(size).encode(), body, (message_id or "").encode()):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return DEAD_LETTER_LOCK + int.from_bytes(digest.digest(), "big") % LOCKS
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """The dead letters kept of one identity: all of them, and those kept from a redelivery that no first
+    delivery has claimed yet."""
+
+    all: int
+    unclaimed: int
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What a batch does with its rejected messages: keeps and counts `fresh` (each kept from a redelivery
+    is kept unclaimed), and claims `claimed` unclaimed dead letters of each identity."""
+
+    fresh: list[Rejected]
+    claimed: dict[Identity, int]
+
+
+def not_kept_yet(rejected: Sequence[Rejected], kept: Mapping[Identity, Kept]) -> Verdict:
+    """The batch's rejected messages to keep as dead letters and count, and the dead letters they claim.
+    Every message is rejected to the dead-letter queue either way; one taken for a message kept already is
+    neither kept nor counted (`received`, `invalid`) a second time. An invalid message has no dedup key, so
+    a message is known again by routing key, size, stored body and AMQP message id:
+
+    - A redelivered one matching a kept dead letter is that message: an earlier commit kept it and its
+      reject never reached the broker (its channel closed, or the consumer died in between).
+    - One with a message id matching a kept dead letter is that message, flagged redelivered or not.
+    - A first delivery without a message id is that message only when a matching dead letter was kept from
+      a redelivery and no first delivery has claimed it yet. That is a first delivery the broker gave to
+      another consumer meanwhile: one held past the heartbeat timeout (stopped, starved) with the message
+      already in its socket's buffer, or still committing when its channel closed. It reads its first
+      delivery and commits it before it learns that its channel is gone, after the other kept the
+      redelivery. It claims that dead letter instead of keeping another.
+
+    Without a message id nothing tells two sends of the same garbage apart, so a wrong guess is possible:
+    the second of two identical sends goes uncounted when it is redelivered (first rule), or when the first
+    send's first delivery was never committed (third rule). Without this, each such poison message was
+    counted twice. Each kept dead letter stands for at most one message per batch.
     """
-    left = dict(kept)
-    fresh = []
+    left = {identity: [found.all, found.unclaimed] for identity, found in kept.items()}
+    fresh: list[Rejected] = []
+    claimed: dict[Identity, int] = {}
     for item in rejected:
-        if looked_for(item):
-            identity = item.identity()
-            if left.get(identity, 0) > 0:
-                left[identity] -= 1
-                continue
-        fresh.append(item)
-    return fresh
+        identity = item.identity()
+        counts = left.get(identity, [0, 0])
+        if item.redelivered or item.message_id is not None:
+            known = counts[0] > 0
+        else:
+            known = counts[1] > 0
+        if not known:
+            fresh.append(item)
+            continue
+        counts[0] -= 1
+        if (
+            not item.redelivered and counts[1] > 0
+        ):  # a first delivery: the redelivery's dead letter is its own
+            counts[1] -= 1
+            claimed[identity] = claimed.get(identity, 0) + 1
+    return Verdict(fresh, claimed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 from contract.event import Event
 from store.base import StoredCopy
 from store.clock import utc_text
-from store.deadletters import DEAD_LETTERS_KEPT, Rejected, looked_up, not_kept_yet
+from store.deadletters import DEAD_LETTERS_KEPT, Kept, Rejected, identity_lock, looked_up, not_kept_yet
 from store.postgres import keys
 from store.retention import Retention
 
@@ -144,15 +144,25 @@ STATE = """
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 DEAD_LETTER = """
-    INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated, message_id)
+    INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated, message_id, unclaimed)
     SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bool[], $8::text[]
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bool[], $8::text[],
+        $9::bool[]
     )
 """
-# How many dead letters a redelivered invalid message matches; through dead_letters_by_size.
+# The dead letters an invalid message matches, and those of them kept from a redelivery and not claimed by a
+# first delivery (store/deadletters.py not_kept_yet); through dead_letters_by_size.
+_MATCHES = "size = $1 AND routing_key = $2 AND body = $3 AND message_id IS NOT DISTINCT FROM $4"
 DEAD_LETTERS_KEPT_AS = """
-    SELECT count(*) FROM dead_letters
-    WHERE size = $1 AND routing_key = $2 AND body = $3 AND message_id IS NOT DISTINCT FROM $4
+    SELECT u.i, count(d.id), count(d.id) FILTER (WHERE d.unclaimed)
+    FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::text[]) WITH ORDINALITY AS u(rk, sz, b, mid, i)
+    LEFT JOIN dead_letters AS d
+        ON d.size = u.sz AND d.routing_key = u.rk AND d.body = u.b AND d.message_id IS NOT DISTINCT FROM u.mid
+    GROUP BY u.i
+"""
+DEAD_LETTERS_CLAIM = f"""
+    UPDATE dead_letters SET unclaimed = false
+    WHERE id IN (SELECT id FROM dead_letters WHERE {_MATCHES} AND unclaimed ORDER BY id LIMIT $5)
 """
 DEAD_LETTER_COUNT = """
     INSERT INTO dead_letter_counts (kind, count)
@@ -189,14 +199,25 @@ async def stored_copies(
 
 
 async def dead_letters_not_kept_yet(conn: Any, rejected: list[Rejected]) -> list[Rejected]:
+    """The rejected messages to keep and count (store/deadletters.py not_kept_yet), the claims made. Two
+    consumers may hold the same message at once (one read it from a connection the broker had closed): each
+    identity's lock, taken in one order before its lookup, makes the second wait for the first's commit and
+    then see its dead letter."""
     wanted = looked_up(rejected)
-    if not wanted:
-        return rejected
-    kept = {}
-    for identity in wanted:
-        routing_key, size, body, message_id = identity
-        kept[identity] = int(await conn.fetchval(DEAD_LETTERS_KEPT_AS, size, routing_key, body, message_id))
-    return not_kept_yet(rejected, kept)
+    for lock in sorted({identity_lock(identity) for identity in wanted}):
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
+    found = await conn.fetch(
+        DEAD_LETTERS_KEPT_AS,
+        [routing_key for routing_key, _, _, _ in wanted],
+        [size for _, size, _, _ in wanted],
+        [body for _, _, body, _ in wanted],
+        [message_id for _, _, _, message_id in wanted],
+    )
+    kept = {wanted[int(i) - 1]: Kept(int(all_), int(unclaimed)) for i, all_, unclaimed in found}
+    verdict = not_kept_yet(rejected, kept)
+    for (routing_key, size, body, message_id), count in verdict.claimed.items():
+        await conn.execute(DEAD_LETTERS_CLAIM, size, routing_key, body, message_id, count)
+    return verdict.fresh
 
 
 async def keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
@@ -211,6 +232,7 @@ async def keep_dead_letters(conn: Any, rejected: list[Rejected]) -> None:
         [len(item.body) for item in rejected],
         [truncated for _, truncated in bodies],
         [item.message_id for item in rejected],
+        [item.redelivered for item in rejected],
     )
     kinds = sorted(Counter(item.kind for item in rejected).items())
     await conn.execute(DEAD_LETTER_COUNT, [k for k, _ in kinds], [n for _, n in kinds])

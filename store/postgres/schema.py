@@ -146,10 +146,12 @@ MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     search.migrate,
     # Dedup keys in buckets: new keys go to a small open one, the sealed ones have filters (keys.py).
     migrate_to_buckets,
-    # A redelivered invalid message is looked for among the dead letters kept (store/deadletters.py
-    # not_kept_yet): by its message id too, and through an index, not a scan of up to 100,000 bodies.
+    # An invalid message is looked for among the dead letters kept (store/deadletters.py not_kept_yet): by
+    # its message id too, whether one kept from a redelivery was claimed by its first delivery, and through
+    # an index, not a scan of up to 100,000 bodies.
     """
     ALTER TABLE dead_letters ADD COLUMN message_id text;
+    ALTER TABLE dead_letters ADD COLUMN unclaimed boolean NOT NULL DEFAULT false;
     CREATE INDEX dead_letters_by_size ON dead_letters (size, routing_key);
     """,
 )

@@ -133,10 +133,12 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # GET /events?q= and payload.<field>=: the FTS5 index of every stored event (store/sqlite/search.py).
     search.MIGRATION,
-    # A redelivered invalid message is looked for among the dead letters kept (store/deadletters.py
-    # not_kept_yet): by its message id too, and through an index, not a scan of up to 100,000 bodies.
+    # An invalid message is looked for among the dead letters kept (store/deadletters.py not_kept_yet): by
+    # its message id too, whether one kept from a redelivery was claimed by its first delivery, and through
+    # an index, not a scan of up to 100,000 bodies.
     """
     ALTER TABLE dead_letters ADD COLUMN message_id TEXT;
+    ALTER TABLE dead_letters ADD COLUMN unclaimed INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX dead_letters_by_size ON dead_letters (size, routing_key);
     """,
 )

@@ -24,7 +24,7 @@ from store.base import (
     sort_batch,
 )
 from store.clock import utc_now
-from store.deadletters import DEAD_LETTERS_KEPT, Rejected, looked_up, not_kept_yet
+from store.deadletters import DEAD_LETTERS_KEPT, Kept, Rejected, looked_up, not_kept_yet
 from store.retention import KEEP_ALL, Retention, SweepResult
 from store.sqlite import search
 from store.sqlite.buckets import KeyBuckets
@@ -59,12 +59,16 @@ _STATE = (
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 _DEAD_LETTER = (
-    "INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated, message_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated, message_id, unclaimed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# How many dead letters a redelivered invalid message matches; through dead_letters_by_size.
-_KEPT = (
-    "SELECT COUNT(*) FROM dead_letters WHERE size = ? AND routing_key = ? AND body = ? AND message_id IS ?"
+# The dead letters an invalid message matches, and those of them kept from a redelivery and not claimed by a
+# first delivery (store/deadletters.py not_kept_yet); through dead_letters_by_size.
+_MATCHES = "size = ? AND routing_key = ? AND body = ? AND message_id IS ?"
+_KEPT = f"SELECT COUNT(*), COALESCE(SUM(unclaimed), 0) FROM dead_letters WHERE {_MATCHES}"
+_CLAIM = (
+    f"UPDATE dead_letters SET unclaimed = 0"
+    f" WHERE id IN (SELECT id FROM dead_letters WHERE {_MATCHES} AND unclaimed ORDER BY id LIMIT ?)"
 )
 _DEAD_LETTER_COUNT = (
     "INSERT INTO dead_letter_counts (kind, count) VALUES (?, ?)"
@@ -78,14 +82,16 @@ _DEAD_LETTER_TRIM = (
 
 
 def _not_kept_yet(conn: sqlite3.Connection, rejected: list[Rejected]) -> list[Rejected]:
-    wanted = looked_up(rejected)
-    if not wanted:
-        return rejected
+    """The rejected messages to keep and count (store/deadletters.py not_kept_yet), the claims made."""
     kept = {}
-    for identity in wanted:
+    for identity in looked_up(rejected):
         routing_key, size, body, message_id = identity
-        kept[identity] = int(conn.execute(_KEPT, (size, routing_key, body, message_id)).fetchone()[0])
-    return not_kept_yet(rejected, kept)
+        found = conn.execute(_KEPT, (size, routing_key, body, message_id)).fetchone()
+        kept[identity] = Kept(int(found[0]), int(found[1]))
+    verdict = not_kept_yet(rejected, kept)
+    for (routing_key, size, body, message_id), count in verdict.claimed.items():
+        conn.execute(_CLAIM, (size, routing_key, body, message_id, count))
+    return verdict.fresh
 
 
 def _keep_dead_letters(conn: sqlite3.Connection, rejected: list[Rejected]) -> None:
@@ -94,7 +100,17 @@ def _keep_dead_letters(conn: sqlite3.Connection, rejected: list[Rejected]) -> No
         body, truncated = item.stored_body()
         size = len(item.body)
         rows.append(
-            (item.at, item.kind, item.reason, item.routing_key, body, size, int(truncated), item.message_id)
+            (
+                item.at,
+                item.kind,
+                item.reason,
+                item.routing_key,
+                body,
+                size,
+                int(truncated),
+                item.message_id,
+                int(item.redelivered),
+            )
         )
     conn.executemany(_DEAD_LETTER, rows)
     conn.executemany(_DEAD_LETTER_COUNT, Counter(item.kind for item in rejected).items())

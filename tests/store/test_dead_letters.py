@@ -204,3 +204,21 @@ async def test_an_invalid_message_with_a_kept_message_id_is_not_kept_again_witho
     assert (stale, stale.rejected_again) == (BatchResult(received=1, unique_processed=1), 1)
     kept, counters = await kept_and_counted(reader)
     assert (kept, counters["received"], counters["invalid"]) == (1, 2, 1)
+
+
+async def test_a_late_first_delivery_claims_the_dead_letter_its_redelivery_left_and_only_once(
+    writer: Writer, reader: Reader
+) -> None:
+    # No message id. A consumer that lost its channel (held past the heartbeat, or still committing) reads
+    # its first delivery late: the broker had given the message to another consumer, which kept it as a
+    # redelivery. The late first delivery claims that dead letter instead of keeping another.
+    redelivery = await writer.apply([poison(True)])
+    late_first = await writer.apply([poison(False), [event("a")]])
+    # The same garbage sent again later: nothing unclaimed is left for it to be taken for.
+    sent_again = await writer.apply([poison(False)])
+
+    assert (redelivery, redelivery.rejected_again) == (BatchResult(received=1, invalid=1), 0)
+    assert (late_first, late_first.rejected_again) == (BatchResult(received=1, unique_processed=1), 1)
+    assert (sent_again, sent_again.rejected_again) == (BatchResult(received=1, invalid=1), 0)
+    kept, counters = await kept_and_counted(reader)
+    assert (kept, counters["received"], counters["invalid"]) == (2, 3, 2)
