@@ -155,6 +155,15 @@ def targets(
                 "x",
             )
         )
+        out.append(
+            Target(
+                f"the same in blocks of each mode ({store})",
+                results.median(scenario, "blocks_p50_ratio"),
+                2.0,
+                True,
+                "x",
+            )
+        )
         limit(f"POST ?wait=stored p99 ({store}, quiet machine)", scenario, "stored_p99_ms", 10.0, "ms")
     # Under RETENTION the store levels off once as much expires as arrives (from the first third on), and
     # ingest keeps the stream's pace to the end (a paced stream: a fall means the consumer fell behind).
@@ -190,6 +199,10 @@ _STORED_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("plain_p50_ms", "plain p50 ms", "{:.2f}".format),
     ("plain_p99_ms", "plain p99 ms", "{:.2f}".format),
     ("p50_ratio", "wait=stored / plain p50", "{:.2f}".format),
+    ("blocks_stored_p50_ms", "in blocks: wait=stored p50 ms", "{:.2f}".format),
+    ("blocks_stored_p99_ms", "in blocks: wait=stored p99 ms", "{:.2f}".format),
+    ("blocks_plain_p50_ms", "in blocks: plain p50 ms", "{:.2f}".format),
+    ("blocks_p50_ratio", "in blocks: wait=stored / plain p50", "{:.2f}".format),
 ]
 _RETENTION_ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("size_third_mb", "size after 1st third, MB", _MB),

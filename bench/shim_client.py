@@ -7,7 +7,9 @@
 * `--stored N`: N single-event `POST /publish?wait=stored` and N plain `POST /publish`, alternating on one
   connection (so both see the same moments of machine noise), each sent when the previous one was
   answered; prints p50 and p99 of each mode and the ratio of the p50s. A wait=stored answer other than
-  200 with the event counted `new` fails the run: every answered event must be stored.
+  200 with the event counted `new` fails the run: every answered event must be stored. Then the same in
+  blocks (`blocks_*`): per round a block of each mode, over 3 rounds, as a client that only reads its own
+  writes would send them.
 
 The client is the standard library's `http.client` on one keep-alive connection: the least client-side
 time per request in Python, so what is measured is the server's. Bodies are serialised before the clock
@@ -100,6 +102,37 @@ def stored(connection: http.client.HTTPConnection, count: int, seed: int) -> dic
         out[f"{mode}_p50_ms"] = percentile(values, 50)
         out[f"{mode}_p99_ms"] = percentile(values, 99)
     out["p50_ratio"] = out["stored_p50_ms"] / out["plain_p50_ms"]
+    out.update(stored_in_blocks(connection, count, seed + 1))
+    return out
+
+
+def stored_in_blocks(
+    connection: http.client.HTTPConnection, count: int, seed: int, rounds: int = 3
+) -> dict[str, Any]:
+    """The same two modes one after the other instead of alternating: per round, a block of wait=stored
+    requests and a block of plain ones (which goes first alternates by round). A wait=stored request then
+    follows another wait=stored one, as for a client reading its own writes, instead of a plain publish
+    whose commit may still be running when it arrives."""
+    block = max(1, count // rounds)
+    bodies = iter([json.dumps(item).encode() for item in events(2 * rounds * (block + WARMUP), seed, False)])
+    timings: dict[str, list[float]] = {"stored": [], "plain": []}
+    for round_ in range(rounds):
+        for mode in ("stored", "plain") if round_ % 2 == 0 else ("plain", "stored"):
+            for index in range(block + WARMUP):
+                started = time.perf_counter()
+                answer = post(
+                    connection, next(bodies), "/publish?wait=stored" if mode == "stored" else "/publish"
+                )
+                took = (time.perf_counter() - started) * 1000
+                if mode == "stored" and json.loads(answer).get("new") != 1:
+                    raise RuntimeError(f"wait=stored answered without storing the event: {answer[:300]!r}")
+                if index >= WARMUP:
+                    timings[mode].append(took)
+    out: dict[str, Any] = {}
+    for mode, values in timings.items():
+        out[f"blocks_{mode}_p50_ms"] = percentile(values, 50)
+        out[f"blocks_{mode}_p99_ms"] = percentile(values, 99)
+    out["blocks_p50_ratio"] = out["blocks_stored_p50_ms"] / out["blocks_plain_p50_ms"]
     return out
 
 
