@@ -339,8 +339,17 @@ async def _shim_stored(ctx: Context, tag: str, database: ThrowawayDatabase | Non
         args = ["--url", run.api_url, "--seed", str(ctx.seed), "--stored", str(ctx.sizes.stored_requests)]
         client = await run.start("bench.shim_client", args)
         summary = await run.finish(client, ctx.timeout)
-    keys = ("stored_p50_ms", "stored_p99_ms", "plain_p50_ms", "plain_p99_ms", "p50_ratio")
-    keys += ("blocks_stored_p50_ms", "blocks_stored_p99_ms", "blocks_plain_p50_ms", "blocks_p50_ratio")
+    keys = (
+        "stored_p50_ms",
+        "stored_p99_ms",
+        "plain_p50_ms",
+        "plain_p99_ms",
+        "p50_ratio",
+        "blocks_stored_p50_ms",
+        "blocks_stored_p99_ms",
+        "blocks_plain_p50_ms",
+        "blocks_p50_ratio",
+    )
     return {key: float(summary[key]) for key in keys}
 
 
