@@ -42,7 +42,7 @@ def test_the_quick_benchmark_runs_every_scenario_and_writes_json(broker: Broker,
     assert all(s["runs_ok"] + s["runs_skipped"] == 1 for s in result["scenarios"].values()), done.stderr
     skipped = {name for name, s in result["scenarios"].items() if s["runs_skipped"]}
     assert skipped <= {"retention_postgres"}, done.stderr
-    assert len(result["targets"]) == 31
+    assert len(result["targets"]) == 33
     unmeasured = {t["name"] for t in result["targets"] if t["measured"] is None}
     assert unmeasured == (
         {t["name"] for t in result["targets"] if "PostgreSQL RETENTION" in t["name"]} if skipped else set()
