@@ -405,6 +405,21 @@ async def _progress(traffic: Traffic, injector: Injector, t0: float, stop: async
         )
 
 
+# The PostgreSQL store's size in parts (indexes and TOAST included): the key buckets, the events' partitions,
+# the rest of the store's tables, and the system catalogs.
+STORE_PARTS = r"""
+    SELECT
+      COALESCE(SUM(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname LIKE 'event\_keys\_b%'), 0) AS keys,
+      COALESCE(SUM(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname LIKE 'events\_p\_%'), 0) AS events,
+      COALESCE(SUM(pg_total_relation_size(c.oid)) FILTER (
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+          AND c.relname NOT LIKE 'event\_keys\_b%' AND c.relname NOT LIKE 'events\_p\_%'), 0) AS other,
+      COALESCE(SUM(pg_total_relation_size(c.oid)) FILTER (WHERE n.nspname = 'pg_catalog'), 0) AS catalog
+    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'm')
+"""
+
+
 def _add_probes(
     sampler: Sampler,
     system: System,
@@ -445,6 +460,7 @@ def _add_probes(
             conn = await asyncpg.connect(postgres.url("soak"), timeout=5)
             try:
                 size = float(await conn.fetchval("SELECT pg_database_size('soak')"))
+                parts = await conn.fetchrow(STORE_PARTS)
                 clients = float(
                     await conn.fetchval(
                         "SELECT count(*) FROM pg_stat_activity"
@@ -454,11 +470,17 @@ def _add_probes(
             finally:
                 await conn.close()
             values = {"store store_mib": size / (1 << 20), "postgres pg_connections": clients}
+            values.update({f"store {name}_mib": float(value) / (1 << 20) for name, value in parts.items()})
         else:
             values = sqlite_files(deployment)
         if unique:
             values["store store_bytes_per_event"] = values["store store_mib"] * (1 << 20) / unique
-            tombstones = unique * KEY_BYTES["sqlite" if postgres is None else "postgres"] / (1 << 20)
+            if postgres is not None:
+                # The key buckets' own size, measured: what a key costs depends on the bucket size (a bucket's
+                # tables and indexes have a fixed part), and the soak's buckets may be small.
+                tombstones = values["store keys_mib"]
+            else:
+                tombstones = unique * KEY_BYTES["sqlite"] / (1 << 20)
             values["store store_mib_less_tombstones"] = values["store store_mib"] - tombstones
         return values
 
