@@ -2,8 +2,12 @@
 
 One task per api: it binds an exclusive, auto-delete queue of its own to the notices exchange, so every api
 replica hears every consumer's commits, and the broker deletes the queue when the api goes. Listeners (the
-receipt watcher of `?wait=stored`, later the live tail) hear each notice, and every change of `live`: while
-the subscription is down, notices are lost, and a listener must fall back to reading the store.
+receipt watcher of `?wait=stored`, the live tail) hear each notice, and every change of `live`: while the
+subscription is down, notices are lost, and a listener must fall back to reading the store.
+
+With the PostgreSQL store the consumers' transactions send their notices themselves (`NOTIFY`,
+store/postgres/notices.py), and the feed's `live` is that of its `LISTEN` connection. It keeps its broker
+subscription beside it for consumers of the earlier release, which publish theirs on the broker.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from broker.connection import BROKER_ERRORS
 from contract import commits
 from contract.commits import Notice
 from contract.topology import Topology
+from store import StoreSettings, commit_listener
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +53,20 @@ class FeedListener(Protocol):
 
 
 class CommitFeed:
-    def __init__(self, broker: BrokerLink, topology: Topology, retry_interval: float) -> None:
+    def __init__(
+        self,
+        broker: BrokerLink,
+        topology: Topology,
+        retry_interval: float,
+        store: StoreSettings | None = None,
+    ) -> None:
         self._broker = broker
+        # The store's own notices (PostgreSQL), when it has them: then they say whether the feed is live.
+        self._store = (
+            commit_listener(store, self._on_store_payload, self._on_store_live, retry_interval)
+            if store
+            else None
+        )
         self._exchange = commits.exchange_name(topology)
         self._retry = retry_interval
         self._listeners: list[FeedListener] = []
@@ -64,6 +81,8 @@ class CommitFeed:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="commit-feed")
+        if self._store is not None:
+            self._store.start()
 
     async def _run(self) -> None:
         while True:
@@ -74,6 +93,7 @@ class CommitFeed:
                 log.debug("commit notices: no channel error=%s", exc)
                 await asyncio.sleep(self._retry)
                 continue
+            subscribed = False
             try:
                 # The underlying channel, not aio-pika's robust one: a server-named exclusive queue must be
                 # declared afresh after a reconnect, and the moment of losing it must be known exactly.
@@ -85,7 +105,9 @@ class CommitFeed:
                     raise RuntimeError("the broker named no queue")
                 await underlay.queue_bind(queue, self._exchange)
                 await underlay.basic_consume(queue, self._on_message, no_ack=True)
-                self._set_live(True)
+                subscribed = True
+                if self._store is None:
+                    self._set_live(True)
                 log.info("commit notices subscribed exchange=%s queue=%s", self._exchange, queue)
                 # Until the channel or its connection goes; wait() never raises what closed it.
                 await asyncio.wait({underlay.closing})
@@ -94,7 +116,7 @@ class CommitFeed:
                 log.warning("commit notices: subscription failed error=%r; retrying", exc)
                 pause = self._retry
             finally:
-                if self.live:
+                if subscribed and self._store is None:
                     self._set_live(False)
                     log.warning("commit notices lost; waiting requests read the store until they are back")
                 with suppress(Exception):
@@ -103,7 +125,16 @@ class CommitFeed:
             await asyncio.sleep(pause)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
-        notice = commits.decode(message.body)
+        self._heard(message.body)
+
+    def _on_store_payload(self, payload: str) -> None:
+        self._heard(payload.encode())
+
+    def _on_store_live(self, live: bool) -> None:
+        self._set_live(live)
+
+    def _heard(self, body: bytes) -> None:
+        notice = commits.decode(body)
         if notice is None:
             return
         self.notices += 1
@@ -123,6 +154,8 @@ class CommitFeed:
         return time.monotonic() - self.live_since if self.live else 0.0
 
     async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):

@@ -29,7 +29,7 @@ class State:
         # ?wait=stored: its own confirm channel, and the one watcher of the store's receipts, woken by the one
         # subscription to the consumers' commit notices.
         self.receipts = ReceiptPublisher(settings.topology(), settings.envelope_size)
-        self.commits = CommitFeed(broker, settings.topology(), settings.reconnect_interval)
+        self.commits = CommitFeed(broker, settings.topology(), settings.reconnect_interval, settings)
         self.watcher = ReceiptWatcher(reader, self.commits, replay_window=settings.publish_timeout)
         # The live tail's one reader of new rows, woken by the same notices (api/tail.py).
         self.tail = TailHub(reader, self.commits, settings.tail_buffer_bytes)

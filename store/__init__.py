@@ -50,8 +50,10 @@ __all__ = [
     "Snapshot",
     "StoreConfigError",
     "StoreError",
+    "StoreSettings",
     "SweepResult",
     "Writer",
+    "commit_listener",
     "key_hash",
     "locate",
     "open_reader",
@@ -105,6 +107,29 @@ async def open_writer(settings: StoreSettings, before_commit: Callable[[], None]
     from store.sqlite import SqliteWriter
 
     return await SqliteWriter.open(location.db_path, before_commit)
+
+
+class CommitListener(Protocol):
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def commit_listener(
+    settings: StoreSettings,
+    on_payload: Callable[[str], None],
+    on_live: Callable[[bool], None],
+    retry_interval: float,
+) -> CommitListener | None:
+    """The api's listener for the commit notices the store itself delivers: PostgreSQL's `NOTIFY` from the
+    batch's transaction (store/postgres/notices.py). None for SQLite: its consumers publish their notices on
+    the broker."""
+    location = locate(settings)
+    if location.url is None:
+        return None
+    from store.postgres.notices import CommitListener as Listener
+
+    return Listener(location.url, on_payload, on_live, retry_interval)
 
 
 def open_reader(settings: StoreSettings) -> Reader:

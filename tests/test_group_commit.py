@@ -9,9 +9,13 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client.parser import text_string_to_metric_families
+
+from store.postgres.notices import LISTENER_APPLICATION
 
 from tests.harness.cleanups import Cleanups
 from tests.harness.pipeline import counters, settled, start_pipeline
@@ -145,8 +149,9 @@ async def test_wait_stored_answers_after_the_commit_while_the_apis_notices_are_c
     assert reads(after, "notice") == 0
 
 
+@pytest.mark.backends("sqlite", "postgres")
 async def test_two_api_replicas_hear_every_commit_and_twenty_waiting_copies_count_nineteen_duplicates(
-    procs: Processes, amqp: AbstractRobustConnection
+    procs: Processes, amqp: AbstractRobustConnection, backend: str
 ) -> None:
     deployment = procs.deployment
     await start_pipeline(procs, amqp)
@@ -165,9 +170,64 @@ async def test_two_api_replicas_hear_every_commit_and_twenty_waiting_copies_coun
     assert counters(deployment)["duplicate_dropped"] == 19
     for url in urls:
         found = samples(url)
-        # Each replica heard the commits through its own queue and answered from the figures they carry
-        # (or read the store when one named a receipt without them); it never had to fall back to polling.
+        # Each replica heard the commits through its own subscription (its queue on the broker; its LISTEN
+        # on PostgreSQL) and answered from the figures they carry (or read the store when one named a
+        # receipt without them); it never had to fall back to polling.
         assert found[("eventagg_commit_notices_total", ())] >= 1
         assert found[("eventagg_receipts_found_total", (("source", "notice"),))] >= 1
         assert reads(found, "polled") == 0
     assert await consumer_count(amqp, deployment.queue) == 1
+
+
+@pytest.mark.backends("postgres")
+async def test_on_postgresql_wait_stored_answers_after_the_commit_while_the_apis_listen_is_cut_off(
+    procs: Processes, amqp: AbstractRobustConnection, backend: str
+) -> None:
+    """With PostgreSQL the notices come from the batch's transaction (NOTIFY) to each api's LISTEN connection:
+    that connection terminated by the server mid-wait, the request still answers 200 only once its events
+    are committed, from the store."""
+    deployment = procs.deployment
+    assert deployment.database_url is not None
+    # The api listens again only after 60 s: its notices stay cut off for the whole test.
+    api_env = {"PUBLISH_TIMEOUT": "45", "RECONNECT_INTERVAL": "60"}
+    await start_pipeline(procs, amqp, with_consumer=False, api_env=api_env)
+    await eventually(lambda: notices_up(deployment.api_url), 30, message="the api listening for notices")
+
+    waiting = asyncio.create_task(post_stored(deployment.api_url, [event("cut-1"), event("cut-2")]))
+
+    async def queued() -> bool:
+        return await queue_depth(amqp, deployment.queue) == 1
+
+    await eventually(queued, 30, message="the request's message in the queue")
+    conn = await asyncpg.connect(deployment.database_url)
+    try:
+        cut = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND datname = current_database()",
+            LISTENER_APPLICATION,
+        )
+    finally:
+        await conn.close()
+    assert cut == 1
+    await eventually(
+        lambda: samples(deployment.api_url)[("eventagg_commit_notices_up", ())] == 0,
+        30,
+        message="the api's notices down",
+    )
+    # Nothing is committed yet: the request keeps waiting, reading the store on a short timer meanwhile.
+    await eventually(lambda: reads(samples(deployment.api_url), "polled") >= 5, 30, message="polling")
+    assert not waiting.done()
+    assert counters(deployment)["received"] == 0
+
+    procs.consumer()
+    answer = await asyncio.wait_for(waiting, 40)
+    stored_then = counters(deployment)
+
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["new"], answer.json()["duplicates"], answer.json()["pending"]) == (2, 0, 0)
+    assert stored_then["unique_processed"] == 2
+    assert {e["event_id"] for e in all_events(deployment)} == {"cut-1", "cut-2"}
+    after = samples(deployment.api_url)
+    assert after[("eventagg_commit_notices_up", ())] == 0  # answered from the store, not from a notice
+    assert reads(after, "notice") == 0
+    assert after[("eventagg_receipts_found_total", (("source", "notice"),))] == 0

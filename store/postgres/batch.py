@@ -129,7 +129,7 @@ LEASED_COUNTS = """
         FROM lease, unnest($7::text[], $8::bigint[]) AS u(name, delta)
         WHERE c.slot = lease.slot AND c.name = u.name
     )
-    SELECT slot FROM lease
+    SELECT slot, (SELECT count(pg_notify($9, p)) FROM unnest($10::text[]) AS p) FROM lease
 """
 SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counter_slots GROUP BY name"
 RECEIPTS = """

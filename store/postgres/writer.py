@@ -31,6 +31,7 @@ from store.base import (
 from store.clock import utc_now
 from store.postgres import batch as sql
 from store.postgres import keys, search
+from store.postgres.notices import CHANNEL, notify, payloads
 from store.postgres.partitions import Coverage, cover, micros, recorded_retention
 from store.postgres.retention import sweep
 from store.postgres.schema import (
@@ -280,13 +281,21 @@ class PostgresWriter:
             first = [first_seqs.get(t) for t in columns[0]]
             deltas = result.deltas()
             names, amounts = [name for name, _ in deltas], [d for _, d in deltas]
-            slot = await conn.fetchval(sql.LEASED_COUNTS, received_at, *columns, first, names, amounts)
+            # The commit's notices (store/postgres/notices.py), sent by PostgreSQL when, and only when, it
+            # commits: for batches someone may wait on, and for every batch that stored an event (an api's
+            # live tail reads it).
+            notices = payloads([r[0] for r in marked], result.unique_processed, result.receipts)
+            slot = await conn.fetchval(
+                sql.LEASED_COUNTS, received_at, *columns, first, names, amounts, CHANNEL, notices
+            )
             if slot is None:  # every slot held: wait for one, then count on it
                 slot = await conn.fetchval(sql.LEASE_ANY, received_at, random.randrange(SLOTS))
                 if per_topic:
                     await conn.execute(sql.TOPICS, *columns, slot, first)
                 if deltas:
                     await conn.execute(sql.COUNTERS, names, amounts, slot)
+                if notices:
+                    await notify(conn, notices)
             if rejected:
                 await sql.keep_dead_letters(conn, rejected)
             if self._before_commit is not None:
