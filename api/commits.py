@@ -5,9 +5,12 @@ replica hears every consumer's commits, and the broker deletes the queue when th
 receipt watcher of `?wait=stored`, the live tail) hear each notice, and every change of `live`: while the
 subscription is down, notices are lost, and a listener must fall back to reading the store.
 
-With the PostgreSQL store the consumers' transactions send their notices themselves (`NOTIFY`,
-store/postgres/notices.py), and the feed's `live` is that of its `LISTEN` connection. It keeps its broker
-subscription beside it for consumers of the earlier release, which publish theirs on the broker.
+The store's writers also send each notice themselves, one hop shorter: PostgreSQL's `NOTIFY` from the
+batch's transaction, heard on a `LISTEN` connection (store/postgres/notices.py), or on SQLite a datagram from
+the writer's thread to a socket beside the store's file (store/sqlite/notices.py). The feed hears both and
+is live while either is up: a consumer publishes every notice on the broker too (consumers of the earlier
+release only there), so a notice lost on one path usually comes on the other, and one heard twice changes
+nothing.
 """
 
 from __future__ import annotations
@@ -61,16 +64,14 @@ class CommitFeed:
         store: StoreSettings | None = None,
     ) -> None:
         self._broker = broker
-        # The store's own notices (PostgreSQL), when it has them: then they say whether the feed is live.
-        self._store = (
-            commit_listener(store, self._on_store_payload, self._on_store_live, retry_interval)
-            if store
-            else None
-        )
         self._exchange = commits.exchange_name(topology)
         self._retry = retry_interval
         self._listeners: list[FeedListener] = []
         self._task: asyncio.Task[None] | None = None
+        self._store = (
+            commit_listener(store, self._heard, self._on_store_live, retry_interval) if store else None
+        )
+        self._up = {"broker": False, "store": False}
         self.live = False
         self.live_since = 0.0  # time.monotonic() when the subscription last came up
         self.notices = 0  # notices received since the api started
@@ -106,8 +107,7 @@ class CommitFeed:
                 await underlay.queue_bind(queue, self._exchange)
                 await underlay.basic_consume(queue, self._on_message, no_ack=True)
                 subscribed = True
-                if self._store is None:
-                    self._set_live(True)
+                self._set_up("broker", True)
                 log.info("commit notices subscribed exchange=%s queue=%s", self._exchange, queue)
                 # Until the channel or its connection goes; wait() never raises what closed it.
                 await asyncio.wait({underlay.closing})
@@ -116,9 +116,9 @@ class CommitFeed:
                 log.warning("commit notices: subscription failed error=%r; retrying", exc)
                 pause = self._retry
             finally:
-                if subscribed and self._store is None:
-                    self._set_live(False)
-                    log.warning("commit notices lost; waiting requests read the store until they are back")
+                if subscribed:
+                    self._set_up("broker", False)
+                    log.warning("commit notices from the broker lost; subscribing again")
                 with suppress(Exception):
                     async with asyncio.timeout(CLOSE_TIMEOUT):
                         await channel.close()
@@ -127,11 +127,8 @@ class CommitFeed:
     async def _on_message(self, message: DeliveredMessage) -> None:
         self._heard(message.body)
 
-    def _on_store_payload(self, payload: str) -> None:
-        self._heard(payload.encode())
-
-    def _on_store_live(self, live: bool) -> None:
-        self._set_live(live)
+    def _on_store_live(self, up: bool) -> None:
+        self._set_up("store", up)
 
     def _heard(self, body: bytes) -> None:
         notice = commits.decode(body)
@@ -141,11 +138,17 @@ class CommitFeed:
         for listener in self._listeners:
             listener.on_notice(notice)
 
-    def _set_live(self, live: bool) -> None:
+    def _set_up(self, path: str, up: bool) -> None:
+        self._up[path] = up
+        live = any(self._up.values())
+        if live == self.live:
+            return
         self.live = live
         if live:
             self.live_since = time.monotonic()
             self.subscriptions += 1
+        else:
+            log.warning("commit notices lost; waiting requests read the store until they are back")
         for listener in self._listeners:
             listener.on_live(live)
 

@@ -1,8 +1,5 @@
 """The consumer's commit notices (contract/commits.py), sent after each commit on a connection of their own.
 
-With the SQLite store. With PostgreSQL the batch's own transaction sends them (`NOTIFY`,
-store/postgres/notices.py) and the consumer has nothing to send (InTransaction).
-
 A notice is unconfirmed and transient: a lost one costs an api one read of the store (api/stored.py), never
 a wrong answer, so it is worth neither a confirm's round trip nor a write to the broker's disk. It carries
 the figures of the receipts its commits inserted (up to commits.FIGURES_PER_NOTICE), so a waiting request
@@ -145,18 +142,3 @@ class CommitNotices:
                     await self._connection.close()
             except _CLOSE_ERRORS as exc:
                 log.debug("notices connection not closed cleanly error=%s", type(exc).__name__)
-
-
-class InTransaction:
-    """The PostgreSQL store's notices: its batch's transaction sent them already."""
-
-    def start(self) -> None:
-        pass
-
-    def committed(
-        self, receipts: list[str], stored: int, figures: Sequence[tuple[str, int, int]] = ()
-    ) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass

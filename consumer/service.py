@@ -20,14 +20,14 @@ from consumer.faults import Faults
 from consumer.handler import Decoded, decode_batch, receipt_of, settle
 from consumer.hooks import Commit, Fanout, Hooks, Settlement
 from consumer.metrics import ConsumerMetrics
-from consumer.notices import CommitNotices, InTransaction
+from consumer.notices import CommitNotices
 from consumer.retention import sweep_periodically
 from consumer.settings import ConsumerSettings
 from consumer.status import StatusFile
 from consumer.storage import Storage
 from contract.config import scrub
 from contract.topology import declare
-from store import BatchResult, StoreConfigError, StoreError, locate
+from store import BatchResult, StoreConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,7 @@ async def _consume(
     if subscribed is None:
         return
     channel, subscription = subscribed
-    notices: CommitNotices | InTransaction
-    if locate(settings).url is not None:  # PostgreSQL: the batch's transaction sends them
-        notices = InTransaction()
-    else:
-        notices = CommitNotices(settings.amqp_urls(), settings.topology(), settings.reconnect_interval)
+    notices = CommitNotices(settings.amqp_urls(), settings.topology(), settings.reconnect_interval)
     notices.start()
     log.info(
         "consuming queue=%s prefetch=%d batch_size=%d batch_wait=%.3fs",
@@ -342,7 +338,7 @@ class _Pipeline:
         storage: Storage,
         stop: asyncio.Event,
         hooks: Hooks,
-        notices: CommitNotices | InTransaction,
+        notices: CommitNotices,
         on_failure: Callable[[], None],
         on_idle: Callable[[], None],
     ) -> None:

@@ -16,7 +16,7 @@ so apis and consumers of both releases work together.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from contract.topology import Topology
@@ -26,6 +26,12 @@ SUFFIX = ".commits"
 # Receipts with figures in one notice at most (about 45 bytes each): a notice stays a small message whatever
 # the batch; the receipts beyond are named without figures, and their requests read the store.
 FIGURES_PER_NOTICE = 1000
+# A notice sent by the store itself (PostgreSQL's NOTIFY takes at most 8,000 bytes; a datagram to an api on
+# the SQLite host) is at most this long: a commit whose notice would be longer sends several.
+PART_LIMIT = 7_900
+# A notice's fixed part, and a figure pair's most ("[n,d]" with two bigints), in bytes.
+_FIXED = 64
+_FIGURES = 48
 
 
 def exchange_name(topology: Topology) -> str:
@@ -53,6 +59,29 @@ def encode(receipts: list[str], stored: int, figures: Iterable[tuple[str, int, i
     if carried:
         data["figures"] = carried
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+def parts(receipts: Sequence[str], stored: int, figures: Sequence[tuple[str, int, int]]) -> list[bytes]:
+    """One commit's notice in parts of at most PART_LIMIT bytes: its receipts in groups, the count of stored
+    events in the first part. `figures`: (receipt, new, duplicates) of the receipts the commit inserted. None
+    when there is nothing to tell."""
+    if not receipts:
+        return [encode([], stored)] if stored else []
+    carried = {r: (n, d) for r, n, d in figures}
+    groups: list[list[str]] = [[]]
+    size = _FIXED
+    for receipt in receipts:
+        quoted = len(json.dumps(receipt).encode())  # a receipt: at most 255 characters (consumer/handler.py)
+        cost = quoted + 1 + (quoted + 1 + _FIGURES if receipt in carried else 0)
+        if groups[-1] and size + cost > PART_LIMIT:
+            groups.append([])
+            size = _FIXED
+        groups[-1].append(receipt)
+        size += cost
+    return [
+        encode(group, stored if n == 0 else 0, ((r, *carried[r]) for r in group if r in carried))
+        for n, group in enumerate(groups)
+    ]
 
 
 def _count(value: object) -> bool:

@@ -117,19 +117,21 @@ class CommitListener(Protocol):
 
 def commit_listener(
     settings: StoreSettings,
-    on_payload: Callable[[str], None],
+    on_payload: Callable[[bytes], None],
     on_live: Callable[[bool], None],
     retry_interval: float,
-) -> CommitListener | None:
-    """The api's listener for the commit notices the store itself delivers: PostgreSQL's `NOTIFY` from the
-    batch's transaction (store/postgres/notices.py). None for SQLite: its consumers publish their notices on
-    the broker."""
+) -> CommitListener:
+    """The api's listener for the commit notices the store's writers send themselves, besides the broker's:
+    PostgreSQL's `NOTIFY` from the batch's transaction (store/postgres/notices.py), or on SQLite a datagram
+    from the writer's thread (store/sqlite/notices.py)."""
     location = locate(settings)
-    if location.url is None:
-        return None
-    from store.postgres.notices import CommitListener as Listener
+    if location.url is not None:
+        from store.postgres.notices import CommitListener as Listener
 
-    return Listener(location.url, on_payload, on_live, retry_interval)
+        return Listener(location.url, on_payload, on_live, retry_interval)
+    from store.sqlite.notices import CommitSocket
+
+    return CommitSocket(location.db_path, on_payload, on_live, retry_interval)
 
 
 def open_reader(settings: StoreSettings) -> Reader:

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
+from aio_pika import ExchangeType
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client.parser import text_string_to_metric_families
 
 from store.postgres.notices import LISTENER_APPLICATION
-
+from store.sqlite import notices
 from tests.harness.cleanups import Cleanups
 from tests.harness.pipeline import counters, settled, start_pipeline
 from tests.harness.probes import consumer_count, queue_depth
@@ -106,18 +108,50 @@ async def test_a_lone_event_is_committed_without_waiting_for_company_and_a_burst
     assert counters(deployment)["unique_processed"] == 3010
 
 
-async def test_wait_stored_answers_after_the_commit_while_the_apis_notices_are_cut_off(
-    procs: Processes, amqp: AbstractRobustConnection, cleanups: Cleanups
-) -> None:
+async def cut_the_stores_notices(procs: Processes) -> None:
+    """Cut the api off from the notices the store's writers send (store/*/notices.py): on PostgreSQL its
+    LISTEN connection terminated by the server; on SQLite its socket removed from the notices directory."""
     deployment = procs.deployment
-    broker = urlsplit(deployment.amqp_url)
+    if deployment.database_url is not None:
+        conn = await asyncpg.connect(deployment.database_url)
+        try:
+            cut = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = $1 AND datname = current_database()",
+                LISTENER_APPLICATION,
+            )
+        finally:
+            await conn.close()
+    else:
+        sockets = list(notices.directory(deployment.db_path).glob(f"*{notices.SOCKET_SUFFIX}"))
+        for path in sockets:
+            path.unlink()
+        cut = len(sockets)
+    assert cut == 1, cut
+
+
+def cut_proxy(procs: Processes, cleanups: Cleanups) -> tuple[FreezableProxy, str]:
+    broker = urlsplit(procs.deployment.amqp_url)
     proxy = FreezableProxy(broker.hostname or "127.0.0.1", broker.port or 5672).start()
     cleanups.add(proxy.close)
-    via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
-    # The api reconnects only after 60 s: its notices stay cut off for the whole test.
+    return proxy, f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+
+
+@pytest.mark.backends("sqlite", "postgres")
+async def test_wait_stored_answers_after_the_commit_while_the_apis_notices_are_cut_off(
+    procs: Processes, amqp: AbstractRobustConnection, cleanups: Cleanups, backend: str
+) -> None:
+    deployment = procs.deployment
+    proxy, via_proxy = cut_proxy(procs, cleanups)
+    # The api reconnects (and listens again) only after 60 s: its notices stay cut off for the whole test.
     api_env = {"AMQP_URL": via_proxy, "PUBLISH_TIMEOUT": "45", "RECONNECT_INTERVAL": "60"}
+    # The store's directory, as a deployment's volume: a SQLite api binds its notices socket in it.
+    deployment.db_path.parent.mkdir(parents=True, exist_ok=True)
     await start_pipeline(procs, amqp, with_consumer=False, api_env=api_env)
     await eventually(lambda: notices_up(deployment.api_url), 30, message="the api subscribed to notices")
+    if deployment.database_url is None:
+        sockets = notices.directory(deployment.db_path)
+        await eventually(lambda: any(sockets.glob("*.sock")), 30, message="the api's notices socket")
 
     waiting = asyncio.create_task(post_stored(deployment.api_url, [event("cut-1"), event("cut-2")]))
 
@@ -125,7 +159,9 @@ async def test_wait_stored_answers_after_the_commit_while_the_apis_notices_are_c
         return await queue_depth(amqp, deployment.queue) == 1
 
     await eventually(queued, 30, message="the request's message in the queue")
+    # Both paths of the notices: the broker's, and the one the store's writers send on.
     proxy.cut()
+    await cut_the_stores_notices(procs)
     await eventually(
         lambda: samples(deployment.api_url)[("eventagg_commit_notices_up", ())] == 0,
         30,
@@ -147,6 +183,50 @@ async def test_wait_stored_answers_after_the_commit_while_the_apis_notices_are_c
     after = samples(deployment.api_url)
     assert after[("eventagg_commit_notices_up", ())] == 0  # answered from the store, not from a notice
     assert reads(after, "notice") == 0
+    assert after[("eventagg_receipts_found_total", (("source", "notice"),))] == 0
+
+
+@pytest.mark.backends("sqlite", "postgres")
+async def test_without_the_brokers_notices_the_stores_own_answer_wait_stored_at_once(
+    procs: Processes, amqp: AbstractRobustConnection, backend: str
+) -> None:
+    """The notices the store's writers send themselves (NOTIFY on PostgreSQL, a datagram on SQLite) answer
+    waiting requests alone. The broker's notices are made impossible: the notices exchange is declared first
+    with another type, so neither the consumer nor the api can declare theirs."""
+    deployment = procs.deployment
+    exchange = f"{deployment.exchange}.commits"
+    channel = await amqp.channel()
+    await channel.declare_exchange(exchange, ExchangeType.DIRECT, durable=False, auto_delete=False)
+    try:
+        await stored_without_broker_notices(procs, amqp)
+    finally:
+        await channel.exchange_delete(exchange)
+        await channel.close()
+
+
+async def stored_without_broker_notices(procs: Processes, amqp: AbstractRobustConnection) -> None:
+    deployment = procs.deployment
+    # PUBLISH_TIMEOUT is also how long after the notices came up the api reads the store once for every new
+    # request anyway (a commit may have come before them): kept short, and waited out.
+    await start_pipeline(procs, amqp, api_env={"PUBLISH_TIMEOUT": "3"})
+    await eventually(lambda: notices_up(deployment.api_url), 30, message="the store's notices up")
+    up_by = time.monotonic()
+    await eventually(lambda: time.monotonic() - up_by >= 3, 10, message="past the replay window")
+    for n in range(5):
+        answer = await post_stored(deployment.api_url, [event(f"store-{n}"), event(f"store-{n}", "group.b")])
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["new"], answer.json()["duplicates"], answer.json()["pending"]) == (2, 0, 0)
+    found = samples(deployment.api_url)
+    assert found[("eventagg_commit_notices_up", ())] == 1
+    # Every one of the ten receipts' figures came with a notice; the store was never read (a lost notice
+    # would have cost a read at the request's deadline).
+    assert found[("eventagg_receipts_found_total", (("source", "notice"),))] == 10
+    assert found[("eventagg_receipts_found_total", (("source", "store"),))] == 0
+    assert sum(reads(found, reason) for reason in ("notice", "polled", "recheck", "deadline")) == 0
+    assert counters(deployment)["unique_processed"] == 10
+    # The broker's notices never came up (the declare refused), on either side.
+    logs = {p.name: p.read_text(errors="replace") for p in deployment.logs.glob("*.log")}
+    assert any("commit notices subscribed" in text for text in logs.values()) is False, logs.keys()
 
 
 @pytest.mark.backends("sqlite", "postgres")
@@ -177,57 +257,3 @@ async def test_two_api_replicas_hear_every_commit_and_twenty_waiting_copies_coun
         assert found[("eventagg_receipts_found_total", (("source", "notice"),))] >= 1
         assert reads(found, "polled") == 0
     assert await consumer_count(amqp, deployment.queue) == 1
-
-
-@pytest.mark.backends("postgres")
-async def test_on_postgresql_wait_stored_answers_after_the_commit_while_the_apis_listen_is_cut_off(
-    procs: Processes, amqp: AbstractRobustConnection, backend: str
-) -> None:
-    """With PostgreSQL the notices come from the batch's transaction (NOTIFY) to each api's LISTEN connection:
-    that connection terminated by the server mid-wait, the request still answers 200 only once its events
-    are committed, from the store."""
-    deployment = procs.deployment
-    assert deployment.database_url is not None
-    # The api listens again only after 60 s: its notices stay cut off for the whole test.
-    api_env = {"PUBLISH_TIMEOUT": "45", "RECONNECT_INTERVAL": "60"}
-    await start_pipeline(procs, amqp, with_consumer=False, api_env=api_env)
-    await eventually(lambda: notices_up(deployment.api_url), 30, message="the api listening for notices")
-
-    waiting = asyncio.create_task(post_stored(deployment.api_url, [event("cut-1"), event("cut-2")]))
-
-    async def queued() -> bool:
-        return await queue_depth(amqp, deployment.queue) == 1
-
-    await eventually(queued, 30, message="the request's message in the queue")
-    conn = await asyncpg.connect(deployment.database_url)
-    try:
-        cut = await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = $1 AND datname = current_database()",
-            LISTENER_APPLICATION,
-        )
-    finally:
-        await conn.close()
-    assert cut == 1
-    await eventually(
-        lambda: samples(deployment.api_url)[("eventagg_commit_notices_up", ())] == 0,
-        30,
-        message="the api's notices down",
-    )
-    # Nothing is committed yet: the request keeps waiting, reading the store on a short timer meanwhile.
-    await eventually(lambda: reads(samples(deployment.api_url), "polled") >= 5, 30, message="polling")
-    assert not waiting.done()
-    assert counters(deployment)["received"] == 0
-
-    procs.consumer()
-    answer = await asyncio.wait_for(waiting, 40)
-    stored_then = counters(deployment)
-
-    assert answer.status_code == 200, answer.text
-    assert (answer.json()["new"], answer.json()["duplicates"], answer.json()["pending"]) == (2, 0, 0)
-    assert stored_then["unique_processed"] == 2
-    assert {e["event_id"] for e in all_events(deployment)} == {"cut-1", "cut-2"}
-    after = samples(deployment.api_url)
-    assert after[("eventagg_commit_notices_up", ())] == 0  # answered from the store, not from a notice
-    assert reads(after, "notice") == 0
-    assert after[("eventagg_receipts_found_total", (("source", "notice"),))] == 0

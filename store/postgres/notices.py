@@ -1,69 +1,35 @@
 """Commit notices on PostgreSQL: `NOTIFY` in the batch's own transaction, `LISTEN` in each api.
 
-With the PostgreSQL store a consumer does not publish its commit notices (contract/commits.py) on the broker:
-its batch's transaction sends them with `pg_notify`, and PostgreSQL delivers them to every listening session
-when, and only when, the transaction commits. That takes the broker hop off a `?wait=stored` request's path,
-and a notice can never arrive before its commit nor after a rollback. Each api replica listens on one
-connection of its own (CommitListener), so any number of consumers reach any number of apis, as with the
-broker's fanout exchange.
+Besides the notice a consumer publishes on the broker (contract/commits.py), its batch's transaction sends
+the same notice with `pg_notify`, and PostgreSQL delivers it to every listening session when, and only when,
+the transaction commits: no broker hop on a `?wait=stored` request's path, and never a notice before its
+commit or after a rollback. Each api listens on one connection of its own (CommitListener), so any number of
+consumers reach any number of apis.
 
-Notices stay hints, as on the broker: a listening connection that is lost loses the notices of its gap, and
-the api then reads the store for what its requests wait for (api/stored.py). A payload is at most
-PAYLOAD_LIMIT bytes (PostgreSQL refuses more than 8,000): a batch whose notice would be longer sends several.
+Notices stay hints: a listening connection that is lost loses the notices of its gap (the broker's copy may
+still bring them), and the api reads the store for what its requests wait for (api/stored.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from contract import commits
 from store.postgres.schema import connect
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "eventagg_commits"
-PAYLOAD_LIMIT = 7_900
 LISTENER_APPLICATION = "eventagg-api-notices"
 # How often a quiet listening connection is checked (one `SELECT 1`): a connection the server or the network
 # dropped without a word is found within this, plus CHECK_TIMEOUT.
 CHECK_INTERVAL = 2.0
 CHECK_TIMEOUT = 2.0
-# A notice's fixed part, and a figure pair's most ("[n,d]" with two bigints), in bytes.
-_FIXED = 64
-_FIGURES = 48
 
 NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
-
-
-def payloads(receipts: Sequence[str], stored: int, figures: Sequence[tuple[str, int, int]]) -> list[str]:
-    """The notices of one commit, each within PAYLOAD_LIMIT: the receipts in groups, the count of stored
-    events in the first. `figures`: (receipt, new, duplicates) of the receipts the commit inserted."""
-    if not receipts:
-        return [commits.encode([], stored).decode()] if stored else []
-    carried = {r: (n, d) for r, n, d in figures}
-    groups: list[list[str]] = [[]]
-    size = _FIXED
-    for receipt in receipts:
-        quoted = len(
-            json.dumps(receipt).encode()
-        )  # a receipt is at most 255 characters (consumer/handler.py)
-        cost = quoted + 1 + (quoted + 1 + _FIGURES if receipt in carried else 0)
-        if groups[-1] and size + cost > PAYLOAD_LIMIT:
-            groups.append([])
-            size = _FIXED
-        groups[-1].append(receipt)
-        size += cost
-    return [
-        commits.encode(
-            group, stored if n == 0 else 0, ((r, *carried[r]) for r in group if r in carried)
-        ).decode()
-        for n, group in enumerate(groups)
-    ]
 
 
 class CommitListener:
@@ -72,7 +38,7 @@ class CommitListener:
     def __init__(
         self,
         url: str,
-        on_payload: Callable[[str], None],
+        on_payload: Callable[[bytes], None],
         on_live: Callable[[bool], None],
         retry_interval: float,
     ) -> None:
@@ -107,13 +73,13 @@ class CommitListener:
             finally:
                 if live:
                     self._on_live(False)
-                    log.warning("commit notices lost; waiting requests read the store until they are back")
+                    log.warning("commit notices from PostgreSQL lost; listening again in %.1fs", self._retry)
                 if conn is not None:
                     conn.terminate()
             await asyncio.sleep(self._retry)
 
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self._on_payload(payload)
+        self._on_payload(payload.encode())
 
     async def close(self) -> None:
         if self._task is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from contract import commits
 from contract.event import Event
 from store.base import (
     Backend,
@@ -31,7 +32,7 @@ from store.base import (
 from store.clock import utc_now
 from store.postgres import batch as sql
 from store.postgres import keys, search
-from store.postgres.notices import CHANNEL, notify, payloads
+from store.postgres.notices import CHANNEL, notify
 from store.postgres.partitions import Coverage, cover, micros, recorded_retention
 from store.postgres.retention import sweep
 from store.postgres.schema import (
@@ -281,10 +282,13 @@ class PostgresWriter:
             first = [first_seqs.get(t) for t in columns[0]]
             deltas = result.deltas()
             names, amounts = [name for name, _ in deltas], [d for _, d in deltas]
-            # The commit's notices (store/postgres/notices.py), sent by PostgreSQL when, and only when, it
+            # The commit's notice (store/postgres/notices.py), sent by PostgreSQL when, and only when, it
             # commits: for batches someone may wait on, and for every batch that stored an event (an api's
             # live tail reads it).
-            notices = payloads([r[0] for r in marked], result.unique_processed, result.receipts)
+            notices = [
+                part.decode()
+                for part in commits.parts([r[0] for r in marked], result.unique_processed, result.receipts)
+            ]
             slot = await conn.fetchval(
                 sql.LEASED_COUNTS, received_at, *columns, first, names, amounts, CHANNEL, notices
             )

@@ -29,6 +29,7 @@ from store.retention import KEEP_ALL, Retention, SweepResult
 from store.sqlite import search
 from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import copies
+from store.sqlite.notices import NoticeSender
 from store.sqlite.retention import sweep
 from store.sqlite.schema import (
     BACKEND,
@@ -159,9 +160,14 @@ class SqliteWriter:
     backend: Backend = BACKEND
 
     def __init__(
-        self, conn: SqliteThread, lock: WriterLock, before_commit: Callable[[], None] | None
+        self,
+        conn: SqliteThread,
+        lock: WriterLock,
+        before_commit: Callable[[], None] | None,
+        notices: NoticeSender,
     ) -> None:
         self._conn = conn
+        self._notices = notices
         self._lock = lock
         self._before_commit = before_commit  # fault injection for the crash tests (consumer/faults.py)
         self._last_received_at = ""
@@ -192,7 +198,7 @@ class SqliteWriter:
             if isinstance(exc, (sqlite3.Error, OSError)):
                 raise error(exc) from exc
             raise
-        writer = cls(conn, lock, before_commit)
+        writer = cls(conn, lock, before_commit, NoticeSender(path))
         try:
             rows = await conn.fetchall("SELECT MAX(received_at) FROM events")
         except (sqlite3.Error, OSError) as exc:
@@ -245,6 +251,7 @@ class SqliteWriter:
         try:
             await self._conn.close()
         finally:
+            self._notices.close()
             self._lock.release()
 
     async def durability(self) -> Durability:
@@ -341,7 +348,6 @@ class SqliteWriter:
             if self._before_commit is not None:
                 self._before_commit()
             conn.execute("COMMIT")
-            return len(new)
         except BaseException:
             if conn.in_transaction:
                 try:
@@ -349,6 +355,13 @@ class SqliteWriter:
                 except sqlite3.Error:
                     log.warning("rollback failed; the connection will discard the transaction", exc_info=True)
             raise
+        # Committed: its notice to every api on this host, before the thread hands the batch back
+        # (store/sqlite/notices.py): for batches someone may wait on, and every batch that stored an event.
+        try:
+            self._notices.committed([r[0] for r in marked], result.unique_processed, result.receipts)
+        except Exception:  # a notice is a hint: the batch stays committed, whatever sending it did
+            log.warning("commit notice not sent", exc_info=True)
+        return len(new)
 
     def _known(
         self, conn: sqlite3.Connection, batch: Sorted

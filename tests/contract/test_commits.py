@@ -47,3 +47,28 @@ def test_figures_that_are_not_well_formed_are_dropped_but_the_receipts_still_cou
         body = f'{{"receipts":["r1","r2"],"stored":1,"figures":{figures}}}'.encode()
         assert commits.decode(body) == Notice(("r1", "r2"), 1, {}), figures
     assert commits.decode(b'{"receipts":"r1","stored":1,"figures":{"r1":[1,0]}}') is None
+
+
+def test_a_commits_notice_in_parts_keeps_every_receipt_and_figure_once_each_part_within_the_limit() -> None:
+    # 600 receipts of the longest kind a consumer takes (255 characters, some needing JSON escapes), half of
+    # them inserted by the commit (with figures), 900 events stored.
+    receipts = [f"{i:05d}" + '\u00e9"' * 125 for i in range(600)]
+    figures = [(r, i % 3, 1) for i, r in enumerate(receipts) if i % 2 == 0]
+
+    parts = commits.parts(receipts, 900, figures)
+
+    assert len(parts) > 1
+    assert all(len(part) <= commits.PART_LIMIT for part in parts)
+    notices = [commits.decode(part) for part in parts]
+    assert all(n is not None for n in notices)
+    decoded = [n for n in notices if n is not None]
+    assert [r for n in decoded for r in n.receipts] == receipts
+    assert {r: f for n in decoded for r, f in n.figures.items()} == {r: (new, d) for r, new, d in figures}
+    assert [n.stored for n in decoded] == [900] + [0] * (len(decoded) - 1)  # counted once
+
+
+def test_a_commit_with_nothing_to_tell_has_no_notice_and_one_without_receipts_tells_its_stored_events() -> (
+    None
+):
+    assert commits.parts([], 0, []) == []
+    assert [commits.decode(p) for p in commits.parts([], 7, [])] == [Notice((), 7, {})]
