@@ -1,5 +1,9 @@
 """The consumer's commit notices (contract/commits.py), sent after each commit on a connection of their own.
 
+The store's writer sends each notice too, one hop shorter (store/postgres/notices.py and
+store/sqlite/notices.py); this broker copy reaches every api all the same: one of the earlier release, or one
+that cannot hear the store's.
+
 A notice is unconfirmed and transient: a lost one costs an api one read of the store (api/stored.py), never
 a wrong answer, so it is worth neither a confirm's round trip nor a write to the broker's disk. It carries
 the figures of the receipts its commits inserted (up to commits.FIGURES_PER_NOTICE), so a waiting request

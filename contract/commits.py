@@ -2,7 +2,10 @@
 
 After a batch's transaction recorded receipts, the consumer publishes a notice on a fanout exchange next to
 the events exchange; each api instance binds an exclusive, auto-delete queue of its own to it. So any number
-of consumers reach any number of api replicas, on either store backend, with one subscription per api.
+of consumers reach any number of api replicas, on either store backend, with one subscription per api. The
+store's writer sends the same notice itself too, one hop shorter (`NOTIFY` on PostgreSQL, a datagram on
+SQLite: store/*/notices.py), in parts of at most PART_LIMIT bytes (`parts`); an api answers on the first
+copy it hears.
 
 A notice is transient, unconfirmed and lost with a connection: the store's receipts table stays the source
 of truth, and an api that hears no notice reads it. A notice names the receipts a commit recorded and, for
