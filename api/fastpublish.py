@@ -2,10 +2,10 @@
 
 Every POST to a publish route comes here first, and what its headers decide (api/publish.py's
 `refuse_headers`: 401, 415, 413) is answered here, before FastAPI would validate a query string. A request
-with a query string (`?wait=`), or one that waits for the store (PUBLISH_WAIT, or API_COMPAT=seed004, which
-looks stored keys up), then goes on to the FastAPI route in api/routes.py, which stays registered, so the
-OpenAPI document is its; every other one is read, decided and published here with the same functions the
-route calls (api/publish.py), so that both answer alike.
+whose query string is other than one valid `wait=` (FastAPI's validation and 422), or under
+API_COMPAT=seed004 (which looks stored keys up), then goes on to the FastAPI route in api/routes.py, which
+stays registered, so the OpenAPI document is its; every other one, `?wait=stored` included, is read, decided
+and published here with the same functions the route calls (api/publish.py), so that both answer alike.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping
+from typing import Literal
 
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -23,10 +24,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.compat import PublishOutcome, publish_body
 from api.deps import State
 from api.metrics import ApiMetrics
-from api.publish import Refusal, body_over_limit, parse_body, publish_confirmed, refuse_headers
-from api.settings import Profile
+from api.publish import (
+    Refusal,
+    body_over_limit,
+    parse_body,
+    publish_confirmed,
+    publish_stored,
+    refuse_headers,
+)
+from api.settings import Profile, Wait
 
 _WANTED = frozenset((b"content-type", b"content-length", b"x-api-key", b"authorization"))
+# The query strings answered here, with the `wait` each asks for ("": none, PUBLISH_WAIT decides).
+_WAITS: dict[bytes, Wait | Literal[""]] = {b"": "", b"wait=stored": "stored", b"wait=confirmed": "confirmed"}
 
 
 class PublishFastPath:
@@ -66,17 +76,20 @@ class PublishFastPath:
             found.get(b"authorization", ""),
         )
         settings = st.settings
-        if refusal is None and (
-            scope["query_string"] or settings.waits_for() == "stored" or settings.api_compat == "seed004"
-        ):
-            # ?wait= and FastAPI's validation of the query; a publish that waits for the store (PUBLISH_WAIT),
-            # or seed004's look-up of stored keys: the FastAPI route's.
+        wait = _WAITS.get(scope["query_string"])
+        if refusal is None and (wait is None or settings.api_compat == "seed004"):
+            # Any other query string, and FastAPI's validation of it; seed004's look-up of stored keys: the
+            # FastAPI route's.
             await self.app(scope, receive, send)
             return
         metrics: ApiMetrics = state.metrics
         status = 500
         try:
-            answer = refusal.response() if refusal is not None else await self._publish(st, metrics, receive)
+            answer = (
+                refusal.response()
+                if refusal is not None
+                else await self._publish(st, metrics, receive, settings.waits_for(wait or None))
+            )
             if isinstance(answer, JSONResponse):
                 status = answer.status_code
                 await answer(scope, receive, send)
@@ -90,7 +103,7 @@ class PublishFastPath:
             metrics.observe_request("POST", route.path, status, time.perf_counter() - started)
 
     async def _publish(
-        self, st: State, metrics: ApiMetrics, receive: Receive
+        self, st: State, metrics: ApiMetrics, receive: Receive, wait: Wait
     ) -> JSONResponse | tuple[tuple[tuple[bytes, bytes], ...], bytes]:
         limit = st.settings.max_body_bytes
         chunks, size, more = [], 0, True
@@ -107,6 +120,8 @@ class PublishFastPath:
         events = parse_body(b"".join(chunks), st.settings.limits(), st.settings.max_events_per_request)
         if isinstance(events, Refusal):
             return events.response()
+        if wait == "stored":
+            return await publish_stored(st, events)
         if events:
             refusal = await publish_confirmed(st, metrics, events)
             if refusal is not None:

@@ -14,14 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
 from api.broker import BrokerUnavailable
+from api.compat import PublishOutcome, publish_body
 from api.deps import State, key_ok
 from api.errors import jsonable_errors
 from api.metrics import ApiMetrics
 from api.settings import ApiSettings
+from api.stored import ReceiptsNotConfirmed
+from broker.connection import BROKER_ERRORS
 from broker.publisher import PublishFailed
 from contract.event import Event, Limits
 
@@ -223,3 +227,33 @@ def _items(data: Any) -> tuple[list[Any], list[str | int], bool] | Refusal:
             )
         ]
     )
+
+
+_UNCONFIRMED: tuple[type[Exception], ...] = (BrokerUnavailable, ReceiptsNotConfirmed, *BROKER_ERRORS)
+
+
+async def publish_stored(st: State, events: list[Event], before: int | None = None) -> JSONResponse:
+    """Publish with receipts and wait for the store; one deadline, PUBLISH_TIMEOUT, for both."""
+    timeout = st.settings.publish_timeout
+    deadline = time.monotonic() + timeout
+    envelopes = st.receipts.envelopes(events)
+    try:
+        with anyio.fail_after(timeout):
+            connection = await st.broker.connection()
+            await st.receipts.publish(connection, envelopes)
+    except TimeoutError:
+        reason = (
+            f"the broker is unreachable ({st.broker.problem()})"
+            if not st.broker.connected()
+            else f"the broker did not confirm within {timeout:g}s"
+        )
+        return Refusal(503, f"{reason}; {RETRY}").response()
+    except _UNCONFIRMED as exc:
+        log.warning("publish failed events=%d error=%s", len(events), exc)
+        return Refusal(503, f"the broker did not confirm the events ({exc}); {RETRY}").response()
+    sizes = {receipt: len(group) for receipt, group in envelopes.items()}
+    waited = await st.watcher.wait(sizes, max(deadline - time.monotonic(), 0.0))
+    outcome = PublishOutcome(len(events), waited.new, waited.duplicates, waited.pending, before)
+    # 202: confirmed (durable in the broker), not in the store yet; it will be once the consumer catches up.
+    status = 202 if waited.pending else 200
+    return JSONResponse(publish_body(st.settings.api_compat, outcome), status_code=status)

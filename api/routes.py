@@ -6,11 +6,9 @@ import logging
 import time
 from typing import Annotated, Any, Literal
 
-import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.broker import BrokerUnavailable
 from api.compat import (
     PublishOutcome,
     already_stored,
@@ -35,13 +33,18 @@ from api.models import (
     ValidationFailed,
 )
 from api.paging import AfterQuery, bad_cursor, next_link
-from api.publish import RETRY, Refusal, body_over_limit, parse_body, publish_confirmed, refuse_headers
+from api.publish import (
+    Refusal,
+    body_over_limit,
+    parse_body,
+    publish_confirmed,
+    publish_stored,
+    refuse_headers,
+)
 from api.queries import NEWEST, BadCursor, Page, decode_cursor, row_json
 from api.search import FIELD_PARAMETER
 from api.selection import SelectionDep
 from api.settings import Wait
-from api.stored import ReceiptsNotConfirmed
-from broker.connection import BROKER_ERRORS
 from contract import status as status_file
 from contract.event import EXAMPLE, TOPIC_PATTERN, Event
 from store import Expired, Snapshot
@@ -163,42 +166,12 @@ async def publish(
     # A failing store is a 503 like any read's (api/errors.py).
     before = await already_stored(st.reader, events) if profile == "seed004" else None
     if st.settings.waits_for(wait) == "stored":
-        return await _publish_stored(st, events, before)
+        return await publish_stored(st, events, before)
     if events:
         refusal = await publish_confirmed(st, metrics_of(request), events)
         if refusal is not None:
             return refusal.response()
     return JSONResponse(publish_body(profile, PublishOutcome(received=len(events), stored_before=before)))
-
-
-_UNCONFIRMED: tuple[type[Exception], ...] = (BrokerUnavailable, ReceiptsNotConfirmed, *BROKER_ERRORS)
-
-
-async def _publish_stored(st: StateDep, events: list[Event], before: int | None = None) -> JSONResponse:
-    """Publish with receipts and wait for the store; one deadline, PUBLISH_TIMEOUT, for both."""
-    timeout = st.settings.publish_timeout
-    deadline = time.monotonic() + timeout
-    envelopes = st.receipts.envelopes(events)
-    try:
-        with anyio.fail_after(timeout):
-            connection = await st.broker.connection()
-            await st.receipts.publish(connection, envelopes)
-    except TimeoutError:
-        reason = (
-            f"the broker is unreachable ({st.broker.problem()})"
-            if not st.broker.connected()
-            else f"the broker did not confirm within {timeout:g}s"
-        )
-        return Refusal(503, f"{reason}; {RETRY}").response()
-    except _UNCONFIRMED as exc:
-        log.warning("publish failed events=%d error=%s", len(events), exc)
-        return Refusal(503, f"the broker did not confirm the events ({exc}); {RETRY}").response()
-    sizes = {receipt: len(group) for receipt, group in envelopes.items()}
-    waited = await st.watcher.wait(sizes, max(deadline - time.monotonic(), 0.0))
-    outcome = PublishOutcome(len(events), waited.new, waited.duplicates, waited.pending, before)
-    # 202: confirmed (durable in the broker), not in the store yet; it will be once the consumer catches up.
-    status = 202 if waited.pending else 200
-    return JSONResponse(publish_body(st.settings.api_compat, outcome), status_code=status)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | Refusal:
