@@ -191,6 +191,7 @@ async def stored_copies(
     if live:
         lo, hi = min(m for _, m in live), max(m for _, m in live)
         # The upper bound a second later: a moment written without microseconds sorts after those with.
+        await conn.execute(keys.CUSTOM_PLANS)  # pruned to the moments' partitions when planned
         copies = await conn.fetch(COPIES, utc_text(lo), utc_text(hi + _SECOND), [s for s, _ in live])
         for seq, timestamp, source, payload in copies:
             if int(seq) in by_seq:

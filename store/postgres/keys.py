@@ -60,6 +60,9 @@ _BUCKETS = """
     SELECT bucket, first_seq, CASE WHEN bucket = ANY($1::integer[]) THEN NULL ELSE filter END
     FROM key_buckets ORDER BY bucket
 """
+# In a batch's transaction on the writer's connection (store/postgres/schema.py BATCH_PLANNING), before a
+# statement that must be planned with its values, so that its plan names only the partitions it reads.
+CUSTOM_PLANS: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
 # The sealed buckets' keys among the batch's: candidates from the filters (a plan names only those buckets).
 _PROBE = """
     SELECT key_hash, bucket, seq, received_at FROM event_keys
@@ -235,6 +238,7 @@ class KeyBuckets:
             wanted.update(positions)
         if not buckets:
             return {}
+        await conn.execute(CUSTOM_PLANS)  # pruned to those buckets when planned
         rows = await conn.fetch(_PROBE, sorted(buckets), [hashes[i] for i in sorted(wanted)])
         return {bytes(r[0]): (int(r[2]), r[3]) for r in rows}  # newest bucket last: it wins
 

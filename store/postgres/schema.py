@@ -163,6 +163,11 @@ SWEEPER_APPLICATION = "eventagg-sweeper"
 # Every statement planned with its values: a plan then names only the partitions it reads (a cutoff or a
 # moment prunes the others at plan time), so batches and reads never lock a partition being detached.
 PLANNING = {"plan_cache_mode": "force_custom_plan"}
+# The writer's batches but for that: its statements on plain tables (and its inserts, routed to a partition
+# as they execute) keep their plans, which saves re-planning every statement of every batch (about 0.9 ms of
+# a one-event batch's 3.7 here). The two that read partitions by value (the stored copies, the sealed key
+# buckets' probe) run after keys.CUSTOM_PLANS, in their transaction.
+BATCH_PLANNING = {"plan_cache_mode": "auto"}
 
 # A batch that lost a deadlock or a serialization check is retried at once this many times (then the
 # consumer's own backoff takes over); the locks are taken in one order, so this should stay rare.
@@ -202,10 +207,12 @@ DB_ERRORS = (
 )
 
 
-async def connect(url: str, application: str = WRITER_APPLICATION) -> Any:
+async def connect(
+    url: str, application: str = WRITER_APPLICATION, planning: dict[str, str] = PLANNING
+) -> Any:
     try:
         return await asyncpg.connect(
-            url, timeout=10, server_settings={"application_name": application, **PLANNING}
+            url, timeout=10, server_settings={"application_name": application, **planning}
         )
     except DB_ERRORS as exc:
         raise connect_error(url, exc) from exc

@@ -37,6 +37,7 @@ from store.postgres.partitions import Coverage, cover, micros, recorded_retentio
 from store.postgres.retention import sweep
 from store.postgres.schema import (
     BACKEND,
+    BATCH_PLANNING,
     DB_ERRORS,
     SLOTS,
     SWEEPER_APPLICATION,
@@ -72,7 +73,7 @@ class PostgresWriter:
 
     @classmethod
     async def open(cls, url: str, before_commit: Callable[[], None] | None = None) -> PostgresWriter:
-        conn = await connect(url)
+        conn = await connect(url, WRITER_APPLICATION, BATCH_PLANNING)
         try:
             await migrate(conn, url)
             await keys.finish_sealing(conn)
@@ -121,7 +122,7 @@ class PostgresWriter:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self._url)
+            self._conn = await connect(self._url, WRITER_APPLICATION, BATCH_PLANNING)
         return self._conn
 
     async def _settings(self, conn: Any) -> dict[str, str]:

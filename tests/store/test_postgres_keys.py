@@ -219,6 +219,9 @@ class Tracing:
         self.calls.append((query, *args))
         return await self._conn.fetch(query, *args)
 
+    async def execute(self, query: str, *args: Any) -> Any:  # the probe's SET LOCAL: not a fetch
+        return await self._conn.execute(query, *args)
+
 
 async def test_a_batch_stalled_mid_transaction_delays_a_seal_not_the_other_batches(
     writers: list[PostgresWriter], url: str, monkeypatch: pytest.MonkeyPatch
