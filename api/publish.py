@@ -235,7 +235,8 @@ _UNCONFIRMED: tuple[type[Exception], ...] = (BrokerUnavailable, ReceiptsNotConfi
 async def publish_stored(st: State, events: list[Event], before: int | None = None) -> JSONResponse:
     """Publish with receipts and wait for the store; one deadline, PUBLISH_TIMEOUT, for both."""
     timeout = st.settings.publish_timeout
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     envelopes = st.receipts.envelopes(events)
     try:
         with anyio.fail_after(timeout):
@@ -252,7 +253,7 @@ async def publish_stored(st: State, events: list[Event], before: int | None = No
         log.warning("publish failed events=%d error=%s", len(events), exc)
         return Refusal(503, f"the broker did not confirm the events ({exc}); {RETRY}").response()
     sizes = {receipt: len(group) for receipt, group in envelopes.items()}
-    waited = await st.watcher.wait(sizes, max(deadline - time.monotonic(), 0.0))
+    waited = await st.watcher.wait(sizes, max(deadline - time.monotonic(), 0.0), started)
     outcome = PublishOutcome(len(events), waited.new, waited.duplicates, waited.pending, before)
     # 202: confirmed (durable in the broker), not in the store yet; it will be once the consumer catches up.
     status = 202 if waited.pending else 200

@@ -60,6 +60,7 @@ class Feed(Protocol):
     """The api's commit notices (api/commits.CommitFeed), as the watcher uses them."""
 
     live: bool
+    live_since: float  # time.monotonic() when it last came up
 
     def listen(self, listener: FeedListener) -> None: ...
 
@@ -133,9 +134,14 @@ class ReceiptWatcher:
         if feed is not None:
             feed.listen(self)
 
-    async def wait(self, messages: dict[str, int], timeout: float) -> Waited:
+    async def wait(self, messages: dict[str, int], timeout: float, started: float | None = None) -> Waited:
         """Wait until every receipt id in `messages` (id → events in that message) is in the store, or until
-        `timeout`; returns what was found, and how many events are still pending."""
+        `timeout`; returns what was found, and how many events are still pending.
+
+        `started`: time.monotonic() before the messages were published. Their receipts are new, so nothing
+        can commit them before: with the notices up since then (and never down in between, which moves
+        `live_since`), every commit of theirs comes with a notice, and no read of the store is needed.
+        Without it, the replay window decides."""
         if not messages:
             return Waited()  # an empty publish: nothing will ever commit for it
         waiter = _Waiter(set(messages))
@@ -150,7 +156,15 @@ class ReceiptWatcher:
             self._by_receipt[receipt] = waiter
         if not waiter.done.is_set():
             feed = self._feed
-            if feed is not None and feed.live and feed.live_for() >= self._replay_window:
+            if (
+                feed is not None
+                and feed.live
+                and (
+                    feed.live_since <= started
+                    if started is not None
+                    else feed.live_for() >= self._replay_window
+                )
+            ):
                 self._to_read |= waiter.missing() & noticed.keys()
             else:
                 waiter.recheck = True

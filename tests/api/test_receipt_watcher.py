@@ -109,6 +109,10 @@ class Feed:
     def live_for(self) -> float:
         return self._live_for if self.live else 0.0
 
+    @property
+    def live_since(self) -> float:
+        return time.monotonic() - self._live_for
+
     def notice(self, *receipts: str) -> None:
         for listener in self.listeners:
             listener.on_notice(Notice(receipts, len(receipts)))
@@ -336,3 +340,39 @@ async def test_a_lost_notice_with_figures_still_costs_one_read_at_the_deadline_n
         assert reader.calls == 1 and dict(watcher.reads) == {"deadline": 1}
     finally:
         await watcher.close()
+
+
+async def test_a_request_started_after_the_notices_came_up_never_reads_the_store_even_in_the_replay_window(
+    tmp_path: Path,
+) -> None:
+    """Its receipts are new: nothing commits them before it starts. With the notices up since before then, a
+    notice names every commit of them, however young the subscription (here 1 s, in a 300 s window)."""
+    path = tmp_path / "events.db"
+    writer = await SqliteWriter.open(path)
+    reader = SqliteReader(path)
+    feed = Feed(live_for=1.0)
+    watcher = ReceiptWatcher(reader, feed, replay_window=300)
+    try:
+        started = time.monotonic()
+        waiting = asyncio.create_task(watcher.wait({"after": 1}, timeout=30, started=started))
+        await settle_loop()
+        assert dict(watcher.reads) == {}
+        await writer.apply([[event("after")]], ["after"])
+        feed.notice_figures(commits.encode(["after"], 1, [("after", 1, 0)]))
+
+        result = await asyncio.wait_for(waiting, 10)
+
+        assert (result.new, result.duplicates, result.pending) == (1, 0, 0)
+        assert dict(watcher.reads) == {}
+        assert dict(watcher.found) == {"notice": 1}
+
+        # One started before the notices came up: its commit may have come before them; read once.
+        before = time.monotonic() - 5.0
+        await writer.apply([[event("before")]], ["before"])
+        result = await asyncio.wait_for(watcher.wait({"before": 1}, timeout=30, started=before), 10)
+        assert (result.new, result.duplicates, result.pending) == (1, 0, 0)
+        assert dict(watcher.reads) == {"recheck": 1}
+    finally:
+        await watcher.close()
+        await reader.close()
+        await writer.close()
