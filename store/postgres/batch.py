@@ -100,13 +100,21 @@ COUNTERS = """
     FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
     WHERE c.slot = $3 AND c.name = u.name
 """
-# LEASE, TOPICS and COUNTERS in one statement (one round trip instead of three, on the path of every
-# `?wait=stored` request): the slot leased, the topics' first-seen rows, and the counts on the slot's rows.
-# Nothing but the lease is done when no slot was free ($1 NULL back): the batch then waits for one with
+# The receipts, LEASE, TOPICS and COUNTERS in one statement (one round trip instead of four, on the path of every
+# `?wait=stored` request): the receipts, the slot leased, the topics' first-seen rows, and the counts on the
+# slot's rows. Back: the slot (NULL when none was free), the receipts inserted, and the number of notices
+# sent. Nothing but the receipts and the lease is done when no slot was free: the batch then waits for one with
 # LEASE_ANY and runs TOPICS and COUNTERS on it, as before, so a topic's first-seen row is never held while
-# waiting for a slot.
+# waiting for a slot. The notice ($10, built for every receipt of $11 inserted) goes out only when they all
+# were; otherwise the caller sends the one that names the receipts inserted.
 LEASED_COUNTS = """
-    WITH lease AS (
+    WITH recorded AS (
+        INSERT INTO receipts (receipt, new, duplicates, committed_at)
+        SELECT r, n, d, $1::text FROM unnest($11::text[], $12::bigint[], $13::bigint[]) AS u(r, n, d)
+        ORDER BY r
+        ON CONFLICT (receipt) DO NOTHING
+        RETURNING receipt
+    ), lease AS (
         UPDATE writer_slots SET last_commit_at = $1
         WHERE slot = (SELECT slot FROM writer_slots ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED)
         RETURNING slot
@@ -129,16 +137,15 @@ LEASED_COUNTS = """
         FROM lease, unnest($7::text[], $8::bigint[]) AS u(name, delta)
         WHERE c.slot = lease.slot AND c.name = u.name
     )
-    SELECT slot, (SELECT count(pg_notify($9, p)) FROM unnest($10::text[]) AS p) FROM lease
+    SELECT
+        (SELECT slot FROM lease),
+        ARRAY(SELECT receipt FROM recorded),
+        (
+            SELECT count(pg_notify($9, p)) FROM unnest($10::text[]) AS p
+            WHERE EXISTS (SELECT FROM lease) AND (SELECT count(*) FROM recorded) = cardinality($11::text[])
+        )
 """
 SUMMED_COUNTERS = "SELECT name, SUM(value)::bigint FROM counter_slots GROUP BY name"
-RECEIPTS = """
-    INSERT INTO receipts (receipt, new, duplicates, committed_at)
-    SELECT r, n, d, $4::text FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(r, n, d)
-    ORDER BY r
-    ON CONFLICT (receipt) DO NOTHING
-    RETURNING receipt
-"""
 STATE = """
     INSERT INTO consumer_state (key, value) VALUES ($1, $2)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value

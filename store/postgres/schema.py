@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import asyncpg
@@ -216,6 +217,24 @@ async def connect(
         )
     except DB_ERRORS as exc:
         raise connect_error(url, exc) from exc
+
+
+@asynccontextmanager
+async def batch_transaction(conn: Any, opening: str) -> AsyncIterator[None]:
+    """A transaction whose BEGIN goes with its first statements (`opening`, no parameters) in one round trip,
+    where asyncpg's `transaction()` sends BEGIN alone; committed when the block ends, rolled back when it
+    raises. A connection that cannot roll back is terminated: it is not reused in an unknown state."""
+    try:
+        await conn.execute(opening)
+        yield
+    except BaseException:
+        if not conn.is_closed():
+            try:
+                await conn.execute("ROLLBACK")
+            except BaseException:  # the block's own error is the one to raise
+                conn.terminate()
+        raise
+    await conn.execute("COMMIT")
 
 
 async def migrate(conn: Any, url: str) -> None:

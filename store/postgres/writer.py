@@ -42,6 +42,7 @@ from store.postgres.schema import (
     SLOTS,
     SWEEPER_APPLICATION,
     WRITER_APPLICATION,
+    batch_transaction,
     connect,
     durability_of,
     migrate,
@@ -197,13 +198,12 @@ class PostgresWriter:
     ) -> BatchResult:
         batch = sort_batch(messages)
         moment = datetime.fromisoformat(received_at)
-        async with conn.transaction():
+        async with batch_transaction(conn, f"BEGIN; {keys.LOCK_SHARED}" if batch.first else "BEGIN"):
             stored: dict[tuple[str, str], StoredCopy] = {}
             inserted: set[tuple[str, str]] = set()
             first_seqs: dict[str, int] = {}
             last_seq = 0
-            if batch.first:
-                await conn.execute(keys.LOCK_SHARED)
+            if batch.first:  # KEYS_LOCK held (taken with BEGIN)
                 # Seqs in arrival order (paging shows a batch as it came, as on SQLite) ...
                 allocated = await conn.fetch(sql.ALLOCATE, len(batch.first))
                 retention = Retention.from_state(
@@ -262,45 +262,38 @@ class PostgresWriter:
                 result.known_again(len(rejected) - len(letters))
                 rejected = letters
             marked = receipt_rows(messages, receipts, batch, inserted)
-            if marked:
-                recorded = await conn.fetch(
-                    sql.RECEIPTS,
-                    [r[0] for r in marked],
-                    [r[1] for r in marked],
-                    [r[2] for r in marked],
-                    received_at,
-                )
-                # The figures of the receipts this commit inserted, for the commit notice; one stored already
-                # (a redelivered message) keeps its first commit's figures and is left to the api's read.
-                inserted_receipts = {str(r[0]) for r in recorded}
-                result.receipts = [row for row in marked if row[0] in inserted_receipts]
-                if self._receipt_sweep.due():
-                    await conn.execute(
-                        "DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before()
-                    )
+            result.receipts = marked  # until the store says which of them it had already
             per_topic = result.topic_deltas(Counter(key[0] for key in inserted))
             columns: list[list[Any]] = [list(column) for column in zip(*per_topic, strict=True)] or [[]] * 4
             first = [first_seqs.get(t) for t in columns[0]]
             deltas = result.deltas()
             names, amounts = [name for name, _ in deltas], [d for _, d in deltas]
-            # The commit's notice (store/postgres/notices.py), sent by PostgreSQL when, and only when, it
-            # commits: for batches someone may wait on, and for every batch that stored an event (an api's
-            # live tail reads it).
-            notices = [
-                part.decode()
-                for part in commits.parts([r[0] for r in marked], result.unique_processed, result.receipts)
-            ]
-            slot = await conn.fetchval(
-                sql.LEASED_COUNTS, received_at, *columns, first, names, amounts, CHANNEL, notices
+            slot, recorded, sent = await conn.fetchrow(
+                sql.LEASED_COUNTS,
+                received_at,
+                *columns,
+                first,
+                names,
+                amounts,
+                CHANNEL,
+                _notices(marked, result),
+                *([list(c) for c in zip(*marked, strict=True)] or [[]] * 3),
             )
+            # The figures of the receipts this commit inserted, for the commit notice; one stored already
+            # (a redelivered message) keeps its first commit's figures and is left to the api's read.
+            if len(recorded) < len(marked):
+                kept = set(recorded)
+                result.receipts = [row for row in marked if row[0] in kept]
             if slot is None:  # every slot held: wait for one, then count on it
                 slot = await conn.fetchval(sql.LEASE_ANY, received_at, random.randrange(SLOTS))
                 if per_topic:
                     await conn.execute(sql.TOPICS, *columns, slot, first)
                 if deltas:
                     await conn.execute(sql.COUNTERS, names, amounts, slot)
-                if notices:
-                    await notify(conn, notices)
+            if not sent and (notices := _notices(marked, result)):
+                await notify(conn, notices)
+            if marked and self._receipt_sweep.due():
+                await conn.execute("DELETE FROM receipts WHERE committed_at < $1", receipts_expired_before())
             if rejected:
                 await sql.keep_dead_letters(conn, rejected)
             if self._before_commit is not None:
@@ -315,6 +308,12 @@ class PostgresWriter:
     async def counters(self) -> dict[str, int]:
         rows = await (await self._connection()).fetch(sql.SUMMED_COUNTERS)
         return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _notices(marked: list[tuple[str, int, int]], result: BatchResult) -> list[str]:
+    """The commit's notice (store/postgres/notices.py), sent by PostgreSQL when, and only when, it commits: for
+    batches someone may wait on, and for every batch that stored an event (an api's live tail reads it)."""
+    return [part.decode() for part in commits.parts([r[0] for r in marked], result.unique_processed, result.receipts)]
 
 
 def _search_columns(on: bool, events: list[Event]) -> tuple[list[str], list[str], list[str]]:

@@ -53,6 +53,24 @@ async def open_batch(url: str, topic: str) -> tuple[Any, Any]:
     return conn, transaction
 
 
+async def waiting_on_held_slots(watcher: Any, holders: set[int]) -> None:
+    """Until one backend (the writer's) waits on a slot's row lock that only the held batches can release."""
+
+    async def lock_wait() -> list[Any]:
+        rows = await watcher.fetch(
+            """
+            SELECT pid, wait_event_type, query, pg_blocking_pids(pid) AS blockers FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid() AND NOT (pid = ANY($1::int[]))
+              AND wait_event_type = 'Lock' AND query LIKE 'UPDATE writer_slots%'
+            """,
+            list(holders),
+        )
+        return [r for r in rows if r["blockers"] and set(r["blockers"]) <= holders]
+
+    waiting = await eventually(lock_wait, 30, 0.02, message="the batch waiting on a held slot's lock")
+    assert len(waiting) == 1, waiting
+
+
 async def test_a_batch_commits_while_another_batch_holds_its_counter_and_topic_rows_uncommitted(
     writer: PostgresWriter, url: str
 ) -> None:
@@ -80,20 +98,7 @@ async def test_with_every_slot_held_a_batch_waits_for_one_and_then_commits(
     try:
         applying = asyncio.ensure_future(writer.apply([[event("late", topic="t00")]]))
 
-        async def lock_wait() -> list[Any]:
-            # The writer's own backend, waiting on a row lock that only the held batches can release.
-            rows = await watcher.fetch(
-                """
-                SELECT pid, wait_event_type, query, pg_blocking_pids(pid) AS blockers FROM pg_stat_activity
-                WHERE datname = current_database() AND pid <> pg_backend_pid() AND NOT (pid = ANY($1::int[]))
-                  AND wait_event_type = 'Lock' AND query LIKE 'UPDATE writer_slots%'
-                """,
-                list(holders),
-            )
-            return [r for r in rows if r["blockers"] and set(r["blockers"]) <= holders]
-
-        waiting = await eventually(lock_wait, 30, 0.02, message="the batch waiting on a held slot's lock")
-        assert len(waiting) == 1, waiting
+        await waiting_on_held_slots(watcher, holders)
         assert not applying.done(), "all slots are held: the batch waits for one"
         for _, transaction in held:
             await transaction.commit()
