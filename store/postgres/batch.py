@@ -100,13 +100,13 @@ COUNTERS = """
     FROM unnest($1::text[], $2::bigint[]) AS u(name, delta)
     WHERE c.slot = $3 AND c.name = u.name
 """
-# The receipts, LEASE, TOPICS and COUNTERS in one statement (one round trip instead of four, on the path of every
-# `?wait=stored` request): the receipts, the slot leased, the topics' first-seen rows, and the counts on the
-# slot's rows. Back: the slot (NULL when none was free), the receipts inserted, and the number of notices
-# sent. Nothing but the receipts and the lease is done when no slot was free: the batch then waits for one with
-# LEASE_ANY and runs TOPICS and COUNTERS on it, as before, so a topic's first-seen row is never held while
-# waiting for a slot. The notice ($10, built for every receipt of $11 inserted) goes out only when they all
-# were; otherwise the caller sends the one that names the receipts inserted.
+# The receipts, LEASE, TOPICS and COUNTERS in one statement (one round trip instead of four, on the path
+# of every `?wait=stored` request): the receipts, the slot leased, the topics' first-seen rows, and the counts
+# on the slot's rows. Back: the slot (NULL when none was free), the receipts inserted, and the number of
+# notices sent. Nothing but the receipts and the lease is done when no slot was free: the batch then waits
+# for one with LEASE_ANY and runs TOPICS and COUNTERS on it, as before, so a topic's first-seen row is never
+# held while waiting for a slot. The notice ($10, built for every receipt of $11 inserted) goes out only when
+# they all were; otherwise the caller sends the one that names the receipts inserted.
 LEASED_COUNTS = """
     WITH recorded AS (
         INSERT INTO receipts (receipt, new, duplicates, committed_at)

@@ -311,9 +311,12 @@ class PostgresWriter:
 
 
 def _notices(marked: list[tuple[str, int, int]], result: BatchResult) -> list[str]:
-    """The commit's notice (store/postgres/notices.py), sent by PostgreSQL when, and only when, it commits: for
-    batches someone may wait on, and for every batch that stored an event (an api's live tail reads it)."""
-    return [part.decode() for part in commits.parts([r[0] for r in marked], result.unique_processed, result.receipts)]
+    """The commit's notice (store/postgres/notices.py), sent by PostgreSQL when, and only when, it commits:
+    for batches someone may wait on, and for every batch that stored an event (the live tail reads it)."""
+    return [
+        part.decode()
+        for part in commits.parts([r[0] for r in marked], result.unique_processed, result.receipts)
+    ]
 
 
 def _search_columns(on: bool, events: list[Event]) -> tuple[list[str], list[str], list[str]]:

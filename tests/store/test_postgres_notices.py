@@ -1,6 +1,6 @@
-"""PostgreSQL's commit notices from the batch's own statement: one per commit, naming every receipt the batch
-marked, with figures for exactly those it inserted, also when a receipt was stored before or every slot was held.
-"""
+"""PostgreSQL's commit notices from the batch's own statement: one per commit, naming every receipt the
+batch marked, with figures for exactly those it inserted, also when a receipt was stored before or every slot
+was held."""
 
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ async def test_a_commit_sends_one_notice_with_figures_only_for_the_receipts_it_i
     assert await next_notice(heard) == Notice(("r1",), 2, {"r1": (2, 0)})
 
     # r1 again (a redelivery: its receipt keeps the first commit's figures) beside a fresh r3.
-    again = await writer.apply([[event("a"), event("b", topic="auth")], [event("c"), event("a")]], ["r1", "r3"])
+    again = await writer.apply(
+        [[event("a"), event("b", topic="auth")], [event("c"), event("a")]], ["r1", "r3"]
+    )
     assert again.receipts == [("r3", 1, 1)]
     notice = await next_notice(heard)
     assert notice == Notice(("r1", "r3"), 1, {"r3": (1, 1)})
