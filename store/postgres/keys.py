@@ -202,6 +202,11 @@ class KeyBuckets:
         self._state: tuple[int, tuple[int, ...]] | None = None
         self._seal_after = 0.0  # monotonic: after a switch that could not wait, not before
 
+    @property
+    def state(self) -> tuple[int, tuple[int, ...]] | None:
+        """(the open bucket, the buckets without a filter, sorted) as the last refresh found them."""
+        return self._state
+
     async def refresh(self, conn: Any, open_bucket: int, without_filter: Sequence[int]) -> None:
         """Inside a batch holding KEYS_LOCK: catch up with the buckets the store records, when the open one
         or those lacking a filter changed since the last batch."""

@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 
 from contract import commits
-from contract.event import Event
 from store.base import (
     Backend,
     BatchResult,
@@ -23,7 +22,6 @@ from store.base import (
     StoredCopy,
     StoreError,
     count_duplicates,
-    key_hash,
     receipt_rows,
     receipts_expired_before,
     rejected_in,
@@ -33,6 +31,7 @@ from store.clock import utc_now
 from store.postgres import batch as sql
 from store.postgres import keys, search
 from store.postgres.notices import CHANNEL, notify
+from store.postgres.numbering import Numbering
 from store.postgres.partitions import Coverage, cover, micros, recorded_retention
 from store.postgres.retention import sweep
 from store.postgres.schema import (
@@ -49,7 +48,6 @@ from store.postgres.schema import (
     where,
 )
 from store.retention import Retention, SweepResult
-from store.search import field_tokens, search_text, terms
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +69,7 @@ class PostgresWriter:
         self._receipt_sweep = ReceiptSweep()
         self._sweeper: Any = None  # the sweep's own connection: this one runs the batches meanwhile
         self._keys = keys.KeyBuckets()
+        self._numbering = Numbering(self._keys)
 
     @classmethod
     async def open(cls, url: str, before_commit: Callable[[], None] | None = None) -> PostgresWriter:
@@ -204,56 +203,25 @@ class PostgresWriter:
             first_seqs: dict[str, int] = {}
             last_seq = 0
             if batch.first:  # KEYS_LOCK held (taken with BEGIN)
-                # Seqs in arrival order (paging shows a batch as it came, as on SQLite) ...
-                allocated = await conn.fetch(sql.ALLOCATE, len(batch.first))
-                retention = Retention.from_state(
-                    {
-                        "retention_seconds": allocated[0][1] or "0",
-                        "key_retention_seconds": allocated[0][2] or "0",
-                    }
-                )
-                await self._keys.refresh(conn, allocated[0][4], allocated[0][5] or [])
-                numbered = {
-                    key_hash(*key): (int(r[0]), key, item)
-                    for r, (key, item) in zip(allocated, batch.first.items(), strict=True)
-                }
+                # Seqs in arrival order (paging shows a batch as it came, as on SQLite); the keys no bucket
+                # holds inserted with their events (store/postgres/numbering.py).
+                found = await self._numbering.insert(conn, batch.first, received_at, moment)
+                numbered = found.numbered
                 last_seq = max(s for s, _, _ in numbered.values())
-                hashes = sorted(numbered)
-                key_cutoff = None if retention.keys is None else moment - retention.keys
-                # ... the keys the sealed buckets hold and have not forgotten are duplicates; the others go
-                # to the open bucket.
-                sealed = await self._keys.probe(conn, hashes)
-                held = {h for h, (_, at) in sealed.items() if key_cutoff is None or at >= key_cutoff}
-                fresh = [h for h in hashes if h not in held]
-                items = [numbered[h] for h in fresh]
-                rows = await conn.fetch(
-                    sql.new(self._keys.open),
-                    fresh,
-                    [s for s, _, _ in items],
-                    [e.topic for _, _, e in items],
-                    [e.event_id for _, _, e in items],
-                    [e.timestamp for _, _, e in items],
-                    [e.source for _, _, e in items],
-                    [e.payload_json() for _, _, e in items],
-                    received_at,
-                    moment,
-                    key_cutoff,
-                    *_search_columns(search.enabled(allocated[0][3]), [e for _, _, e in items]),
-                )
-                new = [numbered[r[0]] for r in rows]
+                new = [numbered[h] for h in found.inserted]
                 inserted = {key for _, key, _ in new}
                 for seq, (topic, _), _ in new:
                     first_seqs[topic] = min(seq, first_seqs.get(topic, seq))
                 if len(new) < len(numbered):
-                    known = [(h, *sealed[h]) for h in held]
-                    taken = {bytes(r[0]) for r in rows}
-                    others = [h for h in fresh if h not in taken]
+                    known = [(h, *at) for h, at in found.held.items()]
+                    taken = set(found.inserted)
+                    others = [h for h in found.fresh if h not in taken]
                     if others:
                         known += [
                             (bytes(r[0]), int(r[1]), r[2])
                             for r in await conn.fetch(keys.known_open(self._keys.open), others)
                         ]
-                    stored = await sql.stored_copies(conn, numbered, known, retention, moment)
+                    stored = await sql.stored_copies(conn, numbered, known, found.retention, moment)
             count_duplicates(batch, stored, inserted)
             result = batch.result
             rejected = rejected_in(messages)
@@ -317,11 +285,3 @@ def _notices(marked: list[tuple[str, int, int]], result: BatchResult) -> list[st
         part.decode()
         for part in commits.parts([r[0] for r in marked], result.unique_processed, result.receipts)
     ]
-
-
-def _search_columns(on: bool, events: list[Event]) -> tuple[list[str], list[str], list[str]]:
-    """Each event's words, terms and field tokens; empty when SEARCH is off (nothing indexed, little cost)."""
-    if not on:
-        return [""] * len(events), [""] * len(events), [""] * len(events)
-    words = [search_text(e.source, e.payload) for e in events]
-    return words, [" ".join(terms(w)) for w in words], [" ".join(field_tokens(e.payload)) for e in events]

@@ -113,6 +113,38 @@ async def test_two_writers_sealing_while_both_write_store_each_key_exactly_once(
     assert sum(r.unique_processed for r in results) == 0
 
 
+async def test_a_writer_whose_view_is_out_of_date_inserts_nothing_until_it_caught_up(
+    writers: list[PostgresWriter], url: str
+) -> None:
+    """The seqs, a check of the writer's view and the insert go in one statement; a view another writer
+    made stale (a bucket sealed, a setting recorded) inserts nothing there, and the batch goes the long way."""
+    stale, sealer = writers
+    peek = PostgresPeek(url)
+    await stale.apply([[event("s-0")]])  # its view: bucket 0 open
+    await stale.apply([[event("s-1")]])
+    assert (stale._numbering.checked, stale._numbering.caught_up) == (1, 0)
+    await sealer.apply([[event(f"a-{i}") for i in range(SMALL + 10)]])  # fills bucket 0: sealed, 1 opened
+    assert await bucket_rows(peek) == [(0, True), (1, False)]
+
+    # A stale insert would put "late" in sealed bucket 0, past its filter: a later copy would be stored again.
+    result = await stale.apply([[event("a-0"), event("late")]])
+    assert (result.unique_processed, result.duplicate_dropped) == (1, 1)
+    assert (stale._numbering.checked, stale._numbering.caught_up) == (1, 1)
+    where = "SELECT bucket FROM event_keys WHERE key_hash = $1"
+    assert await peek.rows(where, key_hash("orders", "late")) == [(1,)]
+    again = await sealer.apply([[event("late"), event("a-1")]])
+    assert (again.unique_processed, again.duplicate_dropped) == (0, 2)
+
+    await sealer.record_retention(Retention(events=timedelta(days=30), keys=timedelta(days=60)))
+    checked = stale._numbering.checked
+    after = await stale.apply([[event("s-0"), event("after")]])
+    assert (after.unique_processed, after.duplicate_dropped) == (1, 1)
+    assert (stale._numbering.checked, stale._numbering.caught_up) == (checked, 2)
+    await stale.apply([[event("after-2")]])
+    assert stale._numbering.checked == checked + 1
+    assert await peek.rows("SELECT count(*), count(DISTINCT event_id) FROM events") == [(SMALL + 15,) * 2]
+
+
 async def test_a_sealer_stopped_before_its_filter_loses_no_duplicate_and_the_next_writer_builds_it(
     url: str, settings: StoreSettings
 ) -> None:
