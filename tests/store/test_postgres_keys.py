@@ -116,8 +116,8 @@ async def test_two_writers_sealing_while_both_write_store_each_key_exactly_once(
 async def test_a_writer_whose_view_is_out_of_date_inserts_nothing_until_it_caught_up(
     writers: list[PostgresWriter], url: str
 ) -> None:
-    """The seqs, a check of the writer's view and the insert go in one statement; a view another writer
-    made stale (a bucket sealed, a setting recorded) inserts nothing there, and the batch goes the long way."""
+    """The seqs, a check of the writer's view and the insert go in one statement; a view another writer made
+    stale (a bucket sealed, a setting recorded) inserts nothing there, and the batch goes the long way."""
     stale, sealer = writers
     peek = PostgresPeek(url)
     await stale.apply([[event("s-0")]])  # its view: bucket 0 open
