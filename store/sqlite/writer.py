@@ -24,8 +24,8 @@ from store.base import (
     sort_batch,
 )
 from store.clock import utc_now
-from store.deadletters import DEAD_LETTERS_KEPT, Kept, Rejected, looked_up, not_kept_yet
 from store.retention import KEEP_ALL, Retention, SweepResult
+from store.sqlite import batch as sql
 from store.sqlite import search
 from store.sqlite.buckets import KeyBuckets
 from store.sqlite.keys import copies
@@ -44,114 +44,6 @@ from store.sqlite.schema import (
 from store.sqlite.thread import SqliteThread, on_thread
 
 log = logging.getLogger(__name__)
-
-_INSERT = (
-    "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_TOPICS = (
-    "INSERT INTO topics (topic, count, first_seq, duplicates, conflicts)"
-    " VALUES (?1, ?2, (SELECT MIN(seq) FROM events WHERE topic = ?1), ?3, ?4)"
-    " ON CONFLICT (topic) DO UPDATE SET count = count + excluded.count,"
-    " duplicates = duplicates + excluded.duplicates, conflicts = conflicts + excluded.conflicts"
-)
-_STATE = (
-    "INSERT INTO consumer_state (key, value) VALUES (?, ?)"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-_DEAD_LETTER = (
-    "INSERT INTO dead_letters (at, kind, reason, routing_key, body, size, truncated, message_id, unclaimed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# The dead letters an invalid message matches, and those of them kept from a redelivery and not claimed by a
-# first delivery (store/deadletters.py not_kept_yet); through dead_letters_by_size.
-_MATCHES = "size = ? AND routing_key = ? AND body = ? AND message_id IS ?"
-_KEPT = f"SELECT COUNT(*), COALESCE(SUM(unclaimed), 0) FROM dead_letters WHERE {_MATCHES}"
-_CLAIM = (
-    f"UPDATE dead_letters SET unclaimed = 0"
-    f" WHERE id IN (SELECT id FROM dead_letters WHERE {_MATCHES} AND unclaimed ORDER BY id LIMIT ?)"
-)
-_DEAD_LETTER_COUNT = (
-    "INSERT INTO dead_letter_counts (kind, count) VALUES (?, ?)"
-    " ON CONFLICT (kind) DO UPDATE SET count = count + excluded.count"
-)
-# Everything older than the newest DEAD_LETTERS_KEPT; a walk down the primary key, only in a batch that
-# rejected something.
-_DEAD_LETTER_TRIM = (
-    "DELETE FROM dead_letters WHERE id < (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)"
-)
-
-
-def _not_kept_yet(conn: sqlite3.Connection, rejected: list[Rejected]) -> list[Rejected]:
-    """The rejected messages to keep and count (store/deadletters.py not_kept_yet), the claims made."""
-    kept = {}
-    for identity in looked_up(rejected):
-        routing_key, size, body, message_id = identity
-        found = conn.execute(_KEPT, (size, routing_key, body, message_id)).fetchone()
-        kept[identity] = Kept(int(found[0]), int(found[1]))
-    verdict = not_kept_yet(rejected, kept)
-    for (routing_key, size, body, message_id), count in verdict.claimed.items():
-        conn.execute(_CLAIM, (size, routing_key, body, message_id, count))
-    return verdict.fresh
-
-
-def _keep_dead_letters(conn: sqlite3.Connection, rejected: list[Rejected]) -> None:
-    rows = []
-    for item in rejected:
-        body, truncated = item.stored_body()
-        size = len(item.body)
-        rows.append(
-            (
-                item.at,
-                item.kind,
-                item.reason,
-                item.routing_key,
-                body,
-                size,
-                int(truncated),
-                item.message_id,
-                int(item.redelivered),
-            )
-        )
-    conn.executemany(_DEAD_LETTER, rows)
-    conn.executemany(_DEAD_LETTER_COUNT, Counter(item.kind for item in rejected).items())
-    dropped = conn.execute(_DEAD_LETTER_TRIM, (DEAD_LETTERS_KEPT - 1,)).rowcount
-    if dropped > 0:
-        conn.execute("UPDATE dead_letter_totals SET dropped = dropped + ?", (dropped,))
-
-
-def _record_state(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> None:
-    """consumer_state rows, in a transaction of their own."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.executemany(_STATE, items)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-# Receipt rows in one INSERT at most: 4 bound parameters each, under SQLite's limit of 32,766.
-_RECEIPT_ROWS = 1000
-
-
-def _record_receipts(
-    conn: sqlite3.Connection, marked: list[tuple[str, int, int]], received_at: str
-) -> list[tuple[str, int, int]]:
-    """Insert the batch's receipt rows; returns those inserted, the figures the commit notice carries. A
-    receipt already stored (a redelivered message) keeps its first figures and is not among them."""
-    fresh: set[str] = set()
-    for start in range(0, len(marked), _RECEIPT_ROWS):
-        chunk = marked[start : start + _RECEIPT_ROWS]
-        rows = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
-        inserted = conn.execute(
-            f"INSERT INTO receipts (receipt, new, duplicates, committed_at) VALUES {rows}"
-            " ON CONFLICT (receipt) DO NOTHING RETURNING receipt",
-            [value for row in chunk for value in (*row, received_at)],
-        ).fetchall()
-        fresh.update(str(r[0]) for r in inserted)
-    return [row for row in marked if row[0] in fresh]
 
 
 class SqliteWriter:
@@ -227,7 +119,7 @@ class SqliteWriter:
     async def record_retention(self, retention: Retention) -> Retention:
         before = await self._recorded_retention()
         try:
-            await self._conn.run(_record_state, list(retention.as_state().items()))
+            await self._conn.run(sql.record_state, list(retention.as_state().items()))
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
         self._retention = retention
@@ -260,7 +152,7 @@ class SqliteWriter:
     async def record_start(self, started_at: str) -> None:
         try:
             mode = await self._conn.run(read_durability)
-            await self._conn.run(_record_state, [("started_at", started_at), *mode.items()])
+            await self._conn.run(sql.record_state, [("started_at", started_at), *mode.items()])
         except (sqlite3.Error, OSError) as exc:
             raise error(exc) from exc
         report = durability_of(mode)
@@ -316,7 +208,7 @@ class SqliteWriter:
                 last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
                 first = (int(last[0]) if last else 0) + 1
                 # executemany instead of one execute per event: the whole batch in one statement's loop in C.
-                conn.executemany(_INSERT, [(seq, *row) for seq, row in enumerate(new, start=first)])
+                conn.executemany(sql.INSERT, [(seq, *row) for seq, row in enumerate(new, start=first)])
                 if self._search:
                     numbered = [(s, batch.first[(row[0], row[1])]) for s, row in enumerate(new, start=first)]
                     conn.executemany(search.INSERT, search.index_rows(numbered))
@@ -329,22 +221,22 @@ class SqliteWriter:
             result = batch.result
             rejected = rejected_in(messages)
             if rejected:
-                letters = _not_kept_yet(conn, rejected)
+                letters = sql.dead_letters_not_kept_yet(conn, rejected)
                 result.known_again(len(rejected) - len(letters))
                 rejected = letters
             marked = receipt_rows(messages, receipts, batch, inserted)
             if marked:
-                result.receipts = _record_receipts(conn, marked, received_at)
+                result.receipts = sql.record_receipts(conn, marked, received_at)
                 if self._receipt_sweep.due():
                     conn.execute("DELETE FROM receipts WHERE committed_at < ?", (receipts_expired_before(),))
             conn.executemany(
                 "UPDATE counters SET value = value + ? WHERE name = ?",
                 [(delta, name) for name, delta in result.deltas()],
             )
-            conn.executemany(_TOPICS, result.topic_deltas(Counter(topic for topic, _ in inserted)))
-            conn.execute(_STATE, ("last_commit_at", received_at))
+            conn.executemany(sql.TOPICS, result.topic_deltas(Counter(topic for topic, _ in inserted)))
+            conn.execute(sql.STATE, ("last_commit_at", received_at))
             if rejected:
-                _keep_dead_letters(conn, rejected)
+                sql.keep_dead_letters(conn, rejected)
             if self._before_commit is not None:
                 self._before_commit()
             conn.execute("COMMIT")
