@@ -177,9 +177,7 @@ class CommitSocket:
         while True:
             try:
                 payload = sock.recv(RECEIVE_MAX)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # nothing more queued (BlockingIOError), or the socket closed under the loop
                 return
             self._on_payload(payload)
 
