@@ -512,7 +512,10 @@ def envelopes(events: Iterable[AnyEvent], size: int) -> list[list[AnyEvent]]:
 
 
 class EnvelopeBatch:
-    """A stream of events: envelopes by topic (size, linger), handed to the publisher as they fill."""
+    """A stream of events: envelopes by topic (size, linger), handed to the publisher as they fill.
+
+    An envelope goes when it is full, or `linger` seconds after its first event; with a linger of 0, at the
+    end of the loop turn its first event came in (what arrived in that turn shares it), never later."""
 
     def __init__(self, publisher: ConfirmingPublisher, on_confirmed: OnConfirmed | None = None) -> None:
         self.publisher = publisher
@@ -520,7 +523,7 @@ class EnvelopeBatch:
         self._size = publisher.options.envelope_size
         self._keep_order = publisher.options.keep_order
         self._buffers: dict[str, list[AnyEvent]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.Handle] = {}
 
     @property
     def confirmed(self) -> int:
@@ -545,9 +548,13 @@ class EnvelopeBatch:
         buffer.append(item)
         if len(buffer) >= self._size:
             self._send(item.topic)
-        elif len(buffer) == 1 and publisher.options.linger > 0:
-            loop = asyncio.get_running_loop()
-            self._timers[item.topic] = loop.call_later(publisher.options.linger, self._send, item.topic)
+        elif len(buffer) == 1:
+            loop, linger = asyncio.get_running_loop(), publisher.options.linger
+            self._timers[item.topic] = (
+                loop.call_later(linger, self._send, item.topic)
+                if linger > 0
+                else loop.call_soon(self._send, item.topic)
+            )
 
     async def flush(self) -> None:
         """Send every partial envelope, wait for every confirm; raise PublishFailed if any envelope failed."""

@@ -293,6 +293,24 @@ async def test_a_burst_is_confirmed_once_per_message_with_multiple_acks_settling
     assert sorted(await drain(connection, topology.queue)) == sorted(e.event_id for e in events)
 
 
+async def test_with_a_linger_of_0_an_envelope_goes_at_the_end_of_its_loop_turn_not_when_it_is_full(
+    connection: AbstractRobustConnection, topology: Topology
+) -> None:
+    options = PublishOptions(envelope_size=100, linger=0)
+    async with ConfirmingPublisher.open(connection, topology, options) as publisher:
+        batch = publisher.batch()
+        for item in [event(i) for i in range(3)]:  # one loop turn: one envelope of three
+            await batch.add(item)
+        # No flush: a partial envelope must not wait for 97 more events (or for ever, from a quiet stdin).
+        await eventually(lambda: batch.confirmed == 3, 10, 0.01, message="the partial envelope confirmed")
+        await batch.add(event(3))
+        await eventually(lambda: batch.confirmed == 4, 10, 0.01, message="the lone event confirmed")
+        await batch.flush()
+
+    ids = await drain(connection, topology.queue)
+    assert len(ids) == 2 and "e3" in ids, ids  # the envelope of three, then the fourth event on its own
+
+
 async def test_nacks_of_a_full_queue_are_re_sent_and_the_error_names_exactly_what_was_never_confirmed(
     connection: AbstractRobustConnection, topology: Topology
 ) -> None:
