@@ -365,6 +365,15 @@ async def test_no_confirm_within_the_timeout_gives_503_and_a_re_send_takes_effec
     cleanups.add(proxy.close)
     via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
     await start_pipeline(procs, amqp, api_env={"AMQP_URL": via_proxy, "PUBLISH_TIMEOUT": "1"})
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as client:
+        stored = "/publish?wait=stored"
+        assert client.post(stored, json=[event("warm")]).status_code == 200  # its channel open
+        with proxy.frozen():
+            answer = client.post(stored, json=[event("slow-3")])
+            assert answer.status_code == 503, answer.text
+            assert "did not confirm within 1s" in answer.json()["detail"]
+        again = client.post(stored, json=[event("slow-3")])
+        assert (again.status_code, again.json()["new"], again.json()["duplicates"]) == (200, 0, 1)
     with proxy.frozen():
         answer = post(deployment, [event("slow-1"), event("slow-2")])
         assert answer.status_code == 503
@@ -374,17 +383,18 @@ async def test_no_confirm_within_the_timeout_gives_503_and_a_re_send_takes_effec
         # Only the broker's answers are held: the first attempt reached the queue, and the consumer (on
         # its own connection) stores it while the api still waits for the confirm.
         await eventually(
-            lambda: counters(deployment)["unique_processed"] == 2, 30, message="the first attempt stored"
+            lambda: counters(deployment)["unique_processed"] == 4, 30, message="the first attempt stored"
         )
 
     retry = post(deployment, [event("slow-1"), event("slow-2")])
     assert retry.status_code == 200
     # The re-send arrives in full and takes no effect: both copies count, once each, as duplicates.
-    assert await settled(deployment, amqp, 4) == {
-        "received": 4,
-        "unique_processed": 2,
-        "duplicate_dropped": 2,
+    # warm once, slow-3 twice (its first attempt reached the queue too), slow-1 and slow-2 twice each.
+    assert await settled(deployment, amqp, 7) == {
+        "received": 7,
+        "unique_processed": 4,
+        "duplicate_dropped": 3,
         "invalid": 0,
         "conflicts": 0,
     }
-    assert sorted(e["event_id"] for e in all_events(deployment)) == ["slow-1", "slow-2"]
+    assert sorted(e["event_id"] for e in all_events(deployment)) == ["slow-1", "slow-2", "slow-3", "warm"]
