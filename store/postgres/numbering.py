@@ -23,10 +23,10 @@ from store.postgres.batch import ALLOCATE, new
 from store.retention import Retention
 from store.search import field_tokens, search_text, terms
 
-# The checked insert: $1 the batch's hashes in arrival order (seqs are handed out for all of them), $2 the
-# hashes to insert (those no sealed bucket holds) with their events' columns, as NEW's $3-$13; $14-$18 the
-# writer's view. Back: whether the view held (nothing was inserted otherwise), the seqs, the hashes
-# inserted, and the store's view.
+# The checked insert: $1 the batch's hashes in arrival order (seqs are handed out for all of them) and $19
+# which of them to insert (those no sealed bucket holds; a flag, not a look-up per key); $2 those hashes with
+# their events' columns, as NEW's $3-$13; $14-$18 the writer's view. Back: whether the view held (nothing was
+# inserted otherwise), the seqs, the hashes inserted, and the store's view.
 _ALLOCATE_NEW = """
     WITH recorded AS MATERIALIZED (
         SELECT (SELECT value FROM consumer_state WHERE key = 'retention_seconds') AS retention,
@@ -42,10 +42,11 @@ _ALLOCATE_NEW = """
     ), allocated AS MATERIALIZED (
         SELECT s, i FROM eventagg_allocate(cardinality($1::bytea[])) WITH ORDINALITY AS a(s, i)
     ), numbered AS (
-        SELECT h, s FROM unnest($1::bytea[]) WITH ORDINALITY AS u(h, i) JOIN allocated USING (i)
+        SELECT h, s, fresh FROM unnest($1::bytea[], $19::bool[]) WITH ORDINALITY AS u(h, fresh, i)
+        JOIN allocated USING (i)
     ), new AS (
         INSERT INTO {table} AS k (bucket, key_hash, seq, received_at)
-        SELECT {bucket}, h, s, $9::timestamptz FROM numbered, seen WHERE seen.ok AND h = ANY($2::bytea[])
+        SELECT {bucket}, h, s, $9::timestamptz FROM numbered, seen WHERE seen.ok AND fresh
         ORDER BY h
         ON CONFLICT (key_hash) DO UPDATE SET seq = excluded.seq, received_at = excluded.received_at
         WHERE k.received_at < $10::timestamptz
@@ -125,6 +126,7 @@ class Numbering:
             *self._view,
             state[0],
             list(state[1]),
+            [h not in held for h in hashes],
         )
         ok, seqs, inserted, view = row[0], [int(s) for s in row[1]], row[2], (row[3], row[4], row[5])
         numbered = _numbered(first, hashes, seqs)
