@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from contract.event import Event
 from store.base import key_hash
 from store.postgres import keys, search
@@ -114,20 +116,26 @@ class Numbering:
         held, fresh = await self._probe(conn, hashes, retention, moment)
         events = dict(zip(hashes, first.values(), strict=True))
         columns = _columns([events[h] for h in fresh], search.enabled(self._view[2]))
-        row = await conn.fetchrow(
-            allocate_new(self.buckets.open),
-            hashes,
-            fresh,
-            *columns[:5],
-            received_at,
-            moment,
-            _key_cutoff(retention, moment),
-            *columns[5:],
-            *self._view,
-            state[0],
-            list(state[1]),
-            [h not in held for h in hashes],
-        )
+        try:
+            row = await conn.fetchrow(
+                allocate_new(self.buckets.open),
+                hashes,
+                fresh,
+                *columns[:5],
+                received_at,
+                moment,
+                _key_cutoff(retention, moment),
+                *columns[5:],
+                *self._view,
+                state[0],
+                list(state[1]),
+                [h not in held for h in hashes],
+            )
+        except asyncpg.PostgresError:
+            # A view so old that its open bucket was sealed and then forgotten names a table that is gone
+            # (UndefinedTableError, retried at once by the writer): the next attempt reads the view anew.
+            self._view = None
+            raise
         ok, seqs, inserted, view = row[0], [int(s) for s in row[1]], row[2], (row[3], row[4], row[5])
         numbered = _numbered(first, hashes, seqs)
         if ok:

@@ -177,6 +177,7 @@ class PostgresWriter:
                 asyncpg.DeadlockDetectedError,
                 asyncpg.SerializationError,
                 asyncpg.CheckViolationError,
+                asyncpg.UndefinedTableError,  # a key bucket forgotten since the last batch (numbering.py)
             ) as exc:
                 if attempt == _TRANSACTION_RETRIES:
                     raise self._error(exc) from exc

@@ -145,6 +145,32 @@ async def test_a_writer_whose_view_is_out_of_date_inserts_nothing_until_it_caugh
     assert await peek.rows("SELECT count(*), count(DISTINCT event_id) FROM events") == [(SMALL + 15,) * 2]
 
 
+async def test_a_writer_whose_open_bucket_was_forgotten_meanwhile_takes_the_long_way_at_once(
+    writers: list[PostgresWriter], url: str
+) -> None:
+    """A writer idle while its open bucket was sealed and then forgotten (KEY_RETENTION drops a sealed bucket
+    whole) names a table that is gone: the batch is retried at once with the view read anew, not failed."""
+    stale, sealer = writers
+    peek = PostgresPeek(url)
+    await stale.apply([[event("s-0")]])
+    await stale.apply([[event("s-1")]])  # its view: bucket 0 open
+    await sealer.apply([[event(f"a-{i}") for i in range(SMALL + 10)]])  # bucket 0 sealed, 1 opened
+    conn = await sealer._connection()
+    async with conn.transaction():  # as the sweep forgets a bucket (store/postgres/retention.py)
+        await conn.execute("LOCK TABLE event_keys IN ACCESS EXCLUSIVE MODE")
+        await conn.execute(f"DROP TABLE {keys_module.table(0)}")
+        await conn.execute("DELETE FROM key_buckets WHERE bucket = 0")
+
+    result = await stale.apply([[event("late"), event("late-2")]])
+    assert (result.unique_processed, result.duplicate_dropped) == (2, 0)
+    assert stale._numbering.checked == 1
+    where = "SELECT bucket FROM event_keys WHERE key_hash = ANY($1::bytea[])"
+    late = [key_hash("orders", "late"), key_hash("orders", "late-2")]
+    assert await peek.rows(where, late) == [(1,), (1,)]
+    assert (await stale.apply([[event("late")]])).duplicate_dropped == 1
+    assert stale._numbering.checked == 2
+
+
 async def test_a_sealer_stopped_before_its_filter_loses_no_duplicate_and_the_next_writer_builds_it(
     url: str, settings: StoreSettings
 ) -> None:
