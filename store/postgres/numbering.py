@@ -4,10 +4,12 @@ hold probed, and the keys no bucket holds inserted into the open one with their 
 A writer remembers what the store recorded at its last batch: RETENTION, KEY_RETENTION, SEARCH, the open key
 bucket and the buckets without a filter. When it has that view, the seqs, a check of the view and the insert
 go in one statement (ALLOCATE_NEW), one round trip less on every batch's path, `?wait=stored` requests
-included. The check runs in that statement's snapshot, taken after the batch took KEYS_LOCK, so no bucket
-can be sealed or forgotten between it and the insert. When the view is out of date (another consumer sealed
-a bucket or recorded a setting), the statement hands out the seqs and inserts nothing; the writer catches up
-with what it returned and inserts with NEW, as the first batch does after ALLOCATE.
+included. The check runs in that statement's snapshot, taken after the batch took KEYS_LOCK (shared), so no
+writer can switch the open bucket between it and the insert. When the view is out of date (another consumer
+sealed a bucket or recorded a setting), the statement hands out the seqs and inserts nothing; the writer
+catches up with what it returned and inserts with NEW, as the first batch does after ALLOCATE. A view whose
+open bucket is gone altogether (sealed, then forgotten by KEY_RETENTION) fails the statement: the view is
+dropped and the writer retries the batch at once.
 """
 
 from __future__ import annotations
