@@ -175,7 +175,7 @@ class TailHub:
                     return
                 high = page.rows[-1][0]
                 deferred = await self._ask_store(low, high)
-                self._fan_out(page.rows, deferred)
+                await self._fan_out(page.rows, deferred)
                 self.position = high
             if page.next_after is None:
                 return
@@ -206,12 +206,16 @@ class TailHub:
                 return rows
             after = page.next_after
 
-    def _fan_out(self, rows: list[Row], deferred: dict[Selection, list[Row]]) -> None:
+    async def _fan_out(self, rows: list[Row], deferred: dict[Selection, list[Row]]) -> None:
+        """Offer each stream its rows. Every half a buffer's worth, the streams get a turn of the loop to take
+        what they were offered: a page may hold more than a buffer (a thousand big events), and a stream
+        that keeps up must not be ended by the size of one read, only by falling a buffer behind."""
         by_selection: dict[Selection, list[Subscriber]] = {}
         for sub in self._subs:
             by_selection.setdefault(sub.selection, []).append(sub)
         frames: dict[int, bytes] = {}
         full: list[Subscriber] = []
+        offered, turn = 0, max(self._buffer_bytes // 2, 1)
         for chosen, subs in by_selection.items():
             matching = deferred.get(chosen) if not chosen.in_memory else None
             if matching is None:
@@ -223,6 +227,11 @@ class TailHub:
                 for sub in subs:
                     if row[0] > sub.floor and not sub.offer(row[0], data) and sub not in full:
                         full.append(sub)
+                offered += len(data)
+                if offered >= turn:
+                    offered = 0
+                    await asyncio.sleep(0)  # the streams take what they were offered (one turn each)
+                    subs = [sub for sub in subs if sub in self._subs]  # those that left meanwhile
         for sub in full:
             self.overflows += 1
             self._subs.discard(sub)  # its stream ends; the hub holds nothing more for it

@@ -3,6 +3,7 @@ the store asked once per searched selection, bounded buffers."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from api.selection import Selection
@@ -105,6 +106,28 @@ async def test_a_full_buffer_ends_the_stream_with_the_position_it_reached() -> N
     assert slow.taken == 1  # where it resumes: the last position it sent
     assert hub.streams() == 1 and hub.overflows == 1
     assert await drain(fast) == list(range(6, 33))
+    await hub.close()
+
+
+async def test_a_stream_that_keeps_up_is_not_ended_by_a_page_larger_than_its_buffer() -> None:
+    reader = MemoryReader()
+    hub = TailHub(reader, None, 16384)  # type: ignore[arg-type]
+    sub = await hub.join(Selection(None, Filters()), None)
+    taken: list[int] = []
+
+    async def stream() -> None:  # as api/stream.py takes frames: as fast as they come
+        while (got := await sub.take(5.0)) is not None:
+            taken.append(got[0])
+            if len(taken) == 200:
+                return
+
+    reading = asyncio.create_task(stream())
+    for n in range(200):  # one page of about 94 KB: six buffers
+        reader.add("a", n, '{"x":"' + "y" * 400 + '"}')
+    await hub._read_new()
+    await asyncio.wait_for(reading, 10)
+    assert taken == list(range(1, 201))
+    assert not sub.overflowed and hub.overflows == 0 and hub.streams() == 1
     await hub.close()
 
 
